@@ -1,0 +1,72 @@
+"""Process groups: gloo on CPU, nccl on CUDA, hccl on NPU. Rank 0 drives; ranks > 0 follow its plans."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+_cpu_group = None  # gloo group for pickled step plans (also under nccl/hccl)
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(device_type: str, timeout_s: float = 300.0) -> None:
+    """Join the job's process group (torchrun sets the env), once."""
+    global _cpu_group
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return
+    backend = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}[device_type]
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    _cpu_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) if backend != "gloo" \
+        else dist.group.WORLD
+
+
+def broadcast_object(obj=None):
+    """Rank 0 sends `obj`; every rank returns it."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_cpu_group)
+    return box[0]
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    if get_world_size() > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def gather_last_dim(x: torch.Tensor) -> torch.Tensor | None:
+    """Concatenate each rank's slice along the last dim on rank 0 (None elsewhere)."""
+    n = get_world_size()
+    if n == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(n)] if get_rank() == 0 else None
+    dist.gather(x.contiguous(), parts, dst=0)
+    return torch.cat(parts, dim=-1) if parts is not None else None
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def min_across_ranks(value: int) -> int:
+    if get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_cpu_group)
+    return int(t.item())

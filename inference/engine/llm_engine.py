@@ -1,0 +1,265 @@
+"""The engine: requests in, tokens out, one `step()` at a time. Rank 0 schedules and samples; other
+ranks run `worker_loop` and follow the plans rank 0 broadcasts."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inference import distributed as dist
+from inference.config import EngineConfig, ModelConfig, SamplingParams
+from inference.engine import memory
+from inference.engine.block_manager import BlockManager
+from inference.engine.device import resolve_device, resolve_dtype
+from inference.engine.model_runner import ModelRunner, StepPlan
+from inference.engine.scheduler import Scheduler
+from inference.engine.sequence import Sequence
+from inference.errors import UserError
+from inference.layers.sampler import Sampler
+from inference.model_path import demo_dir
+from inference.tokenizer import QwenTokenizer
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    decode_tok_s: float
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    new_token_ids: list[int]
+    finished: bool
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    logits: torch.Tensor | None = None
+
+
+def fingerprint(model_dir: Path) -> bytes:
+    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for p in sorted(model_dir.glob("*.safetensors*")):
+        h.update(p.name.encode() + str(p.stat().st_size).encode())
+    return h.digest()[:16]
+
+
+def check_tp(m: ModelConfig, tp: int) -> None:
+    if m.num_attention_heads % tp or m.ffn_size % tp:
+        raise UserError(f"--tp {tp} does not divide the model's {m.num_attention_heads} attention heads "
+                        f"and {m.ffn_size} MLP columns; use a tensor-parallel size that does (1, 2, 4 or 8)")
+
+
+class LLMEngine:
+    def __init__(self, cfg: EngineConfig, progress=None):
+        self.cfg = cfg
+        model_dir = Path(cfg.model)
+        if model_dir == demo_dir() and not (model_dir / "config.json").is_file():
+            from inference.demo import ensure_demo  # noqa: PLC0415
+
+            ensure_demo(model_dir)
+        self.model_config = m = ModelConfig.from_dir(model_dir)
+        check_tp(m, cfg.tp)
+        if dist.under_torchrun() and dist.get_world_size() != cfg.tp:
+            raise UserError(f"--tp {cfg.tp} but torchrun started {dist.get_world_size()} ranks; make them equal")
+        self.device = resolve_device(cfg)
+        dist.init(self.device.type)
+        self.rank = dist.get_rank()
+        self.dtype = resolve_dtype(cfg, m, self.device)
+        self.tokenizer = QwenTokenizer.from_dir(model_dir)
+        self.max_model_len = cfg.max_model_len or min(4 * m.seq_length, 32768)
+        element = torch.empty(0, dtype=self.dtype).element_size()
+        block_bytes = memory.kv_block_bytes(m, cfg, element)
+        memory.check_fits(m, cfg, self.device, element, block_bytes)
+        self.runner = ModelRunner(cfg, m, self.device, self.dtype, progress=progress if self.rank == 0 else None)
+        peak = self.runner.profile_peak() if self.device.type != "cpu" and not cfg.num_kv_blocks else 0
+        num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes, peak))
+        self.runner.allocate_kv_cache(num_blocks)
+        self.runner.finish_setup()
+        if self.rank != 0:
+            self.worker_loop()
+            sys.exit(0)
+        salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
+        self.block_manager = BlockManager(num_blocks, cfg.block_size, salt, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.sampler = Sampler(self.device)
+        self.seqs: dict[str, Sequence] = {}
+        self.cancelled: list[RequestOutput] = []
+        self._ids = itertools.count()
+        self.kv_disk = None
+        if cfg.kv_disk_dir:
+            from inference.engine.kv_disk import KVDiskStore  # noqa: PLC0415
+
+            self.kv_disk = KVDiskStore(cfg.kv_disk_dir, salt, cfg.kv_disk_max_gb)
+
+    # --- requests ------------------------------------------------------------------------------------------
+    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        params = params or SamplingParams()
+        prompt_ids = list(prompt_ids)
+        vocab = self.model_config.vocab_size
+        if not prompt_ids:
+            raise UserError("the prompt is empty: give at least one token")
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in prompt_ids):
+            raise UserError(f"prompt token ids must be integers in [0, {vocab})")
+        if len(prompt_ids) >= self.max_model_len:
+            raise UserError(f"the prompt has {len(prompt_ids)} tokens but the context window is "
+                            f"{self.max_model_len}; shorten it (or start a new session)")
+        total = min(len(prompt_ids) + params.max_new_tokens, self.max_model_len)
+        if self.block_manager.blocks_needed(total) > self.block_manager.num_blocks:
+            raise UserError(f"prompt plus max_new_tokens ({total} tokens) needs more KV blocks than the cache has "
+                            f"({self.block_manager.num_blocks} x {self.cfg.block_size}); lower max_new_tokens or "
+                            "give the cache more memory")
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self.seqs:
+            raise UserError(f"request id {rid!r} is already running")
+        seq = Sequence(rid, prompt_ids, params, ntk_alpha=self.model_config.ntk_alpha(len(prompt_ids)))
+        self.seqs[rid] = seq
+        self.scheduler.add(seq)
+        return rid
+
+    def abort(self, request_id: str) -> bool:
+        seq = self.seqs.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.remove(seq)
+        self.sampler.forget(request_id)
+        seq.finish_reason = "cancelled"
+        self.cancelled.append(RequestOutput(request_id, [], True, "cancelled", self._usage(seq)))
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self.seqs) or bool(self.cancelled)
+
+    # --- one step --------------------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        outputs, self.cancelled = self.cancelled, []
+        batch = self.scheduler.schedule()
+        if not batch:
+            return outputs
+        plan, last_rows = self._plan(batch)
+        dist.broadcast_object(("step", plan))
+        logits = self.runner.run(plan)
+        return outputs + self._postprocess(batch, plan, logits, last_rows)
+
+    def _plan(self, batch: list[tuple[Sequence, int]]):
+        ids, pos, rows, last_rows = [], [], [], []
+        for seq, n in batch:
+            start = seq.num_computed
+            base = len(ids)
+            ids += seq.token_ids[start:start + n]
+            pos += range(start, start + n)
+            if seq.params.logits == "all":
+                rows += [base + i for i in range(n) if start + i < seq.num_prompt_tokens]
+            if start + n == len(seq):
+                if not rows or rows[-1] != base + n - 1:
+                    rows.append(base + n - 1)
+                last_rows.append(len(rows) - 1)
+            else:
+                last_rows.append(None)
+        num_decodes = sum(1 for seq, n in batch if n == 1 and seq.num_computed == len(seq) - 1)
+        plan = StepPlan(ids, pos, [n for _, n in batch], [s.num_computed + n for s, n in batch],
+                        [list(s.block_table) for s, _ in batch], [s.ntk_alpha for s, _ in batch], num_decodes,
+                        [s.num_computed == 0 for s, _ in batch], rows)
+        return plan, last_rows
+
+    def _postprocess(self, batch, plan: StepPlan, logits: torch.Tensor, last_rows) -> list[RequestOutput]:
+        now = time.perf_counter()
+        row_of = {r: i for i, r in enumerate(plan.logit_rows)}
+        sample_seqs, sample_rows, base = [], [], 0
+        for (seq, n), last in zip(batch, last_rows):
+            start = seq.num_computed
+            seq.num_computed += n
+            new = self.block_manager.commit(seq)
+            if self.kv_disk is not None and new:
+                self.kv_disk.note_blocks(new)
+            if seq.params.logits == "all":
+                idx = [row_of[base + i] for i in range(n) if start + i < seq.num_prompt_tokens]
+                seq.logits_parts.append(logits[idx].float().cpu())
+            if last is not None:
+                sample_seqs.append(seq)
+                sample_rows.append(last)
+            base += n
+        outputs = []
+        if not sample_seqs:
+            return outputs
+        sample_logits = logits[sample_rows]
+        tokens = self.sampler(sample_logits, sample_seqs)
+        for seq, tok, row in zip(sample_seqs, tokens, sample_logits):
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                if seq.params.logits == "last":
+                    seq.logits_parts = [row.float().cpu()]
+            seq.last_token_time = now
+            reason = None
+            if tok in seq.params.stop_token_ids and not seq.params.ignore_eos:
+                reason = "stop"
+            else:
+                seq.token_ids.append(tok)
+                if seq.num_completion >= seq.params.max_new_tokens or len(seq) >= self.max_model_len:
+                    reason = "length"
+            new_ids = seq.completion_ids[seq.emitted:]
+            seq.emitted = seq.num_completion
+            out = RequestOutput(seq.request_id, new_ids, reason is not None, reason)
+            if reason is not None:
+                seq.finish_reason = reason
+                self._finish(seq, out)
+            outputs.append(out)
+        return outputs
+
+    def _finish(self, seq: Sequence, out: RequestOutput) -> None:
+        self.scheduler.remove(seq)
+        self.seqs.pop(seq.request_id, None)
+        self.sampler.forget(seq.request_id)
+        out.usage = self._usage(seq)
+        if seq.params.logits == "last":
+            out.logits = seq.logits_parts[0]
+        elif seq.params.logits == "all":
+            out.logits = torch.cat(seq.logits_parts)
+
+    def _usage(self, seq: Sequence) -> Usage:
+        ttft = (seq.first_token_time - seq.arrival) * 1000 if seq.first_token_time else 0.0
+        span = (seq.last_token_time or 0) - (seq.first_token_time or 0)
+        rate = (seq.num_completion - 1) / span if seq.num_completion > 1 and span > 0 else 0.0
+        return Usage(seq.num_prompt_tokens, seq.num_cached_tokens, seq.num_completion, round(ttft, 3), round(rate, 2))
+
+    # --- conveniences ------------------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+                 ) -> list[list[int]]:
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        rids = [self.add_request(p, sp) for p, sp in zip(prompts, plist)]
+        result: dict[str, list[int]] = {r: [] for r in rids}
+        while self.has_unfinished():
+            for out in self.step():
+                result[out.request_id] += out.new_token_ids
+        return [result[r] for r in rids]
+
+    def stats(self) -> dict:
+        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+                "preemptions": self.scheduler.num_preemptions, **self.block_manager.stats()}
+
+    def keepalive(self) -> None:
+        """Called when idle so waiting ranks do not time out."""
+        dist.broadcast_object(("noop", None))
+
+    def worker_loop(self) -> None:
+        while True:
+            op, payload = dist.broadcast_object(None)
+            if op == "step":
+                self.runner.run(payload)
+            elif op == "stop":
+                break
+        dist.shutdown()
+
+    def shutdown(self) -> None:
+        if getattr(self, "rank", 0) == 0 and dist.get_world_size() > 1:
+            dist.broadcast_object(("stop", None))
+            dist.shutdown()

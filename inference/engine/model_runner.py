@@ -1,0 +1,134 @@
+"""Builds the model on a device, owns the KV cache, and runs one step plan (on every rank)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inference.checkpoint import load_weights
+from inference.config import EngineConfig, ModelConfig
+from inference.distributed import get_rank, get_world_size
+from inference.layers.attention import AttentionMetadata
+from inference.layers.rotary import RotaryEmbedding, logn_scale
+from inference.models.qwen import QWenLMHeadModel
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class StepPlan:
+    """What every rank computes in one step (pure Python, broadcast from rank 0)."""
+
+    token_ids: list[int]
+    positions: list[int]
+    q_lens: list[int]
+    ctx_lens: list[int]
+    block_tables: list[list[int]]
+    alphas: list[float]
+    num_decodes: int
+    prefix_free: list[bool]
+    logit_rows: list[int]  # flat token indices whose logits rank 0 needs
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
+                 progress=None):
+        self.cfg, self.model_cfg, self.device, self.dtype = cfg, model_cfg, device, dtype
+        self.rank, self.world = get_rank(), get_world_size()
+        self.block_size = cfg.block_size
+        t0 = time.perf_counter()
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                self.model = QWenLMHeadModel(model_cfg).eval()
+        finally:
+            torch.set_default_dtype(prev)
+        if cfg.quant or model_cfg.quantize:
+            from inference.quant.apply import prepare_quantized  # noqa: PLC0415 (optional feature)
+
+            prepare_quantized(self.model, cfg.quant or model_cfg.quantize, model_cfg)
+        load_weights(self.model, Path(cfg.model), progress=progress)
+        if cfg.quant and not model_cfg.quantize:
+            from inference.quant.apply import quantize_loaded  # noqa: PLC0415
+
+            quantize_loaded(self.model, cfg.quant, model_cfg)
+        self.load_seconds = time.perf_counter() - t0
+        self.rotary = RotaryEmbedding(model_cfg.rotary_dim, model_cfg.rotary_emb_base, device)
+        self.attn_layers = self.model.attention_layers()
+        self.num_blocks = 0
+
+    # --- KV cache ------------------------------------------------------------------------------------------
+    def bytes_per_block(self) -> int:
+        layer = self.attn_layers[0]
+        el = torch.empty(0, dtype=self.dtype).element_size()
+        return 2 * len(self.attn_layers) * self.block_size * layer.num_heads * layer.head_dim * el
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        layer = self.attn_layers[0]
+        shape = (len(self.attn_layers), num_blocks, self.block_size, layer.num_heads, layer.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        for i, attn in enumerate(self.attn_layers):
+            attn.k_cache, attn.v_cache = self.k_cache[i], self.v_cache[i]
+        self.num_blocks = num_blocks
+
+    def read_block(self, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_cache[:, block_id].cpu(), self.v_cache[:, block_id].cpu()
+
+    def write_block(self, block_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_cache[:, block_id].copy_(k)
+        self.v_cache[:, block_id].copy_(v)
+
+    def profile_peak(self) -> int:
+        """Peak activation bytes of the largest step (a dummy prefill before the KV cache exists)."""
+        n = min(self.cfg.max_num_batched_tokens, 8192)
+        plan = StepPlan([0] * n, list(range(n)), [n], [n], [[0]], [1.0], 0, [True], [n - 1])
+        mod = torch.cuda if self.device.type == "cuda" else torch.npu
+        mod.synchronize()
+        mod.reset_peak_memory_stats()
+        before = mod.memory_allocated()
+        self.run(plan)
+        mod.synchronize()
+        return mod.max_memory_allocated() - before
+
+    def finish_setup(self) -> None:
+        """Device-specific fast paths once the KV cache exists (Triton decode kernel, CUDA graphs)."""
+
+    # --- one step ------------------------------------------------------------------------------------------
+    def prepare(self, plan: StepPlan):
+        dev = self.device
+        ids = torch.tensor(plan.token_ids, dtype=torch.long, device=dev)
+        pos = torch.tensor(plan.positions, dtype=torch.long, device=dev)
+        width = max(len(b) for b in plan.block_tables)
+        bt = torch.tensor([b + [0] * (width - len(b)) for b in plan.block_tables], dtype=torch.int32, device=dev)
+        slots = [plan.block_tables[i][p // self.block_size] * self.block_size + p % self.block_size
+                 for i, (start, n) in enumerate(self._segments(plan)) for p in plan.positions[start:start + n]]
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), block_tables=bt,
+            context_lens=torch.tensor(plan.ctx_lens, dtype=torch.int32, device=dev), q_lens=plan.q_lens,
+            ctx_lens=plan.ctx_lens, num_decodes=plan.num_decodes, max_ctx=max(plan.ctx_lens),
+            prefix_free=plan.prefix_free)
+        cos, sin = self.rotary.for_tokens(pos, plan.alphas, plan.q_lens, max_pos=max(plan.ctx_lens) - 1)
+        logn = None
+        if self.model_cfg.use_logn_attn and max(plan.ctx_lens) > self.model_cfg.seq_length:
+            logn = logn_scale(pos, self.model_cfg.seq_length)
+        return ids, cos, sin, logn, meta
+
+    @staticmethod
+    def _segments(plan: StepPlan):
+        start = 0
+        for n in plan.q_lens:
+            yield start, n
+            start += n
+
+    @torch.inference_mode()
+    def run(self, plan: StepPlan) -> torch.Tensor | None:
+        """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
+        ids, cos, sin, logn, meta = self.prepare(plan)
+        hidden = self.model(ids, cos, sin, logn, meta)
+        rows = torch.tensor(plan.logit_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows))

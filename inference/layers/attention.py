@@ -1,0 +1,100 @@
+"""Paged attention: new K/V go into block slots; queries attend over each sequence's blocks.
+
+Layout of a step's tokens: decode sequences first (one token each), then prefill chunks.
+CPU/NPU use the torch paths below; CUDA decode uses the Triton kernel in inference/kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] flat cache slot of each new token
+    block_tables: torch.Tensor  # [B, max_blocks] int32 (padded with 0)
+    context_lens: torch.Tensor  # [B] int32: tokens in context after this step
+    q_lens: list[int]
+    ctx_lens: list[int]
+    num_decodes: int  # the first num_decodes sequences have one query token each
+    max_ctx: int
+    prefix_free: list[bool]  # per sequence: no cached context before this chunk
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.q_lens)
+
+
+def store_kv(k_cache, v_cache, k, v, slot_mapping):
+    h, d = k.shape[-2:]
+    k_cache.view(-1, h, d).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, h, d).index_copy_(0, slot_mapping, v)
+
+
+def gather_context(cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> torch.Tensor:
+    """[ctx_len, H, D] of one sequence from its blocks."""
+    bs = cache.shape[1]
+    nb = -(-ctx_len // bs)
+    return cache[block_table[:nb].long()].flatten(0, 1)[:ctx_len]
+
+
+def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale):
+    """q [B, H, D]; padded gather over block tables; fp32 softmax."""
+    bs = k_cache.shape[1]
+    nb = -(-max_ctx // bs)
+    bt = block_tables[:, :nb].long()
+    k = k_cache[bt].flatten(1, 2)  # [B, L, H, D]
+    v = v_cache[bt].flatten(1, 2)
+    scores = torch.einsum("bhd,blhd->bhl", q.float(), k.float()) * scale
+    valid = torch.arange(k.shape[1], device=q.device)[None, :] < context_lens[:, None]
+    scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhl,blhd->bhd", probs, v.float()).to(q.dtype)
+
+
+def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, prefix_free, scale):
+    """One sequence's chunk: q/k/v [n, H, D] of the new tokens; context = cached prefix + chunk."""
+    n = q.shape[0]
+    if prefix_free:
+        kk, vv = k, v
+    else:
+        kk, vv = gather_context(k_cache, block_table, ctx_len), gather_context(v_cache, block_table, ctx_len)
+    qt, kt, vt = q.transpose(0, 1)[None], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None]
+    if kk.shape[0] == n:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+    else:
+        qpos = torch.arange(ctx_len - n, ctx_len, device=q.device)
+        mask = torch.arange(ctx_len, device=q.device)[None, :] <= qpos[:, None]
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+    return out[0].transpose(0, 1)
+
+
+class PagedAttention(torch.nn.Module):
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.scale = head_dim**-0.5
+        self.k_cache = self.v_cache = torch.empty(0)
+        self.decode_kernel = None  # set by the model runner on CUDA
+
+    def forward(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
+        """q, k, v: [T, H, D]. Returns [T, H, D]."""
+        if self.k_cache.numel():
+            store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
+        nd = meta.num_decodes
+        outs = []
+        if nd:
+            args = (q[:nd], self.k_cache, self.v_cache, meta.block_tables[:nd], meta.context_lens[:nd],
+                    meta.max_ctx, self.scale)
+            outs.append(self.decode_kernel(*args) if self.decode_kernel else decode_attention_torch(*args))
+        start = nd
+        for i in range(nd, meta.num_seqs):
+            n = meta.q_lens[i]
+            sl = slice(start, start + n)
+            outs.append(prefill_attention(q[sl], k[sl], v[sl], self.k_cache, self.v_cache, meta.block_tables[i],
+                                          meta.ctx_lens[i], meta.prefix_free[i], self.scale))
+            start += n
+        return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -1,0 +1,45 @@
+"""Vocabulary-parallel embedding and lm_head: each rank holds a contiguous slice of the vocabulary."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from inference.distributed import all_reduce, gather_last_dim, get_rank, get_world_size
+from inference.layers.linear import _check, load_rows
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, hidden: int):
+        super().__init__()
+        self.tp_rank, self.tp_size = get_rank(), get_world_size()
+        self.vocab_size = vocab_size
+        self.per_rank = -(-vocab_size // self.tp_size)
+        self.start = self.tp_rank * self.per_rank
+        self.count = max(0, min(self.per_rank, vocab_size - self.start))
+        self.weight = nn.Parameter(torch.zeros(self.per_rank, hidden), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param, src, name="", shard_id=None):
+        shape = src.get_shape() if hasattr(src, "get_shape") else src.shape
+        _check(name, shape, (self.vocab_size, param.shape[1]))
+        load_rows(param, src, self.start, self.count)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return nn.functional.embedding(ids, self.weight)
+        local = ids - self.start
+        mask = (local >= 0) & (local < self.count)
+        out = nn.functional.embedding(local.clamp(0, self.per_rank - 1), self.weight) * mask.unsqueeze(-1)
+        return all_reduce(out)
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """Untied lm_head; full logits end up on rank 0 only (None elsewhere)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor | None:
+        logits = nn.functional.linear(h, self.weight)
+        if self.tp_size == 1:
+            return logits[:, : self.vocab_size]
+        full = gather_last_dim(logits)
+        return None if full is None else full[:, : self.vocab_size]

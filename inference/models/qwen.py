@@ -1,0 +1,101 @@
+"""Qwen v1 (QWenLMHeadModel): module names mirror the checkpoint keys so weights load by name."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from inference.config import ModelConfig
+from inference.distributed import get_world_size
+from inference.layers.attention import AttentionMetadata, PagedAttention
+from inference.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
+from inference.layers.layernorm import RMSNorm
+from inference.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from inference.layers.rotary import apply_rotary
+
+
+class QWenAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        tp = get_world_size()
+        self.num_heads = cfg.num_attention_heads // tp
+        self.head_dim = cfg.head_dim
+        self.c_attn = QKVParallelLinear(cfg.hidden_size, bias=True)
+        self.c_proj = RowParallelLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.attn = PagedAttention(self.num_heads, self.head_dim)
+
+    def forward(self, x, cos, sin, logn, meta: AttentionMetadata):
+        qkv = self.c_attn(x)
+        q, k, v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if logn is not None:
+            q = (q.float() * logn[:, None, None]).to(q.dtype)
+        o = self.attn(q, k, v.contiguous(), meta)
+        return self.c_proj(o.reshape(x.shape[0], -1))
+
+
+class QWenMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        # w2 is the gate (SiLU), w1 the up projection: fused as [w2; w1] per rank.
+        self.w2_w1 = MergedColumnParallelLinear(cfg.hidden_size, [cfg.ffn_size, cfg.ffn_size])
+        self.c_proj = RowParallelLinear(cfg.ffn_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w2_w1(x).chunk(2, dim=-1)
+        return self.c_proj(up * nn.functional.silu(gate))
+
+
+class QWenBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+        self.attn = QWenAttention(cfg)
+        self.ln_2 = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+        self.mlp = QWenMLP(cfg)
+
+    def forward(self, x, residual, cos, sin, logn, meta):
+        h, residual = self.ln_1(x, residual)
+        h = self.attn(h, cos, sin, logn, meta)
+        h, residual = self.ln_2(h, residual)
+        return self.mlp(h), residual
+
+
+class QWenModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.wte = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.h = nn.ModuleList(QWenBlock(cfg) for _ in range(cfg.num_hidden_layers))
+        self.ln_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+
+    def forward(self, ids, cos, sin, logn, meta):
+        x, residual = self.wte(ids), None
+        for block in self.h:
+            x, residual = block(x, residual, cos, sin, logn, meta)
+        return self.ln_f(x, residual)[0]
+
+
+class QWenLMHeadModel(nn.Module):
+    # checkpoint key -> (parameter name, shard id) for fused parameters
+    packed = {"mlp.w2.": ("mlp.w2_w1.", 0), "mlp.w1.": ("mlp.w2_w1.", 1)}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = QWenModel(cfg)
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
+
+    def forward(self, ids, cos, sin, logn, meta) -> torch.Tensor:
+        return self.transformer(ids, cos, sin, logn, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        return self.lm_head(hidden)
+
+    def param_for(self, key: str) -> tuple[str, int | None]:
+        for src, (dst, shard) in self.packed.items():
+            if src in key:
+                return key.replace(src, dst), shard
+        return key, None
+
+    def attention_layers(self) -> list[PagedAttention]:
+        return [b.attn.attn for b in self.transformer.h]

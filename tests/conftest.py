@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny checkpoints in the exact published layout, written once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.demo import write_checkpoint
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the lent GPU)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """bf16, two shards with an index, the real qwen.tiktoken; 8 heads (tp 1/2/4/8), seq_length 256."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen-tiny", seed=0, seq_length=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model):
+    """A float32 CPU engine over tiny_model, shared by tests that only read from it."""
+    from inference.config import EngineConfig
+    from inference.engine.llm_engine import LLMEngine
+
+    return LLMEngine(EngineConfig(model=str(tiny_model), device="cpu", dtype="float32", num_kv_blocks=256))
