@@ -170,3 +170,14 @@ class EngineConfig:
             raise UserError("--max-num-batched-tokens must be at least the block size")
         if self.quant not in (None, "w8a16", "w8a8"):
             raise UserError(f"unknown quantization {self.quant!r}: use w8a16 or w8a8")
+
+
+def generation_defaults(model_dir: str | Path) -> dict:
+    """Sampling defaults from generation_config.json (Qwen: top_p 0.8, top_k 0, repetition_penalty 1.1)."""
+    path = Path(model_dir) / "generation_config.json"
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    out = {"max_new_tokens": int(raw.get("max_new_tokens", 512)),
+           "top_p": float(raw.get("top_p", 1.0)), "top_k": int(raw.get("top_k", 0) or 0),
+           "repetition_penalty": float(raw.get("repetition_penalty", 1.0)),
+           "temperature": float(raw.get("temperature", 1.0)) if raw.get("do_sample", True) else 0.0}
+    return out

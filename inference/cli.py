@@ -1,0 +1,93 @@
+"""`python -m inference <command>`: the engine side of `qwen-chat` (the app execs into this for engine work).
+
+With `--tp N > 1` and no torchrun environment, the command re-launches itself under torchrun after the
+refusals that need no ranks (odd N, N not dividing the heads, more ranks than devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from inference.errors import UserError
+
+COMMANDS = {
+    "generate": ("inference.generate", "main"),
+    "serve": ("inference.server", "main"),
+    "stop": ("inference.launcher", "stop_main"),
+    "eval": ("inference.eval.cli", "main"),
+    "quantize": ("inference.quant.cli", "main"),
+    "bench": ("inference.bench", "main"),
+}
+ENGINE_COMMANDS = {"generate", "serve", "eval", "bench"}
+
+
+def peek_tp(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--tp", default="1")
+    p.add_argument("--reference-tp", default="1")
+    a, _ = p.parse_known_args(argv)
+    try:
+        return max(int(a.tp), int(a.reference_tp))
+    except ValueError as e:
+        raise UserError(f"--tp must be an integer, got {a.tp!r}") from e
+
+
+def preflight(argv: list[str]) -> None:
+    """Refuse bad tensor-parallel setups before any rank starts."""
+    from inference.cli_args import add_engine_args, engine_config_from_args  # noqa: PLC0415
+    from inference.config import ModelConfig  # noqa: PLC0415
+    from inference.engine.device import device_count  # noqa: PLC0415
+    from inference.engine.llm_engine import check_tp  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(add_help=False)
+    add_engine_args(p)
+    a, _ = p.parse_known_args(argv)
+    cfg = engine_config_from_args(a)
+    if a.model == "demo":
+        from inference.demo import ensure_demo  # noqa: PLC0415
+
+        ensure_demo()
+    check_tp(ModelConfig.from_dir(cfg.model), cfg.tp)
+    kind = cfg.device
+    if kind == "auto":
+        import torch  # noqa: PLC0415
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind != "cpu" and cfg.tp > device_count(kind):
+        raise UserError(f"--tp {cfg.tp} needs {cfg.tp} {kind} devices but only {device_count(kind)} are visible; "
+                        "lower --tp")
+
+
+def relaunch_under_torchrun(tp: int, argv: list[str]) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}",
+           "--monitor-interval=0.5", "-m", "inference", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m inference {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd in ENGINE_COMMANDS and "LOCAL_RANK" not in os.environ and "-h" not in rest and "--help" not in rest:
+            tp = peek_tp(rest)
+            if tp > 1:
+                preflight(rest)
+                relaunch_under_torchrun(tp, argv)
+        module, func = COMMANDS[cmd]
+        return getattr(importlib.import_module(module), func)(rest) or 0
+    except UserError as e:
+        rank = os.environ.get("RANK")
+        prefix = f"error (rank {rank}): " if rank not in (None, "0") else "error: "
+        print(prefix + str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
