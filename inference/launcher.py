@@ -1,0 +1,212 @@
+"""Start, find and stop the background engine server (no torch: the Textual app imports this).
+
+    path = ensure_server("14b", progress=lambda done, total, what: ...)   # reuse or start, wait ready
+    client = EngineClient(path)
+
+The server runs detached (its own session) as `python -m inference serve ...`, logging to
+`<model-id>.log` beside its socket `<model-id>.sock` in `$XDG_RUNTIME_DIR/qwen-chat/`
+(fallback `~/.cache/qwen-chat/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from inference.client import EngineClient, EngineError, EngineUnavailable
+from inference.errors import UserError
+
+EXIT_ALREADY_RUNNING = 3  # `serve` exit code when a live server owns the socket path
+LOG_ROTATE_BYTES = 10 << 20
+START_TIMEOUT = 1800.0  # a 72B checkpoint from a slow disk takes a while
+
+
+class EngineStartError(UserError):
+    """The background server exited or timed out while starting; carries the log's last lines."""
+
+    def __init__(self, message: str, log_file: Path | None = None, log_tail: Sequence[str] = ()):
+        self.log_file = log_file
+        self.log_tail = list(log_tail)
+        if self.log_tail:
+            message += f"\nlast lines of {log_file}:\n" + "\n".join("  " + s for s in self.log_tail)
+        super().__init__(message)
+
+
+def runtime_dir() -> Path:
+    """`$XDG_RUNTIME_DIR/qwen-chat` when that is a writable directory, else `~/.cache/qwen-chat`."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
+        return Path(xdg) / "qwen-chat"
+    return Path.home() / ".cache" / "qwen-chat"
+
+
+def default_socket_path(model_id: str) -> Path:
+    return runtime_dir() / f"{model_id}.sock"
+
+
+def log_path(socket_path: str | os.PathLike) -> Path:
+    p = Path(socket_path)
+    return p.with_name(p.stem + ".log") if p.suffix == ".sock" else p.with_name(p.name + ".log")
+
+
+def read_log_tail(path: str | os.PathLike, n: int = 20) -> list[str]:
+    """The last `n` lines of a log file ([] when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))
+            return [ln.decode("utf-8", "replace").rstrip("\r\n") for ln in deque(f, maxlen=n)]
+    except OSError:
+        return []
+
+
+def probe(socket_path: str | os.PathLike, timeout: float = 3.0) -> dict | None:
+    """The server's health dict, or None when nothing answers there."""
+    try:
+        with EngineClient(socket_path, timeout=timeout) as c:
+            return c.health()
+    except (EngineUnavailable, EngineError, OSError):
+        return None
+
+
+def _model_id(model: str) -> str:
+    from inference.model_path import model_id
+
+    return model_id(model)
+
+
+def server_command(model: str, socket_path: Path, tp: int = 1, dtype: str = "auto", device: str = "auto",
+                   quant: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", "inference", "serve", "--model", str(model), "--tp", str(tp),
+           "--dtype", dtype, "--device", device, "--socket", str(socket_path),
+           "--log-file", str(log_path(socket_path))]
+    if quant:
+        cmd += ["--quant", quant]
+    return cmd + list(extra_args)
+
+
+def spawn_server(cmd: Sequence[str], log_file: Path) -> subprocess.Popen:
+    """Start `cmd` detached (own session, no terminal), stdout and stderr appended to `log_file`."""
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if log_file.stat().st_size > LOG_ROTATE_BYTES:
+            log_file.replace(log_file.with_name(log_file.name + ".1"))
+    except OSError:
+        pass
+    with open(log_file, "ab") as log:
+        os.chmod(log_file, 0o600)
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+        log.flush()
+        return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+
+
+def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "auto", quant: str | None = None,
+                  socket: str | os.PathLike | None = None, extra_args: Sequence[str] = (),
+                  progress: Callable[[int, int, str], None] | None = None,
+                  timeout: float = START_TIMEOUT) -> Path:
+    """Reuse the live server for `model` or start one in the background; return its socket path once it
+    reports ready. `progress(done, total, what)` follows weight loading. Raises EngineStartError."""
+    path = Path(socket).expanduser() if socket else default_socket_path(_model_id(model))
+    log_file = log_path(path)
+    report = progress or (lambda done, total, what: None)
+    proc = None
+    health = probe(path)
+    if health is None:
+        report(0, 0, "starting the engine server")
+        proc = spawn_server(server_command(model, path, tp, dtype, device, quant, extra_args), log_file)
+    elif socket and health.get("model_id") not in (None, _model_id(model)):
+        raise UserError(f"the engine server on {path} runs {health.get('model_id')}, not {model}: "
+                        f"pass another --socket or stop it with `qwen-chat stop --socket {path}`")
+    deadline = time.monotonic() + timeout
+    gone_since = None
+    while True:
+        if health is not None:
+            if health.get("status") == "ready":
+                return path
+            prog = health.get("progress") or {}
+            report(int(prog.get("done", 0)), int(prog.get("total", 0)), str(prog.get("what", "loading")))
+        if proc is not None and proc.poll() is not None:
+            if proc.returncode != EXIT_ALREADY_RUNNING:
+                raise EngineStartError(f"the engine server exited with code {proc.returncode} while starting",
+                                       log_file, read_log_tail(log_file, 15))
+            proc = None  # another start won the race for the socket: wait for that server instead
+        if proc is None and health is None:
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > 10.0:
+                raise EngineStartError(f"the engine server on {path} went away while starting", log_file,
+                                       read_log_tail(log_file, 15))
+        else:
+            gone_since = None
+        if time.monotonic() > deadline:
+            if proc is not None:
+                _kill_group(proc.pid)
+            raise EngineStartError(f"the engine server was not ready after {timeout:.0f}s", log_file,
+                                   read_log_tail(log_file, 15))
+        time.sleep(0.2)
+        health = probe(path)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_server(path: Path, timeout: float = 30.0) -> str:
+    """Ask the server on `path` to shut down and wait until it is gone. Returns what happened."""
+    try:
+        with EngineClient(path, timeout=5.0) as c:
+            health = c.health()
+            c.shutdown()
+    except (EngineUnavailable, EngineError):
+        return f"no engine server is running on {path}"
+    pid = health.get("pid")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not path.exists() and not _pid_alive(pid):
+            return f"stopped the engine server for {health.get('model_id', '?')} (pid {pid}, {path})"
+        time.sleep(0.1)
+    raise UserError(f"the engine server (pid {pid}) on {path} did not stop within {timeout:.0f}s; "
+                    f"end it with `kill {pid}`")
+
+
+def stop_main(argv: Sequence[str] | None = None) -> int:
+    """`qwen-chat stop [--model M | --socket PATH]`: no option stops every server in the default directory."""
+    ap = argparse.ArgumentParser(prog="qwen-chat stop", description="Stop background engine servers.")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--model", help="stop the server of this model (path, alias or demo)")
+    g.add_argument("--socket", help="stop the server listening on this socket")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it to exit")
+    args = ap.parse_args(argv)
+    if args.socket:
+        paths = [Path(args.socket).expanduser()]
+    elif args.model:
+        paths = [default_socket_path(_model_id(args.model))]
+    else:
+        paths = sorted(runtime_dir().glob("*.sock"))
+        if not paths:
+            print(f"no engine server is running (no sockets in {runtime_dir()})")
+            return 0
+    for p in paths:
+        print(stop_server(p, args.timeout))
+    return 0

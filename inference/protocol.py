@@ -1,0 +1,295 @@
+"""The engine server's wire protocol: newline-delimited JSON over a Unix socket (docs/protocol.md).
+
+Requests and events are JSON objects, one per line, UTF-8, at most `MAX_LINE_BYTES` per line.
+This module validates requests into small dataclasses and builds events. No torch here: the
+Textual app and the client import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from inference.config import SamplingParams
+from inference.errors import UserError
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 1 << 20  # 1 MiB per line, requests and events alike
+MAX_ID_CHARS = 256
+MAX_MESSAGES = 10_000
+MAX_SEED = 2**63 - 1
+OPS = ("generate", "cancel", "stats", "health", "tokenize", "shutdown")
+FINISH_REASONS = ("stop", "length", "cancelled")
+ROLES = ("system", "user", "assistant")
+
+# error codes carried in error events ("code")
+BAD_JSON = "bad_json"
+LINE_TOO_LONG = "line_too_long"
+BAD_REQUEST = "bad_request"
+UNKNOWN_OP = "unknown_op"
+UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+DUPLICATE_ID = "duplicate_id"
+PROMPT_TOO_LONG = "prompt_too_long"
+NOT_READY = "not_ready"
+OVERLOADED = "overloaded"
+SHUTTING_DOWN = "shutting_down"
+ENGINE_ERROR = "engine_error"
+DISCONNECTED = "disconnected"  # made by clients when the connection drops
+
+SAMPLING_FIELDS = {  # request field -> (allowed JSON types, description)
+    "max_new_tokens": ("int", "a positive integer"),
+    "temperature": ("number", "a number (0 = greedy)"),
+    "top_p": ("number", "a number in (0, 1]"),
+    "top_k": ("int", "a non-negative integer (0 = off)"),
+    "repetition_penalty": ("number", "a number in (0, 10]"),
+    "seed": ("int|null", "an integer in 0..2**63-1 or null"),
+    "ignore_eos": ("bool", "true or false"),
+}
+COMMON_FIELDS = ("op", "id", "protocol")
+OP_FIELDS = {
+    "generate": ("prompt_ids", "messages", "session", *SAMPLING_FIELDS),
+    "cancel": (),
+    "stats": (),
+    "health": (),
+    "tokenize": ("text", "messages"),
+    "shutdown": (),
+}
+
+
+class ProtocolError(UserError):
+    """A request the server rejects; becomes one error event, the connection stays open."""
+
+    def __init__(self, message: str, code: str = BAD_REQUEST, request_id: str | int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    id: str | int
+    prompt_ids: list[int] | None  # exactly one of prompt_ids / messages
+    messages: list[dict] | None
+    sampling: dict = field(default_factory=dict)  # keyword arguments of SamplingParams
+    session: str | None = None
+    op: str = "generate"
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(**self.sampling)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    id: str | int
+    op: str = "cancel"
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    id: str | int | None
+    text: str | None  # exactly one of text / messages
+    messages: list[dict] | None
+    op: str = "tokenize"
+
+
+@dataclass(frozen=True)
+class SimpleRequest:
+    op: str  # stats | health | shutdown
+    id: str | int | None = None
+
+
+Request = GenerateRequest | CancelRequest | TokenizeRequest | SimpleRequest
+
+
+# -- decoding -------------------------------------------------------------------------------------------
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (use a finite number)")
+
+
+def decode_line(line: bytes) -> object:
+    """Parse one line (without or with its trailing newline) into a JSON value, or raise ProtocolError."""
+    if len(line) > MAX_LINE_BYTES + 1:
+        raise ProtocolError(
+            f"line of {len(line)} bytes is longer than the {MAX_LINE_BYTES}-byte limit", LINE_TOO_LONG
+        )
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"request is not valid UTF-8 ({e}); send one JSON object per line",
+                            BAD_JSON) from e
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as e:
+        raise ProtocolError("request JSON is nested too deeply", BAD_JSON) from e
+    except ValueError as e:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"request is not valid JSON ({e}); send one JSON object per line",
+                            BAD_JSON) from e
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _type_name(v: object) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _check_id(v: object, required: bool) -> str | int | None:
+    if v is None:
+        if required:
+            raise ProtocolError("missing 'id': give every generate/cancel request a string id")
+        return None
+    if isinstance(v, str):
+        if not 1 <= len(v) <= MAX_ID_CHARS:
+            raise ProtocolError(
+                f"'id' must be a string of 1..{MAX_ID_CHARS} characters, got {len(v)} characters")
+        return v
+    if _is_int(v) and abs(v) < 2**63:
+        return v
+    raise ProtocolError(f"'id' must be a string or an integer, got {_type_name(v)}")
+
+
+def _check_token_ids(v: object, where: str, allow_empty: bool) -> list[int]:
+    if not isinstance(v, list):
+        raise ProtocolError(f"{where} must be an array of token ids (integers), got {_type_name(v)}")
+    if not v and not allow_empty:
+        raise ProtocolError(f"{where} must not be empty")
+    for i, t in enumerate(v):
+        if not _is_int(t) or not 0 <= t < 2**31:
+            raise ProtocolError(f"{where}[{i}] must be a non-negative integer token id, got {t!r}"[:300])
+    return v
+
+
+def _check_messages(v: object) -> list[dict]:
+    if not isinstance(v, list):
+        raise ProtocolError(f"'messages' must be an array of {{role, content}} objects, got {_type_name(v)}")
+    if not v:
+        raise ProtocolError("'messages' must not be empty")
+    if len(v) > MAX_MESSAGES:
+        raise ProtocolError(f"'messages' has {len(v)} entries, more than the {MAX_MESSAGES} allowed")
+    for n, m in enumerate(v):
+        if not isinstance(m, dict):
+            raise ProtocolError(f"messages[{n}] must be an object with role and content, got {_type_name(m)}")
+        unknown = sorted(set(m) - {"role", "content", "token_ids"})
+        if unknown:
+            raise ProtocolError(
+                f"messages[{n}]: unknown field {unknown[0]!r} (allowed: role, content, token_ids)"[:300])
+        if m.get("role") not in ROLES:
+            raise ProtocolError(
+                f"messages[{n}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}"[:300])
+        if not isinstance(m.get("content"), str):
+            raise ProtocolError(f"messages[{n}].content must be a string, got {_type_name(m.get('content'))}")
+        if m.get("token_ids") is not None:
+            _check_token_ids(m["token_ids"], f"messages[{n}].token_ids", allow_empty=True)
+    return v
+
+
+def _check_sampling(obj: dict) -> dict:
+    kw = {}
+    for name, (kind, desc) in SAMPLING_FIELDS.items():
+        if name not in obj:
+            continue
+        v = obj[name]
+        ok = {"int": _is_int(v), "number": _is_number(v), "bool": isinstance(v, bool),
+              "int|null": v is None or (_is_int(v) and 0 <= v <= MAX_SEED)}[kind]
+        if not ok:
+            raise ProtocolError(f"'{name}' must be {desc}, got {_type_name(v)} {json.dumps(v)[:40]}")
+        kw[name] = v
+    try:
+        SamplingParams(**kw)
+    except UserError as e:
+        raise ProtocolError(str(e)) from e
+    return kw
+
+
+def parse_request(obj: object) -> Request:
+    """Validate one decoded JSON value as a request; raises ProtocolError with the request's id if known."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a request must be a JSON object with an 'op', got {_type_name(obj)}")
+    raw_id = obj.get("id")
+    try:
+        rid = _check_id(raw_id, required=False)
+    except ProtocolError:
+        rid = None
+    try:
+        return _parse(obj)
+    except ProtocolError as e:
+        e.request_id = rid
+        raise
+
+
+def _parse(obj: dict) -> Request:
+    op = obj.get("op")
+    if op not in OPS:
+        if "op" not in obj:
+            raise ProtocolError(f"missing 'op': use one of {', '.join(OPS)}", UNKNOWN_OP)
+        raise ProtocolError(f"unknown op {op!r}: use one of {', '.join(OPS)}"[:300], UNKNOWN_OP)
+    version = obj.get("protocol", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ProtocolError(
+            f"this server speaks protocol {PROTOCOL_VERSION}, the request asked for {version!r}; "
+            "use a client and server from the same qwen-chat version"[:300],
+            UNSUPPORTED_PROTOCOL,
+        )
+    allowed = (*COMMON_FIELDS, *OP_FIELDS[op])
+    unknown = sorted(k for k in obj if k not in allowed)
+    if unknown:
+        raise ProtocolError(
+            f"unknown field {unknown[0]!r} for op {op!r} (allowed: {', '.join(allowed)})"[:400])
+    rid = _check_id(obj.get("id"), required=op in ("generate", "cancel"))
+    if op == "generate":
+        has_ids, has_msgs = obj.get("prompt_ids") is not None, obj.get("messages") is not None
+        if has_ids == has_msgs:
+            raise ProtocolError("generate needs exactly one of 'prompt_ids' or 'messages'")
+        prompt_ids = _check_token_ids(obj["prompt_ids"], "'prompt_ids'", False) if has_ids else None
+        messages = _check_messages(obj["messages"]) if has_msgs else None
+        session = obj.get("session")
+        if session is not None and not (isinstance(session, str) and len(session) <= MAX_ID_CHARS):
+            raise ProtocolError(f"'session' must be a string of at most {MAX_ID_CHARS} characters or null")
+        return GenerateRequest(rid, prompt_ids, messages, _check_sampling(obj), session)
+    if op == "cancel":
+        return CancelRequest(rid)
+    if op == "tokenize":
+        has_text, has_msgs = obj.get("text") is not None, obj.get("messages") is not None
+        if has_text == has_msgs:
+            raise ProtocolError("tokenize needs exactly one of 'text' or 'messages'")
+        if has_text and not isinstance(obj["text"], str):
+            raise ProtocolError(f"'text' must be a string, got {_type_name(obj['text'])}")
+        return TokenizeRequest(rid, obj.get("text"), _check_messages(obj["messages"]) if has_msgs else None)
+    return SimpleRequest(op, rid)
+
+
+# -- encoding -------------------------------------------------------------------------------------------
+def encode(obj: dict) -> bytes:
+    """One JSON line (compact, UTF-8, newline-terminated)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def token_event(rid, token_ids: list[int], text: str) -> dict:
+    return {"id": rid, "event": "token", "token_ids": token_ids, "text": text}
+
+
+def done_event(rid, finish_reason: str, usage: dict) -> dict:
+    return {"id": rid, "event": "done", "finish_reason": finish_reason, "usage": usage}
+
+
+def error_event(rid, message: str, code: str = BAD_REQUEST) -> dict:
+    return {"id": rid, "event": "error", "code": code, "message": message}
+
+
+def result_event(rid, op: str, result: dict) -> dict:
+    return {"id": rid, "event": "result", "op": op, "result": result}
+
+
+def request(op: str, **fields) -> dict:
+    """A request object as clients send it (fields that are None are left out)."""
+    return {"op": op, "protocol": PROTOCOL_VERSION, **{k: v for k, v in fields.items() if v is not None}}

@@ -1,0 +1,294 @@
+"""The asyncio side of the engine server: connections, request routing, detokenizing, lifecycle.
+
+Rank 0 binds the socket BEFORE loading the model, so `health` answers "loading" with progress while
+weights load in the engine thread (engine_loop.py). One `Tracked` per in-flight generate request
+maps the engine's request id to its connection and the client's id, and holds its StreamDecoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from inference import protocol as P
+from inference.config import EngineConfig
+from inference.errors import UserError
+from inference.server.connection import Connection
+from inference.server.engine_loop import EngineLoop, Output
+
+log = logging.getLogger("inference.server")
+EXIT_TIMEOUT = 20.0  # seconds to wait for the engine thread at shutdown before exiting anyway
+
+
+@dataclass
+class Tracked:
+    rid: str
+    client_id: object
+    conn: Connection
+    decoder: object
+    prompt_tokens: int
+    completion_tokens: int = 0
+    t0: float = field(default_factory=time.monotonic)
+    t_first: float | None = None
+
+
+class EngineServer:
+    def __init__(self, cfg: EngineConfig, info: dict, listen_sock, make_engine, send_limit: int):
+        self.cfg = cfg
+        self.info = info  # model, model_id, tp, quant, demo, socket, log_file, ...
+        self.listen_sock = listen_sock
+        self.make_engine = make_engine
+        self.send_limit = send_limit
+        self.status = "loading"
+        self.progress = {"done": 0, "total": 0, "what": "starting"}
+        self.started = time.time()
+        self.engine = None
+        self.tokenizer = None
+        self.vocab_size = None
+        self.max_model_len = None
+        self.requests: dict[str, Tracked] = {}
+        self.connections: set[Connection] = set()
+        self.exit_code = 0
+        self._conn_numbers = itertools.count(1)
+        self._rids = itertools.count(1)
+        self._stop = asyncio.Event()
+        self._engine_gone = asyncio.Event()
+        self.loop: EngineLoop | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def run(self) -> int:
+        aio = asyncio.get_running_loop()
+        server = await asyncio.start_unix_server(self._handle, sock=self.listen_sock,
+                                                 limit=P.MAX_LINE_BYTES + 2)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            aio.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        self.loop = EngineLoop(self.make_engine, aio.call_soon_threadsafe, self._on_progress, self._on_ready,
+                               self._on_outputs, self._on_crash, self._engine_gone.set)
+        self.loop.start()
+        log.info("listening on %s (pid %d); loading %s", self.info["socket"], os.getpid(), self.info["model"])
+        await self._stop.wait()
+        self.status = "stopping"
+        server.close()
+        for t in list(self.requests.values()):
+            t.conn.send(P.error_event(t.client_id, "the engine server is shutting down; the reply was cut off",
+                                      P.SHUTTING_DOWN))
+            self._untrack(t)
+        self.loop.stop()
+        await asyncio.gather(*(c.flush_and_close(2.0) for c in list(self.connections)))
+        try:
+            await asyncio.wait_for(self._engine_gone.wait(), EXIT_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.error("the engine thread did not finish within %.0fs; exiting anyway", EXIT_TIMEOUT)
+            self.exit_code = self.exit_code or 1
+        log.info("stopped (exit code %d)", self.exit_code)
+        return self.exit_code
+
+    def request_stop(self, why: str = "") -> None:
+        if not self._stop.is_set():
+            log.info("shutting down%s", f" ({why})" if why else "")
+            self._stop.set()
+
+    # -- engine thread callbacks (run on the asyncio loop) ------------------------------------------
+    def _on_progress(self, done, total, what) -> None:
+        self.progress = {"done": int(done), "total": int(total), "what": str(what)}
+
+    def _on_ready(self, engine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.vocab_size = engine.model_config.vocab_size
+        self.max_model_len = _max_model_len(engine)
+        for key in ("device", "dtype"):
+            value = getattr(engine, key, None)
+            if value is not None:
+                self.info[key] = str(value).replace("torch.", "")
+        if self.status == "loading":
+            self.status = "ready"
+            self.progress = {**self.progress, "what": "ready"}
+            log.info("ready: %s on %s (%s), max_model_len %s", self.info["model_id"], self.info.get("device"),
+                     self.info.get("dtype"), self.max_model_len)
+
+    def _on_crash(self, message: str, tb: str) -> None:
+        log.error("%s\n%s", message, tb)
+        self.status = "failed"
+        self.exit_code = 1
+        msg = f"{message}; the engine server is exiting (log: {self.info.get('log_file') or 'its stderr'})"
+        for t in list(self.requests.values()):
+            t.conn.send(P.error_event(t.client_id, msg, P.ENGINE_ERROR))
+            self._untrack(t)
+        for c in self.connections:
+            c.send(P.error_event(None, msg, P.ENGINE_ERROR))
+        self.request_stop("engine failure")
+
+    def _on_outputs(self, outs: list[Output]) -> None:
+        for o in outs:
+            t = self.requests.get(o.request_id)
+            if t is None:
+                continue  # its connection went away, or it was already failed
+            if o.error is not None:
+                t.conn.send(P.error_event(t.client_id, o.error, _error_code(o.error)))
+                self._untrack(t)
+                continue
+            if o.token_ids:
+                t.t_first = t.t_first or time.monotonic()
+                t.completion_tokens += len(o.token_ids)
+                if not t.conn.send(P.token_event(t.client_id, o.token_ids, t.decoder.push(o.token_ids)),
+                                   control=False):
+                    self._overloaded(t.conn)
+                    continue
+            if o.finished:
+                rest = t.decoder.flush()
+                if rest:
+                    t.conn.send(P.token_event(t.client_id, [], rest))
+                t.conn.send(P.done_event(t.client_id, o.finish_reason or "stop", self._usage(t, o.usage)))
+                self._untrack(t)
+
+    def _usage(self, t: Tracked, usage: dict | None) -> dict:
+        if usage and usage.get("prompt_tokens") is not None:
+            return usage
+        now = time.monotonic()
+        ttft = None if t.t_first is None else round((t.t_first - t.t0) * 1000, 1)
+        decode = (t.completion_tokens - 1) / (now - t.t_first) if t.t_first and now > t.t_first else None
+        return {"prompt_tokens": t.prompt_tokens, "cached_tokens": None, "completion_tokens": t.completion_tokens,
+                "ttft_ms": ttft, "decode_tok_s": None if decode is None else round(decode, 1)}
+
+    def _untrack(self, t: Tracked) -> None:
+        self.requests.pop(t.rid, None)
+        if t.conn.active.get(t.client_id) == t.rid:
+            del t.conn.active[t.client_id]
+
+    def _cancel_all(self, conn: Connection, code: str | None, message: str = "") -> None:
+        for client_id, rid in list(conn.active.items()):
+            t = self.requests.get(rid)
+            if t is not None:
+                if code is not None:
+                    conn.send(P.error_event(client_id, message, code))
+                self._untrack(t)
+            self.loop.abort(rid)
+        conn.active.clear()
+
+    def _overloaded(self, conn: Connection) -> None:
+        log.warning("connection %d reads too slowly (%d bytes unsent): cancelling its requests",
+                    conn.number, conn.buffered())
+        self._cancel_all(conn, P.OVERLOADED,
+                         f"the client did not read events fast enough ({conn.buffered()} bytes unsent, "
+                         f"limit {self.send_limit}): request cancelled; read the stream as it comes")
+
+    # -- connections ---------------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(next(self._conn_numbers), reader, writer, self.send_limit)
+        self.connections.add(conn)
+        try:
+            async for line in conn.lines():
+                if line is None:
+                    conn.send(P.error_event(None, f"request line longer than {P.MAX_LINE_BYTES} bytes; "
+                                                  "it was skipped", P.LINE_TOO_LONG))
+                    continue
+                try:
+                    self._handle_line(conn, line)
+                except P.ProtocolError as e:
+                    conn.send(P.error_event(e.request_id, e.message, e.code))
+        finally:
+            self.connections.discard(conn)
+            if self.loop is not None and conn.active:
+                log.info("connection %d closed: cancelling %d request(s)", conn.number, len(conn.active))
+            if self.loop is not None:
+                self._cancel_all(conn, None)
+            await conn.flush_and_close(0.5)
+
+    def _handle_line(self, conn: Connection, line: bytes) -> None:
+        req = P.parse_request(P.decode_line(line))
+        if isinstance(req, P.GenerateRequest):
+            self._generate(conn, req)
+        elif isinstance(req, P.CancelRequest):
+            rid = conn.active.get(req.id)
+            if rid is not None:
+                self.loop.abort(rid)
+        elif isinstance(req, P.TokenizeRequest):
+            self._require_ready(req.id)
+            ids = self.tokenizer.encode(req.text) if req.text is not None else self._chat_ids(req.messages)
+            conn.send(P.result_event(req.id, "tokenize", {"token_ids": ids}))
+        elif req.op == "health":
+            conn.send(P.result_event(req.id, "health", self.health()))
+        elif req.op == "stats":
+            self._stats(conn, req.id)
+        elif req.op == "shutdown":
+            conn.send(P.result_event(req.id, "shutdown", {"status": "stopping"}))
+            self.request_stop(f"shutdown requested by connection {conn.number}")
+
+    def _require_ready(self, rid) -> None:
+        if self.status == "ready":
+            return
+        if self.status == "loading":
+            p = self.progress
+            raise P.ProtocolError(f"the engine is still loading the model ({p['what']} {p['done']}/{p['total']}); "
+                                  "wait until health reports status ready", P.NOT_READY, rid)
+        raise P.ProtocolError(f"the engine server is {self.status}; start a new one", P.SHUTTING_DOWN, rid)
+
+    def _chat_ids(self, messages: list[dict]) -> list[int]:
+        try:
+            return self.tokenizer.chat_ids(messages)
+        except UserError as e:
+            raise P.ProtocolError(str(e)) from e
+
+    def _generate(self, conn: Connection, req: P.GenerateRequest) -> None:
+        self._require_ready(req.id)
+        if req.id in conn.active:
+            raise P.ProtocolError(f"request id {req.id!r} is already streaming on this connection; "
+                                  "use a new id per request", P.DUPLICATE_ID, req.id)
+        ids = list(req.prompt_ids) if req.prompt_ids is not None else self._chat_ids(req.messages)
+        bad = next((i for i in ids if i >= self.vocab_size), None)
+        if bad is not None:
+            raise P.ProtocolError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1})",
+                                  P.BAD_REQUEST, req.id)
+        params = req.sampling_params()
+        if self.max_model_len is not None and len(ids) >= self.max_model_len:
+            raise P.ProtocolError(f"the prompt has {len(ids)} tokens; this engine holds at most "
+                                  f"{self.max_model_len} per sequence: shorten the conversation",
+                                  P.PROMPT_TOO_LONG, req.id)
+        rid = f"c{conn.number}-{next(self._rids)}"
+        self.requests[rid] = Tracked(rid, req.id, conn, _stream_decoder(self.tokenizer), len(ids))
+        conn.active[req.id] = rid
+        self.loop.add(rid, ids, params)
+
+    def _stats(self, conn: Connection, rid) -> None:
+        base = {"status": self.status, "connections": len(self.connections), "requests": len(self.requests)}
+        if self.status != "ready":
+            conn.send(P.result_event(rid, "stats", base))
+            return
+
+        def reply(result):
+            if isinstance(result, Exception):
+                conn.send(P.error_event(rid, f"stats failed: {result}", P.ENGINE_ERROR))
+            else:
+                conn.send(P.result_event(rid, "stats", {**result, **base}))
+
+        self.loop.stats(reply)
+
+    def health(self) -> dict:
+        return {"status": self.status, **self.info, "progress": dict(self.progress),
+                "protocol": P.PROTOCOL_VERSION, "pid": os.getpid(),
+                "uptime_s": round(time.time() - self.started, 1), "max_model_len": self.max_model_len}
+
+
+def _stream_decoder(tokenizer):
+    from inference.tokenizer import StreamDecoder
+
+    return StreamDecoder(tokenizer)
+
+
+def _max_model_len(engine) -> int | None:
+    for owner in (engine, getattr(engine, "config", None), getattr(engine, "scheduler", None)):
+        value = getattr(owner, "max_model_len", None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _error_code(message: str) -> str:
+    text = message.lower()
+    return P.PROMPT_TOO_LONG if ("too long" in text or "max_model_len" in text) else P.BAD_REQUEST

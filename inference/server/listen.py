@@ -1,0 +1,122 @@
+"""Claim the socket path: private directory, one server per path, stale sockets replaced.
+
+A `<socket>.lock` file held with `flock` for the server's lifetime makes "one server per path"
+race-free (the kernel drops the lock when the process dies, however it dies). A socket file whose
+owner is gone (nothing answers, the lock is free) is stale and removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+from pathlib import Path
+
+from inference.errors import UserError
+
+MAX_SUN_PATH = 107  # bytes of a Unix socket path, without the trailing NUL
+
+
+class AlreadyRunning(UserError):
+    """A live server owns the path."""
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _answers(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2.0)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _owner_pid(lock: Path) -> str:
+    try:
+        return lock.read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _already(path: Path, pid: str) -> AlreadyRunning:
+    return AlreadyRunning(
+        f"an engine server (pid {pid}) already owns {path}: use it (the app reuses it), "
+        f"or stop it first with `qwen-chat stop --socket {path}`"
+    )
+
+
+def claim_socket(path: str | os.PathLike, private_dir: bool) -> tuple[socket.socket, int]:
+    """Bind and listen on `path` with mode 0600; returns (listening socket, lock fd to keep open).
+
+    `private_dir`: make the directory 0700 (the default qwen-chat directory, or one we create).
+    """
+    path = Path(path).expanduser().absolute()
+    if len(os.fsencode(str(path))) > MAX_SUN_PATH:
+        raise UserError(
+            f"socket path {path} is {len(os.fsencode(str(path)))} bytes, longer than the {MAX_SUN_PATH} a "
+            "Unix socket allows: pass a shorter --socket (or set XDG_RUNTIME_DIR to a short directory)"
+        )
+    parent = path.parent
+    created = not parent.exists()
+    try:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the socket directory {parent}: {e}; pass --socket elsewhere") from e
+    if created or private_dir:
+        st = parent.stat()
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(parent, 0o700)
+    lock = lock_path(path)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise _already(path, _owner_pid(lock)) from None
+        raise
+    try:
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise UserError(f"{path} exists and is not a socket: remove it or pass another --socket")
+            if _answers(path):  # a server that predates the lock file, or one on another lock
+                raise _already(path, "?")
+            path.unlink()  # stale: its server is gone
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        sock.setblocking(False)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return sock, fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def release_socket(path: str | os.PathLike, sock: socket.socket | None, fd: int | None) -> None:
+    """Remove the socket file (the lock file stays, unlocked: removing it would race a new server)."""
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    if fd is not None:
+        os.close(fd)

@@ -1,0 +1,108 @@
+"""`python -m inference serve`: parse flags, claim the socket on rank 0, run the server.
+
+Ranks above 0 (under torchrun) only build the engine, which runs the worker loop and returns when
+rank 0 shuts down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path
+from inference.server.app import EngineServer
+from inference.server.listen import AlreadyRunning, claim_socket, release_socket
+
+log = logging.getLogger("inference.server")
+DEFAULT_SEND_LIMIT = 4 << 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from inference.cli_args import add_engine_args
+
+    ap = argparse.ArgumentParser(prog="qwen-chat serve",
+                                 description="Serve the engine on a local Unix socket (docs/protocol.md).")
+    add_engine_args(ap)
+    ap.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/qwen-chat/<model-id>.sock, "
+                                     "else ~/.cache/qwen-chat/<model-id>.sock)")
+    ap.add_argument("--log-file", help="append stdout and stderr to this file")
+    ap.add_argument("--send-buffer-limit", type=int, default=DEFAULT_SEND_LIMIT, metavar="BYTES",
+                    help="unsent bytes per connection before its streams are cancelled as too slow "
+                         f"(default {DEFAULT_SEND_LIMIT})")
+    return ap
+
+
+def _rank() -> int:
+    try:
+        from inference.distributed import get_rank
+    except ImportError:
+        return int(os.environ.get("RANK", "0"))
+    return get_rank()
+
+
+def _engine_factory(cfg):
+    def make(progress):
+        from inference.engine.llm_engine import LLMEngine
+
+        return LLMEngine(cfg, progress=progress)
+
+    return make
+
+
+def _redirect_output(log_file: str) -> None:
+    """Append fds 1 and 2 to `log_file`, unless they already point at it (the launcher did that)."""
+    path = Path(log_file).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    target = os.fstat(fd)
+    for std in (1, 2):
+        try:
+            st = os.fstat(std)
+            same = (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            sys.stdout.flush() if std == 1 else sys.stderr.flush()
+            os.dup2(fd, std)
+    os.close(fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from inference.cli_args import engine_config_from_args
+    from inference.model_path import is_demo, model_id
+
+    args = build_parser().parse_args(argv)
+    cfg = engine_config_from_args(args)
+    if _rank() != 0:
+        _engine_factory(cfg)(None)
+        return 0
+    if args.log_file:
+        _redirect_output(args.log_file)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mid = model_id(args.model)
+    path = Path(args.socket).expanduser().absolute() if args.socket else default_socket_path(mid)
+    try:
+        sock, lock_fd = claim_socket(path, private_dir=not args.socket)
+    except AlreadyRunning as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    info = {"model": str(cfg.model), "model_id": mid, "device": cfg.device, "dtype": cfg.dtype, "tp": cfg.tp,
+            "quant": cfg.quant, "demo": bool(is_demo(cfg.model)), "socket": str(path),
+            "log_file": str(Path(args.log_file).expanduser().absolute()) if args.log_file else None}
+    server = EngineServer(cfg, info, sock, _engine_factory(cfg), args.send_buffer_limit)
+    try:
+        code = asyncio.run(server.run())
+    finally:
+        release_socket(path, None, lock_fd)
+    if server.loop is not None and server.loop.is_alive():  # stuck loading or in a collective: do not wait
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
