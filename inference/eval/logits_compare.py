@@ -42,6 +42,11 @@ def side_signature(cfg: EngineConfig) -> dict:
             "quant": cfg.quant}
 
 
+def describe(sig: dict) -> str:
+    return (f"{sig['model']} (dtype {sig['dtype']}, device {sig['device']}, tp {sig['tp']}, "
+            f"quant {sig['quant'] or 'none'})")
+
+
 def _window_tokens(cfg: EngineConfig) -> int:
     try:
         from inference.config import ModelConfig
@@ -104,9 +109,7 @@ def run_side(name: str, cfg: EngineConfig, ids: list[list[int]], indices: list[i
     if not missing:
         return
     if not quiet:
-        s = side_signature(cfg)
-        print(f"{name}: {s['model']} (dtype {s['dtype']}, tp {s['tp']}, quant {s['quant']}), "
-              f"{len(missing)} prompts", file=sys.stderr)
+        print(f"{name}: {describe(side_signature(cfg))}, {len(missing)} prompts", file=sys.stderr)
     if cfg.tp == 1 and not _in_multi_rank_job():
         engine = open_engine(cfg, progress=None if quiet else print_load_progress())
         try:
@@ -161,7 +164,8 @@ def run_logits(args, cfg_model: EngineConfig, cfg_ref: EngineConfig) -> int:
            "prompts_sha": digest}
     partial = PartialResults(out / "logits_progress.jsonl", sig, restart=args.restart)
     todo = [i for i in range(len(ids)) if f"p{i}" not in partial]
-    if partial.resumed:
+    resumed = len(ids) - len(todo)
+    if resumed:
         print(f"resuming: {len(ids) - len(todo)} of {len(ids)} prompts already compared "
               f"({partial.path}; --restart starts over)", file=sys.stderr)
     dirs = {"reference": out / "logits_reference", "model": out / "logits_model"}
@@ -182,12 +186,13 @@ def run_logits(args, cfg_model: EngineConfig, cfg_ref: EngineConfig) -> int:
     write_csv(out / "logits_results.csv", ["id", "prompt", *keys],
               [[r["id"], r["prompt"], *(r[k] for k in keys)] for r in per_prompt])
     write_json(out / "logits_results.json", {
-        "task": "logits", "config": sig, "items_run": len(todo), "items_resumed": partial.resumed - len(todo),
+        "task": "logits", "config": sig, "items_run": len(todo), "items_resumed": resumed,
         "elapsed_s": round(time.monotonic() - t0, 3), "summary": summary, "prompts": per_prompt})
     if not args.keep_logits:
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)
-    print(f"model:     {sig['model']}\nreference: {sig['reference']}")
+    for name in ("model", "reference"):
+        print(f"{name + ':':<11}{describe(sig[name])}")
     print(format_table(summary))
     print(f"results: {out / 'logits_results.json'}, {out / 'logits_results.csv'}")
     return 0

@@ -66,7 +66,8 @@ def compare_logits(ref, cand) -> dict:
         raise UserError(f"logits shapes differ: reference {tuple(ref.shape)}, candidate {tuple(cand.shape)}; "
                         "the two checkpoints must share the vocabulary")
     a, b = ref.to(torch.float64), cand.to(torch.float64)
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1.0, 1.0)
+    # dot / sqrt(|a|^2 |b|^2): exactly 1.0 for identical rows (no per-vector normalization rounding)
+    cos = ((a * b).sum(-1) / ((a * a).sum(-1) * (b * b).sum(-1)).sqrt().clamp_min(1e-300)).clamp(-1.0, 1.0)
     top1 = a.argmax(-1) == b.argmax(-1)
     lpa, lpb = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
     kl = (lpa.exp() * (lpa - lpb)).sum(-1).clamp_min(0.0)

@@ -28,18 +28,21 @@ def base_signature(task: str, cfg, data: str) -> dict:
             "tp": cfg.tp, "quant": cfg.quant, "data": str(Path(data).resolve())}
 
 
-def _run(task: str, cfg, args, requests: list[EvalRequest], partial: PartialResults, score) -> int:
-    """Run the requests not yet in `partial` through one engine; `score(finished, tokenizer)` -> record."""
+def _run(task: str, cfg, args, requests: list[EvalRequest], partial: PartialResults, score
+         ) -> tuple[int, int]:
+    """Run the requests not yet in `partial` through one engine; `score(finished, tokenizer)` -> record.
+    Returns (items run, items resumed)."""
     todo = [r for r in requests if r.item_id not in partial]
-    quiet = getattr(args, "quiet", False)
-    if get_rank() == 0 and partial.resumed:
-        print(f"resuming: {len(requests) - len(todo)} of {len(requests)} items already done "
+    resumed = len(requests) - len(todo)
+    if get_rank() == 0 and resumed:
+        print(f"resuming: {resumed} of {len(requests)} items already done "
               f"({partial.path}; --restart starts over)", file=sys.stderr)
     if not todo:
-        return 0
+        return 0, resumed
+    quiet = args.quiet
     engine = open_engine(cfg, progress=None if quiet else print_load_progress())
     if get_rank() != 0:  # pragma: no cover - worker ranks normally exit inside the engine
-        return 0
+        return 0, resumed
     bar = ProgressBar(len(todo), task, enabled=not quiet)
     try:
         with partial:
@@ -47,7 +50,7 @@ def _run(task: str, cfg, args, requests: list[EvalRequest], partial: PartialResu
     finally:
         bar.close()
         close_engine(engine)
-    return len(todo)
+    return len(todo), resumed
 
 
 def _finish_info(t0: float, ran: int, resumed: int) -> dict:
@@ -71,7 +74,6 @@ def run_ceval(args, cfg) -> int:
            **({"max_new_tokens": args.max_new_tokens} if generate else {})}
     partial = PartialResults(out / "ceval_progress.jsonl", sig, restart=args.restart,
                              writer=get_rank() == 0)
-    resumed = partial.resumed
     choice_ids = ceval.choice_token_ids(tok)
 
     def score(f, tokenizer) -> dict:
@@ -86,7 +88,7 @@ def run_ceval(args, cfg) -> int:
         rec["correct"] = rec["pred"] == it.answer
         return rec
 
-    ran = _run("ceval", cfg, args, requests, partial, score)
+    ran, resumed = _run("ceval", cfg, args, requests, partial, score)
     if get_rank() != 0:
         return 0
     summary = ceval.summarize(subjects, partial.records)
@@ -142,7 +144,6 @@ def run_boolq(args, cfg) -> int:
     sig = base_signature("boolq", cfg, args.data)
     partial = PartialResults(out / "boolq_progress.jsonl", sig, restart=args.restart,
                              writer=get_rank() == 0)
-    resumed = partial.resumed
     yes_id, no_id = boolq.yes_no_ids(tok)
 
     def score(f, tokenizer) -> dict:
@@ -151,7 +152,7 @@ def run_boolq(args, cfg) -> int:
         return {"file": it.file, "answer": it.answer, "pred": pred, "correct": pred == it.answer,
                 "logprob_yes": boolq.finite(lp_yes), "logprob_no": boolq.finite(lp_no)}
 
-    ran = _run("boolq", cfg, args, requests, partial, score)
+    ran, resumed = _run("boolq", cfg, args, requests, partial, score)
     if get_rank() != 0:
         return 0
     summary = boolq.summarize(items, partial.records)
