@@ -174,3 +174,16 @@ def test_logits_dump_job(tmp_path, tiny_model):
     assert main(["--task", "logits-dump", "--model", str(tiny_model), "--dump-dir", str(d), "--quiet"]) == 0
     assert load_file(str(d / "p0.safetensors"))["logits"].shape == (3, 151936)
     assert load_file(str(d / "p7.safetensors"))["logits"].shape == (2, 151936)
+
+
+def test_logits_tp2_reference_runs_in_its_own_torchrun_job(tmp_path, tiny_model, spy):
+    """A tp > 1 side runs as `python -m inference eval --task logits-dump` under torchrun (2 gloo ranks)."""
+    out = tmp_path / "out"
+    assert main(["--task", "logits", "--model", str(tiny_model), "--reference-tp", "2", "--limit", "2",
+                 "--out", str(out), *ENGINE]) == 0
+    assert spy["engines"] == 1  # only the tp 1 side was loaded in this process
+    res = _json(out / "logits_results.json")
+    assert res["config"]["reference"]["tp"] == 2 and res["config"]["model"]["tp"] == 1
+    s = res["summary"]
+    assert s["prompts"] == 2 and s["all_top1_agreement"] == 1.0 and s["all_cosine_min"] > 0.999999
+    assert s["all_max_abs_diff"] < 1e-3

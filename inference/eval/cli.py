@@ -3,6 +3,13 @@
     qwen-chat eval --task ceval --data DIR --model 14b [--scoring logits] [--limit N] [--out DIR]
     qwen-chat eval --task boolq --data DIR --model 14b
     qwen-chat eval --task logits --model 14b --dtype bfloat16 --reference 14b --reference-dtype float32
+    qwen-chat eval --task logits --model 14b --quant w8a8 --reference-quant none --tp 2 --reference-tp 2
+
+Results go to --out (default eval_results/<task>): <task>_results.json, <task>_results.csv and, for
+ceval/boolq, <task>_items.csv. Finished items are logged to <task>_progress.jsonl as they complete;
+running the same command again resumes (--restart discards them).
+C-Eval prompts follow the reference byte for byte (its subject text is the subject key with spaces,
+"about  computer network."); --scoring logits picks the letter whose " X" or "X" token scores highest.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="qwen-chat eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=(*TASKS, "logits-dump"),
+    p.add_argument("--task", required=True, choices=(*TASKS, "logits-dump"), metavar="{ceval,boolq,logits}",
                    help="ceval: C-Eval 5-shot; boolq: BoolQ; logits: compare --model with --reference")
     p.add_argument("--data", help="dataset folder: C-Eval (subject_mapping.json, dev/, val/) or BoolQ "
                                   "(*.jsonl)")
