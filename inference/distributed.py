@@ -60,7 +60,9 @@ def gather_last_dim(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def shutdown() -> None:
+    """Every rank calls this after rank 0's stop message: a barrier first, so no rank tears down early."""
     if dist.is_initialized():
+        dist.barrier(group=_cpu_group)
         dist.destroy_process_group()
 
 

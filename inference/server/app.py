@@ -74,6 +74,10 @@ class EngineServer:
         await self._stop.wait()
         self.status = "stopping"
         server.close()
+        try:  # gone from the path at once; the lock stays held until the process exits
+            os.unlink(self.info["socket"])
+        except OSError:
+            pass
         for t in list(self.requests.values()):
             t.conn.send(P.error_event(t.client_id, "the engine server is shutting down; the reply was cut off",
                                       P.SHUTTING_DOWN))

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from inference import protocol as P
 
 log = logging.getLogger("inference.server")
+KERNEL_BUFFER = 256 << 10  # about the kernel's default send buffer of a Unix socket
 
 
 class Connection:
@@ -27,6 +29,12 @@ class Connection:
         self.closed = False
         self.overloaded = False
         writer.transport.set_write_buffer_limits(high=send_limit)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and send_limit < KERNEL_BUFFER:  # a small budget covers the kernel's buffer too
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(send_limit, 4096))
+            except OSError:
+                pass
 
     def buffered(self) -> int:
         return self.writer.transport.get_write_buffer_size()

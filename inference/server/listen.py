@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import socket
 import stat
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from inference.errors import UserError
 
+log = logging.getLogger("inference.server")
 MAX_SUN_PATH = 107  # bytes of a Unix socket path, without the trailing NUL
 
 
@@ -90,6 +92,7 @@ def claim_socket(path: str | os.PathLike, private_dir: bool) -> tuple[socket.soc
             if _answers(path):  # a server that predates the lock file, or one on another lock
                 raise _already(path, "?")
             path.unlink()  # stale: its server is gone
+            log.info("removed the stale socket %s (its server is gone)", path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
