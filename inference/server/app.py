@@ -214,7 +214,10 @@ class EngineServer:
                 self.loop.abort(rid)
         elif isinstance(req, P.TokenizeRequest):
             self._require_ready(req.id)
-            ids = self.tokenizer.encode(req.text) if req.text is not None else self._chat_ids(req.messages)
+            if req.text is not None:
+                ids = self.tokenizer.encode(req.text)
+            else:
+                ids = self._chat_ids(req.messages, req.id)
             conn.send(P.result_event(req.id, "tokenize", {"token_ids": ids}))
         elif req.op == "health":
             conn.send(P.result_event(req.id, "health", self.health()))
@@ -233,18 +236,18 @@ class EngineServer:
                                   "wait until health reports status ready", P.NOT_READY, rid)
         raise P.ProtocolError(f"the engine server is {self.status}; start a new one", P.SHUTTING_DOWN, rid)
 
-    def _chat_ids(self, messages: list[dict]) -> list[int]:
+    def _chat_ids(self, messages: list[dict], rid) -> list[int]:
         try:
             return self.tokenizer.chat_ids(messages)
         except UserError as e:
-            raise P.ProtocolError(str(e)) from e
+            raise P.ProtocolError(str(e), P.BAD_REQUEST, rid) from e
 
     def _generate(self, conn: Connection, req: P.GenerateRequest) -> None:
         self._require_ready(req.id)
         if req.id in conn.active:
             raise P.ProtocolError(f"request id {req.id!r} is already streaming on this connection; "
                                   "use a new id per request", P.DUPLICATE_ID, req.id)
-        ids = list(req.prompt_ids) if req.prompt_ids is not None else self._chat_ids(req.messages)
+        ids = list(req.prompt_ids) if req.prompt_ids is not None else self._chat_ids(req.messages, req.id)
         bad = next((i for i in ids if i >= self.vocab_size), None)
         if bad is not None:
             raise P.ProtocolError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1})",

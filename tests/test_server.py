@@ -1,0 +1,250 @@
+"""A real engine server process on the tiny checkpoint: streaming, concurrency, cancel, disconnect,
+slow readers, bad input. One server for the whole module (started on a stale socket at the default
+path under a private XDG_RUNTIME_DIR)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import threading
+import time
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_server_helpers import RawConn, start_server, stop_server, wait_ready
+
+from inference.client import AsyncEngineClient, EngineClient
+from inference.launcher import default_socket_path
+from inference.model_path import model_id
+from inference.tokenizer import QwenTokenizer
+
+SEND_LIMIT = 32768
+CHAT_A = [{"role": "user", "content": "Tell me a story about a cat."}]
+CHAT_B = [{"role": "user", "content": "What is two plus two?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    xdg = tmp_path_factory.mktemp("xdg")
+    with mock.patch.dict(os.environ, {"XDG_RUNTIME_DIR": str(xdg)}):
+        path = default_socket_path(model_id(str(tiny_model)))
+    path.parent.mkdir(mode=0o755)  # too open: the server must make it private
+    os.chmod(path.parent, 0o755)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))  # bound, never listening, closed: what a killed server leaves
+    stale.close()
+    log = xdg / "server.log"
+    proc = start_server(tiny_model, None, "--send-buffer-limit", str(SEND_LIMIT),
+                        env={"XDG_RUNTIME_DIR": str(xdg)}, log=log)
+    try:
+        health = wait_ready(path, proc, log)
+        yield SimpleNamespace(path=path, proc=proc, health=health, log=log)
+    finally:
+        assert stop_server(proc) == 0, log.read_text()[-2000:]
+        assert not path.exists(), "the socket file must be removed at shutdown"
+
+
+def idle_stats(path, timeout=5.0) -> dict:
+    """Stats once nothing runs (polls: a disconnect is noticed asynchronously)."""
+    with EngineClient(path) as c:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = c.stats()
+            if (s["running"] == 0 and s["waiting"] == 0 and s["requests"] == 0) or time.monotonic() > deadline:
+                return s
+            time.sleep(0.02)
+
+
+def run(path, **kw) -> tuple[list[int], str, dict]:
+    with EngineClient(path) as c:
+        evs = list(c.generate(**kw))
+    assert evs[-1]["event"] == "done", evs[-1]
+    ids = [t for e in evs[:-1] for t in e["token_ids"]]
+    return ids, "".join(e["text"] for e in evs[:-1]), evs[-1]
+
+
+def test_default_socket_is_private_and_replaced_the_stale_one(server):
+    assert stat.S_IMODE(server.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(server.path.parent.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(server.path.stat().st_mode)
+    assert "removed the stale socket" in server.log.read_text()
+    h = server.health
+    assert (h["status"], h["protocol"], h["device"], h["dtype"], h["tp"]) == ("ready", 1, "cpu", "float32", 1)
+    assert h["pid"] == server.proc.pid and h["progress"]["done"] == h["progress"]["total"] > 0
+
+
+def test_tokenize_and_messages_prompt(server, tiny_model):
+    tok = QwenTokenizer.from_dir(tiny_model)
+    with EngineClient(server.path) as c:
+        assert c.tokenize("Hello world") == tok.encode("Hello world") == [9707, 1879]
+        chat = c.tokenize(messages=CHAT_A)
+    assert chat == tok.chat_ids(CHAT_A)
+    # a messages request runs exactly the prompt tokenize(messages) gave: same greedy output both ways
+    a, _, done_a = run(server.path, messages=CHAT_A, max_new_tokens=8, ignore_eos=True)
+    b, _, _ = run(server.path, prompt_ids=chat, max_new_tokens=8, ignore_eos=True)
+    assert a == b and done_a["usage"]["prompt_tokens"] == len(chat)
+
+
+def test_two_concurrent_clients_get_the_solo_tokens(server):
+    kw = dict(max_new_tokens=24, ignore_eos=True)
+    solo_a, text_a, _ = run(server.path, messages=CHAT_A, **kw)
+    solo_b, text_b, _ = run(server.path, messages=CHAT_B, **kw)
+    assert solo_a != solo_b and len(solo_a) == len(solo_b) == 24
+
+    async def stream(chat):
+        async with AsyncEngineClient(server.path) as c:
+            return [e async for e in c.generate(messages=chat, **kw)]
+
+    async def both():
+        return await asyncio.gather(stream(CHAT_A), stream(CHAT_B))
+
+    got_a, got_b = asyncio.run(both())
+    for evs, solo, text in ((got_a, solo_a, text_a), (got_b, solo_b, text_b)):
+        assert evs[-1]["event"] == "done" and evs[-1]["finish_reason"] == "length"
+        assert [t for e in evs[:-1] for t in e["token_ids"]] == solo
+        assert "".join(e["text"] for e in evs[:-1]) == text
+        assert evs[-1]["usage"]["completion_tokens"] == 24
+
+
+def test_cancel_stops_within_a_step_and_frees_blocks(server):
+    with EngineClient(server.path) as c:
+        seen, after_cancel, done = 0, 0, None
+        for ev in c.generate(prompt_ids=list(range(100, 140)), max_new_tokens=400, ignore_eos=True,
+                             request_id="long"):
+            if ev["event"] != "token":
+                done = ev
+                continue
+            if seen >= 3:
+                after_cancel += len(ev["token_ids"])
+            seen += len(ev["token_ids"])
+            if seen == 3:
+                c.cancel("long")
+        stats = c.stats()
+    assert done["event"] == "done" and done["finish_reason"] == "cancelled"
+    # the engine applies a cancel before its next step: at most the step under way (and one more
+    # if the cancel crossed the socket while that step's tokens were being sent) gets through
+    assert after_cancel <= 2, f"{after_cancel} tokens after the cancel"
+    assert done["usage"]["completion_tokens"] == seen
+    assert stats["running"] == 0 and stats["kv_blocks_used"] == 0, stats
+
+
+def test_disconnect_mid_stream_frees_blocks_at_once(server):
+    conn = RawConn(server.path)
+    conn.send({"op": "generate", "id": 1, "prompt_ids": list(range(50, 90)), "max_new_tokens": 400,
+               "ignore_eos": True})
+    conn.until(lambda e: e["event"] == "token")
+    with EngineClient(server.path) as c:
+        assert c.stats()["running"] == 1
+    t0 = time.monotonic()
+    conn.close()
+    stats = idle_stats(server.path)
+    assert stats["running"] == 0 and stats["kv_blocks_used"] == 0, stats
+    assert time.monotonic() - t0 < 2.0  # 400 tokens would take far longer: it was cancelled
+
+
+def test_slow_reader_is_cancelled_without_stalling_others(server):
+    slow = RawConn(server.path)  # sends 16 requests and reads nothing until the end
+    for i in range(16):
+        slow.send({"op": "generate", "id": i, "prompt_ids": [1000 + i, 7, 8], "max_new_tokens": 150,
+                   "ignore_eos": True})
+    result = {}
+    fast = threading.Thread(target=lambda: result.update(
+        ids=run(server.path, messages=CHAT_B, max_new_tokens=40, ignore_eos=True)[0]))
+    fast.start()
+    fast.join(60)
+    assert len(result["ids"]) == 40  # the other client streamed to the end meanwhile
+    stats = idle_stats(server.path, timeout=30)
+    assert stats["running"] == 0 and stats["kv_blocks_used"] == 0, stats
+    last = {}
+    while len(last) < 16:
+        ev = slow.event()
+        if ev["event"] in ("done", "error"):
+            last[ev["id"]] = ev
+    codes = [e.get("code") for e in last.values()]
+    assert "overloaded" in codes, codes
+    assert all(e["event"] == "done" or e["code"] == "overloaded" for e in last.values())
+    slow.send({"op": "health", "id": "h"})  # and the slow connection itself still works
+    assert slow.until(lambda e: e["id"] == "h")[-1]["result"]["status"] == "ready"
+    slow.close()
+
+
+BAD_REQUESTS = [  # (request, code, words the message must contain)
+    ({"op": "fly"}, "unknown_op", "unknown op 'fly'"),
+    ({"id": 1}, "unknown_op", "missing 'op'"),
+    ({"op": "generate", "prompt_ids": [1]}, "bad_request", "missing 'id'"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "messages": CHAT_A}, "bad_request", "exactly one"),
+    ({"op": "generate", "id": "g", "prompt_ids": []}, "bad_request", "must not be empty"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1, "2"]}, "bad_request", "'prompt_ids'[1]"),
+    ({"op": "generate", "id": "g", "prompt_ids": [999999]}, "bad_request", "outside the model's vocabulary"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1] * 1100}, "prompt_too_long", "1100 tokens"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "top_p": "high"}, "bad_request", "'top_p' must be"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "top_p": 1.5}, "bad_request", "top_p must be in (0, 1]"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "max_new_tokens": True}, "bad_request", "max_new_tokens"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "temprature": 1}, "bad_request", "unknown field 'temprature'"),
+    ({"op": "generate", "id": "g", "messages": [{"role": "bot", "content": "x"}]}, "bad_request", "role"),
+    ({"op": "generate", "id": "g", "messages": [{"role": "user", "content": "x"},
+                                                {"role": "system", "content": "y"}]}, "bad_request", "system"),
+    ({"op": "health", "protocol": 2}, "unsupported_protocol", "protocol 1"),
+    ({"op": "tokenize", "text": 5}, "bad_request", "'text' must be a string"),
+    ({"op": "cancel"}, "bad_request", "missing 'id'"),
+]
+
+
+def test_bad_requests_get_precise_errors_and_the_connection_stays_usable(server):
+    conn = RawConn(server.path)
+    for req, code, words in BAD_REQUESTS:
+        conn.send(req)
+        ev = conn.event()
+        assert ev["event"] == "error" and ev["code"] == code and words in ev["message"], (req, ev)
+        assert ev["id"] == req.get("id")
+    conn.send(b"{not json\n")
+    assert conn.event()["code"] == "bad_json"
+    conn.send(b"[" * 100_000 + b"\n")  # nested too deeply for a recursive parser
+    assert conn.event()["code"] == "bad_json"
+    conn.send(b"x" * (3 << 20) + b"\n")  # longer than the 1 MiB line limit
+    assert conn.event()["code"] == "line_too_long"
+    # a duplicate id is refused while the first stream goes on
+    conn.send({"op": "generate", "id": "d", "prompt_ids": [5, 6], "max_new_tokens": 300, "ignore_eos": True})
+    conn.send({"op": "generate", "id": "d", "prompt_ids": [5, 6], "max_new_tokens": 3})
+    evs = conn.until(lambda e: e["event"] == "error")
+    assert evs[-1]["code"] == "duplicate_id" and evs[-1]["id"] == "d"
+    conn.send({"op": "cancel", "id": "d"})
+    assert conn.until(lambda e: e["event"] == "done")[-1]["finish_reason"] == "cancelled"
+    conn.send({"op": "generate", "id": "ok", "prompt_ids": [5, 6], "max_new_tokens": 3})
+    assert conn.until(lambda e: e["event"] == "done")[-1]["usage"]["completion_tokens"] <= 3
+    conn.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
+    max_leaves=12)
+requests = st.fixed_dictionaries(
+    {"op": st.sampled_from(["generate", "cancel", "stats", "health", "tokenize", "shutdown", "x"])},
+    optional={k: json_values for k in ("id", "prompt_ids", "messages", "top_p", "text", "seed", "protocol")})
+garbage = (st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" ") + b"\n")
+           | json_values.map(lambda v: json.dumps(v).encode() + b"\n")
+           | requests.filter(lambda r: r["op"] != "shutdown" or len(r) > 1).map(
+               lambda r: json.dumps(r).encode() + b"\n"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(garbage, min_size=1, max_size=4))
+def test_protocol_garbage_never_kills_the_server(server, lines):
+    conn = RawConn(server.path)
+    try:
+        for line in lines:
+            conn.send(line)
+        conn.send({"op": "health", "id": "probe"})  # answered after every line before it
+        evs = conn.until(lambda e: e.get("id") == "probe" and e["event"] == "result", timeout=20)
+        assert evs[-1]["result"]["status"] == "ready"
+        assert all(e["event"] in ("error", "result", "token", "done") for e in evs)
+    finally:
+        conn.close()
+    assert server.proc.poll() is None
