@@ -42,6 +42,11 @@ def expected(oracle, prompts):
     return [hf_greedy(oracle, p, N_NEW) for p in prompts]
 
 
+def test_one_token_prompt_batched_with_longer_ones(tiny_engine, oracle):
+    want = hf_greedy(oracle, [9], 4)[0]
+    assert tiny_engine.generate([[1, 2, 3, 4, 5], [9]], greedy(4))[1] == want
+
+
 def test_pad_id_prompt_keeps_its_tokens(prompts):
     assert 151643 in prompts[3]
 

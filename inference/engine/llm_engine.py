@@ -18,7 +18,7 @@ from inference.engine import memory
 from inference.engine.block_manager import BlockManager
 from inference.engine.device import resolve_device, resolve_dtype
 from inference.engine.model_runner import ModelRunner, StepPlan
-from inference.engine.scheduler import Scheduler
+from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
 from inference.errors import UserError
 from inference.layers.sampler import Sampler
@@ -165,7 +165,7 @@ class LLMEngine:
                 last_rows.append(len(rows) - 1)
             else:
                 last_rows.append(None)
-        num_decodes = sum(1 for seq, n in batch if n == 1 and seq.num_computed == len(seq) - 1)
+        num_decodes = sum(1 for seq, n in batch if is_decode(seq, n))
         plan = StepPlan(ids, pos, [n for _, n in batch], [s.num_computed + n for s, n in batch],
                         [list(s.block_table) for s, _ in batch], [s.ntk_alpha for s, _ in batch], num_decodes,
                         [s.num_computed == 0 for s, _ in batch], rows)

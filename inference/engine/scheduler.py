@@ -13,6 +13,11 @@ from inference.engine.block_manager import BlockManager
 from inference.engine.sequence import Sequence, Status
 
 
+def is_decode(seq: Sequence, n: int) -> bool:
+    """One new token right after the cached context: served by the decode kernel (a 1-token prompt too)."""
+    return n == 1 and seq.num_computed == len(seq) - 1
+
+
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
         self.bm = block_manager
@@ -48,8 +53,7 @@ class Scheduler:
     def schedule(self) -> list[tuple[Sequence, int]]:
         """(sequence, number of new tokens to compute) for this step; decodes first."""
         budget = self.budget
-        decodes: list[tuple[Sequence, int]] = []
-        prefills: list[tuple[Sequence, int]] = []
+        batch: list[tuple[Sequence, int]] = []
         preempted = False
         for seq in list(self.running):  # admission order: victims come from the unscheduled tail
             if seq not in self.running:  # preempted below
@@ -66,13 +70,13 @@ class Scheduler:
             if seq.status is not Status.RUNNING:
                 continue
             self.bm.append_slots(seq, seq.num_computed + n)
-            (prefills if seq.in_prefill else decodes).append((seq, n))
+            batch.append((seq, n))
             budget -= n
         while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             hits = self.bm.match_prefix(seq)
             if not self.bm.can_allocate(seq, hits):
-                if not self.running and not decodes and not prefills:
+                if not self.running and not batch:
                     raise RuntimeError("KV cache too small for one sequence")  # guarded at admission
                 break
             self.waiting.popleft()
@@ -80,6 +84,6 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.running.append(seq)
             n = min(len(seq) - seq.num_computed, budget)
-            prefills.append((seq, n))
+            batch.append((seq, n))
             budget -= n
-        return decodes + prefills
+        return [b for b in batch if is_decode(*b)] + [b for b in batch if not is_decode(*b)]
