@@ -26,6 +26,7 @@ from inference.errors import UserError
 EXIT_ALREADY_RUNNING = 3  # `serve` exit code when a live server owns the socket path
 LOG_ROTATE_BYTES = 10 << 20
 START_TIMEOUT = 1800.0  # a 72B checkpoint from a slow disk takes a while
+_spawned: dict[int, subprocess.Popen] = {}  # servers this process started
 
 
 class EngineStartError(UserError):
@@ -103,8 +104,10 @@ def spawn_server(cmd: Sequence[str], log_file: Path) -> subprocess.Popen:
         os.chmod(log_file, 0o600)
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
         log.flush()
-        return subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
+    _spawned[proc.pid] = proc
+    return proc
 
 
 def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "auto", quant: str | None = None,
@@ -163,6 +166,8 @@ def _kill_group(pid: int) -> None:
 def _pid_alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
+    if pid in _spawned:  # our own child: poll() reaps it, so an exited server is not a zombie here
+        return _spawned[pid].poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -86,15 +86,20 @@ class EngineLoop(threading.Thread):
             self._call(self._on_exit)
             return
         self._call(self._on_ready, self.engine)
+        crashed = False
         try:
             self._serve()
         except BaseException as e:
+            crashed = True
             self._call(self._on_crash, f"the engine crashed: {type(e).__name__}: {e}", traceback.format_exc())
         finally:
             try:
                 self.engine.shutdown()
-            except Exception:
-                log.exception("engine.shutdown() failed")
+            except Exception as e:
+                if crashed:  # expected when a rank died; the crash itself is already logged
+                    log.warning("engine.shutdown() after the crash failed too: %s", str(e)[:200])
+                else:
+                    log.exception("engine.shutdown() failed")
             self._call(self._on_exit)
 
     def _drain(self, block: bool) -> list[tuple]:
