@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from inference import protocol as P
 from inference.config import EngineConfig
 from inference.errors import UserError
+from inference.model_path import is_demo
 from inference.server.connection import Connection
 from inference.server.engine_loop import EngineLoop, Output
 
@@ -84,6 +85,9 @@ class EngineServer:
             self._untrack(t)
         self.loop.stop()
         await asyncio.gather(*(c.flush_and_close(2.0) for c in list(self.connections)))
+        if self.engine is None and self.status != "failed":  # stopped while loading: nothing to wind down
+            log.info("stopped while loading the model")
+            return self.exit_code
         try:
             await asyncio.wait_for(self._engine_gone.wait(), EXIT_TIMEOUT)
         except asyncio.TimeoutError:
@@ -106,6 +110,7 @@ class EngineServer:
         self.tokenizer = engine.tokenizer
         self.vocab_size = engine.model_config.vocab_size
         self.max_model_len = _max_model_len(engine)
+        self.info["demo"] = is_demo(self.cfg.model)  # `--model demo` is built during loading
         for key in ("device", "dtype"):
             value = getattr(engine, key, None)
             if value is not None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from inference.errors import UserError
 from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path
 from inference.server.app import EngineServer
 from inference.server.listen import AlreadyRunning, claim_socket, release_socket
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inference.model_path import is_demo, model_id
 
     args = build_parser().parse_args(argv)
+    if args.send_buffer_limit < 4096:
+        raise UserError(f"--send-buffer-limit {args.send_buffer_limit} is too small: use at least 4096 bytes")
     cfg = engine_config_from_args(args)
     if _rank() != 0:
         _engine_factory(cfg)(None)
