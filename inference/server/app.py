@@ -215,7 +215,8 @@ class EngineServer:
             self._generate(conn, req)
         elif isinstance(req, P.CancelRequest):
             rid = conn.active.get(req.id)
-            if rid is not None:
+            targets = [rid] if rid is not None else [t.rid for t in self.requests.values() if t.client_id == req.id]
+            for rid in targets:  # not on this connection: the same id on others (one user, unique ids)
                 self.loop.abort(rid)
         elif isinstance(req, P.TokenizeRequest):
             self._require_ready(req.id)
