@@ -64,12 +64,14 @@ def random_weights(cfg: dict, seed: int = 0, dtype=torch.bfloat16) -> dict[str, 
 
 
 def write_checkpoint(out: str | Path, seed: int = 0, shards: int = 2, dtype=torch.bfloat16, demo: bool = False,
-                     weights: dict[str, torch.Tensor] | None = None, **overrides) -> Path:
+                     weights: dict[str, torch.Tensor] | None = None, with_weights: bool = True,
+                     **overrides) -> Path:
     """Write config.json, generation_config.json, qwen.tiktoken and sharded safetensors with an index."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = {**DEMO_CONFIG, **overrides}
-    weights = weights if weights is not None else random_weights(cfg, seed, dtype)
+    if weights is None:
+        weights = random_weights(cfg, seed, dtype) if with_weights else {}
     config = {
         "architectures": ["QWenLMHeadModel"], "model_type": "qwen",
         "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
@@ -82,7 +84,9 @@ def write_checkpoint(out: str | Path, seed: int = 0, shards: int = 2, dtype=torc
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
     shutil.copyfile(bundled_tiktoken(), out / "qwen.tiktoken")
     names = list(weights)
-    if shards <= 1:
+    if not names:
+        pass  # config and tokenizer only (random-weight benchmarks)
+    elif shards <= 1:
         save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     else:
         per = -(-len(names) // shards)

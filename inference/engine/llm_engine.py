@@ -83,22 +83,26 @@ class LLMEngine:
         peak = self.runner.profile_peak() if self.device.type != "cpu" and not cfg.num_kv_blocks else 0
         num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes, peak))
         self.runner.allocate_kv_cache(num_blocks)
-        self.runner.finish_setup()
+        self.runner.finish_setup(self.max_model_len)
+        salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
+        self.kv_disk = None  # disk tier of the prefix cache (every rank has its own files)
+        if cfg.kv_disk_dir and cfg.enable_prefix_caching:
+            from inference.engine.kv_disk import open_tier  # noqa: PLC0415
+
+            self.kv_disk = open_tier(cfg.kv_disk_dir, model_dir, salt, cfg.block_size, cfg.kv_disk_max_gb,
+                                     self.runner, self.rank)
         if self.rank != 0:
             self.worker_loop()
             sys.exit(0)
-        salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
         self.block_manager = BlockManager(num_blocks, cfg.block_size, salt, cfg.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        if self.kv_disk is not None:
+            self.kv_disk.bm = self.block_manager
+        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens,
+                                   loader=self.kv_disk.load if self.kv_disk is not None else None)
         self.sampler = Sampler(self.device)
         self.seqs: dict[str, Sequence] = {}
         self.cancelled: list[RequestOutput] = []
         self._ids = itertools.count()
-        self.kv_disk = None
-        if cfg.kv_disk_dir:
-            from inference.engine.kv_disk import KVDiskStore  # noqa: PLC0415
-
-            self.kv_disk = KVDiskStore(cfg.kv_disk_dir, salt, cfg.kv_disk_max_gb)
 
     # --- requests ------------------------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
@@ -133,15 +137,19 @@ class LLMEngine:
         self.scheduler.remove(seq)
         self.sampler.forget(request_id)
         seq.finish_reason = "cancelled"
+        if self.kv_disk is not None:
+            self.kv_disk.due = True
         self.cancelled.append(RequestOutput(request_id, [], True, "cancelled", self._usage(seq)))
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self.seqs) or bool(self.cancelled)
+        return bool(self.seqs) or bool(self.cancelled) or (self.kv_disk is not None and self.kv_disk.due)
 
     # --- one step --------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         outputs, self.cancelled = self.cancelled, []
+        if self.kv_disk is not None and self.kv_disk.due:  # finished requests' blocks, before any eviction
+            self.kv_disk.flush()
         batch = self.scheduler.schedule()
         if not batch:
             return outputs
@@ -219,6 +227,8 @@ class LLMEngine:
         self.scheduler.remove(seq)
         self.seqs.pop(seq.request_id, None)
         self.sampler.forget(seq.request_id)
+        if self.kv_disk is not None:
+            self.kv_disk.due = True
         out.usage = self._usage(seq)
         if seq.params.logits == "last":
             out.logits = seq.logits_parts[0]
@@ -244,7 +254,8 @@ class LLMEngine:
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
-                "preemptions": self.scheduler.num_preemptions, **self.block_manager.stats()}
+                "preemptions": self.scheduler.num_preemptions, **self.block_manager.stats(),
+                **(self.kv_disk.stats() if self.kv_disk is not None else {})}
 
     def keepalive(self) -> None:
         """Called when idle so waiting ranks do not time out."""
@@ -255,11 +266,21 @@ class LLMEngine:
             op, payload = dist.broadcast_object(None)
             if op == "step":
                 self.runner.run(payload)
+            elif op in ("kv_save", "kv_load"):
+                self.kv_disk.handle(op, payload)
             elif op == "stop":
                 break
+        if self.kv_disk is not None:
+            self.kv_disk.close()
         dist.shutdown()
 
     def shutdown(self) -> None:
+        tier = getattr(self, "kv_disk", None)
+        if tier is not None and getattr(self, "rank", 0) == 0:
+            try:
+                tier.flush()  # blocks of the last finished requests
+            finally:
+                tier.close()  # waits for the writer thread
         if getattr(self, "rank", 0) == 0 and dist.get_world_size() > 1:
             dist.broadcast_object(("stop", None))
             dist.shutdown()

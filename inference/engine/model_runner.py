@@ -11,11 +11,24 @@ import torch
 from inference.checkpoint import load_weights
 from inference.config import EngineConfig, ModelConfig
 from inference.distributed import get_rank, get_world_size
+from inference.engine.cuda_graph import DecodeGraphs
+from inference.kernels import use_triton
 from inference.layers.attention import AttentionMetadata
 from inference.layers.rotary import RotaryEmbedding, logn_scale
 from inference.models.qwen import QWenLMHeadModel
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@torch.no_grad()
+def init_random(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random weights of the real shapes (for benchmarks): N(0, 0.02), norms at 1."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+            p.fill_(1.0)
+        elif p.is_floating_point():
+            p.normal_(0.0, 0.02, generator=g)
 
 
 @dataclass
@@ -51,7 +64,10 @@ class ModelRunner:
             from inference.quant.apply import prepare_quantized  # noqa: PLC0415 (optional feature)
 
             prepare_quantized(self.model, cfg.quant or model_cfg.quantize, model_cfg)
-        load_weights(self.model, Path(cfg.model), progress=progress)
+        if cfg.extra.get("random_weights"):
+            init_random(self.model, seed=int(cfg.extra.get("seed", 0)))
+        else:
+            load_weights(self.model, Path(cfg.model), progress=progress)
         if cfg.quant and not model_cfg.quantize:
             from inference.quant.apply import quantize_loaded  # noqa: PLC0415
 
@@ -60,6 +76,7 @@ class ModelRunner:
         self.rotary = RotaryEmbedding(model_cfg.rotary_dim, model_cfg.rotary_emb_base, device)
         self.attn_layers = self.model.attention_layers()
         self.num_blocks = 0
+        self.graphs = None
 
     # --- KV cache ------------------------------------------------------------------------------------------
     def bytes_per_block(self) -> int:
@@ -86,7 +103,8 @@ class ModelRunner:
     def profile_peak(self) -> int:
         """Peak activation bytes of the largest step (a dummy prefill before the KV cache exists)."""
         n = min(self.cfg.max_num_batched_tokens, 8192)
-        plan = StepPlan([0] * n, list(range(n)), [n], [n], [[0]], [1.0], 0, [True], [n - 1])
+        plan = StepPlan([0] * n, list(range(n)), [n], [n], [[0] * -(-n // self.block_size)], [1.0], 0, [True],
+                        [n - 1])
         mod = torch.cuda if self.device.type == "cuda" else torch.npu
         mod.synchronize()
         mod.reset_peak_memory_stats()
@@ -95,8 +113,20 @@ class ModelRunner:
         mod.synchronize()
         return mod.max_memory_allocated() - before
 
-    def finish_setup(self) -> None:
+    def finish_setup(self, max_model_len: int) -> None:
         """Device-specific fast paths once the KV cache exists (Triton decode kernel, CUDA graphs)."""
+        self.rotary.table(1.0, max_model_len)
+        if not (self.device.type == "cuda" and use_triton(self.k_cache)):
+            return
+        from inference.kernels.paged_attention import paged_decode_attention  # noqa: PLC0415
+
+        for attn in self.attn_layers:
+            attn.decode_kernel = paged_decode_attention
+        if self.cfg.cuda_graphs:
+            max_blocks = -(-max_model_len // self.block_size)
+            self.graphs = DecodeGraphs(self.model, self.rotary, min(self.cfg.max_num_seqs, 256), max_blocks,
+                                       self.device, self.model_cfg.vocab_size)
+            self.graphs.capture()
 
     # --- one step ------------------------------------------------------------------------------------------
     def prepare(self, plan: StepPlan):
@@ -118,6 +148,13 @@ class ModelRunner:
             logn = logn_scale(pos, self.model_cfg.seq_length)
         return ids, cos, sin, logn, meta
 
+    def _graphable(self, plan: StepPlan) -> bool:
+        """Pure decode, rotary base 1 and no logn scaling: the captured graphs compute exactly this."""
+        max_ctx = max(plan.ctx_lens)
+        return (plan.num_decodes == len(plan.q_lens) and all(a == 1.0 for a in plan.alphas)
+                and not (self.model_cfg.use_logn_attn and max_ctx > self.model_cfg.seq_length)
+                and self.graphs.can_run(len(plan.q_lens), max_ctx))
+
     @staticmethod
     def _segments(plan: StepPlan):
         start = 0
@@ -128,6 +165,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
+        if self.graphs is not None and self._graphable(plan):
+            slots = [b[p // self.block_size] * self.block_size + p % self.block_size
+                     for b, p in zip(plan.block_tables, plan.positions)]
+            return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens, plan.block_tables)
         ids, cos, sin, logn, meta = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)
         rows = torch.tensor(plan.logit_rows, dtype=torch.long, device=self.device)

@@ -80,9 +80,9 @@ class PagedAttention(torch.nn.Module):
         self.k_cache = self.v_cache = torch.empty(0)
         self.decode_kernel = None  # set by the model runner on CUDA
 
-    def forward(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
-        """q, k, v: [T, H, D]. Returns [T, H, D]."""
-        if self.k_cache.numel():
+    def forward(self, q, k, v, meta: AttentionMetadata, stored: bool = False) -> torch.Tensor:
+        """q, k, v: [T, H, D]. Returns [T, H, D]. `stored`: K/V are already in the cache."""
+        if self.k_cache.numel() and not stored:
             store_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
         nd = meta.num_decodes
         outs = []

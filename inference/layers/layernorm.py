@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from inference.kernels import use_triton
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden: int, eps: float):
@@ -18,6 +20,10 @@ class RMSNorm(nn.Module):
         return xf.to(x.dtype) * self.weight
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if use_triton(x):
+            from inference.kernels.fused import add_rmsnorm  # noqa: PLC0415
+
+            return add_rmsnorm(x, residual, self.weight, self.eps)
         if residual is None:
             return self.norm(x), x
         x = x + residual

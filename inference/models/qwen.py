@@ -7,6 +7,7 @@ from torch import nn
 
 from inference.config import ModelConfig
 from inference.distributed import get_world_size
+from inference.kernels import use_triton
 from inference.layers.attention import AttentionMetadata, PagedAttention
 from inference.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from inference.layers.layernorm import RMSNorm
@@ -23,10 +24,18 @@ class QWenAttention(nn.Module):
         self.c_attn = QKVParallelLinear(cfg.hidden_size, bias=True)
         self.c_proj = RowParallelLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
         self.attn = PagedAttention(self.num_heads, self.head_dim)
+        self.full_rotary = cfg.rotary_dim == cfg.head_dim
 
     def forward(self, x, cos, sin, logn, meta: AttentionMetadata):
         qkv = self.c_attn(x)
-        q, k, v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
+        v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, 2]
+        if self.full_rotary and use_triton(x):  # one kernel: rotary, logn, K/V into the cache
+            from inference.kernels.fused import rope_and_store  # noqa: PLC0415
+
+            q, k = rope_and_store(qkv, cos, sin, logn, self.attn.k_cache, self.attn.v_cache, meta.slot_mapping,
+                                  self.num_heads, self.head_dim)
+            return self.c_proj(self.attn(q, k, v, meta, stored=True).reshape(x.shape[0], -1))
+        q, k = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, :2].unbind(1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if logn is not None:
             q = (q.float() * logn[:, None, None]).to(q.dtype)
@@ -42,7 +51,12 @@ class QWenMLP(nn.Module):
         self.c_proj = RowParallelLinear(cfg.ffn_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.w2_w1(x).chunk(2, dim=-1)
+        gate_up = self.w2_w1(x)
+        if use_triton(gate_up):
+            from inference.kernels.fused import silu_mul  # noqa: PLC0415
+
+            return self.c_proj(silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.c_proj(up * nn.functional.silu(gate))
 
 

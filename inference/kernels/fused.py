@@ -1,0 +1,112 @@
+"""Fused elementwise kernels for CUDA: residual add + RMSNorm, rotary (+ logn) + KV-cache store, SiLU gate."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps, HAS_RES: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        x = x + tl.load(res_ptr + row * n + cols, mask=mask, other=0.0)
+        tl.store(res_out_ptr + row * n + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    rms = tl.rsqrt(tl.sum(xf * xf, 0) / n + eps)
+    y = (xf * rms).to(x.dtype)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * n + cols, y * w, mask=mask)
+
+
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """(norm(x + residual), x + residual); the sum is rounded to x's dtype first, as the eager path does."""
+    x = x.contiguous()
+    t, n = x.shape
+    out = torch.empty_like(x)
+    res_out = torch.empty_like(x) if residual is not None else x
+    _add_rmsnorm_kernel[(t,)](x, residual if residual is not None else x, weight, out, res_out, n, eps,
+                              HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n), num_warps=8)
+    return out, res_out
+
+
+@triton.jit
+def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr, k_out_ptr, k_cache_ptr,
+                       v_cache_ptr, num_heads, HEAD_DIM: tl.constexpr, HAS_LOGN: tl.constexpr,
+                       STORE: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    half: tl.constexpr = HEAD_DIM // 2
+    i = tl.arange(0, half)
+    hid = num_heads * HEAD_DIM
+    base = t * 3 * hid + h * HEAD_DIM
+    c1 = tl.load(cos_ptr + t * HEAD_DIM + i)
+    c2 = tl.load(cos_ptr + t * HEAD_DIM + half + i)
+    s1 = tl.load(sin_ptr + t * HEAD_DIM + i)
+    s2 = tl.load(sin_ptr + t * HEAD_DIM + half + i)
+    q1 = tl.load(qkv_ptr + base + i).to(tl.float32)
+    q2 = tl.load(qkv_ptr + base + half + i).to(tl.float32)
+    k1 = tl.load(qkv_ptr + base + hid + i).to(tl.float32)
+    k2 = tl.load(qkv_ptr + base + hid + half + i).to(tl.float32)
+    qr1 = q1 * c1 - q2 * s1
+    qr2 = q2 * c2 + q1 * s2
+    kr1 = (k1 * c1 - k2 * s1).to(k_out_ptr.dtype.element_ty)
+    kr2 = (k2 * c2 + k1 * s2).to(k_out_ptr.dtype.element_ty)
+    if HAS_LOGN:
+        g = tl.load(logn_ptr + t)
+        qr1 = qr1.to(q_out_ptr.dtype.element_ty).to(tl.float32) * g
+        qr2 = qr2.to(q_out_ptr.dtype.element_ty).to(tl.float32) * g
+    out = t * hid + h * HEAD_DIM
+    tl.store(q_out_ptr + out + i, qr1.to(q_out_ptr.dtype.element_ty))
+    tl.store(q_out_ptr + out + half + i, qr2.to(q_out_ptr.dtype.element_ty))
+    tl.store(k_out_ptr + out + i, kr1)
+    tl.store(k_out_ptr + out + half + i, kr2)
+    if STORE:
+        slot = tl.load(slot_ptr + t)
+        if slot >= 0:
+            cache = slot * hid + h * HEAD_DIM
+            v1 = tl.load(qkv_ptr + base + 2 * hid + i)
+            v2 = tl.load(qkv_ptr + base + 2 * hid + half + i)
+            tl.store(k_cache_ptr + cache + i, kr1)
+            tl.store(k_cache_ptr + cache + half + i, kr2)
+            tl.store(v_cache_ptr + cache + i, v1)
+            tl.store(v_cache_ptr + cache + half + i, v2)
+
+
+def rope_and_store(qkv, cos, sin, logn, k_cache, v_cache, slot_mapping, num_heads, head_dim):
+    """qkv [T, 3*H*D] -> rotated q, k [T, H, D]; writes k and v into the cache slots (slot < 0: skipped)."""
+    t = qkv.shape[0]
+    q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty_like(q)
+    store = k_cache.numel() > 0
+    _rope_store_kernel[(t, num_heads)](
+        qkv, cos, sin, logn if logn is not None else cos, slot_mapping, q, k,
+        k_cache if store else q, v_cache if store else q, num_heads,
+        HEAD_DIM=head_dim, HAS_LOGN=logn is not None, STORE=store, num_warps=1)
+    return q, k
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n
+    g = tl.load(x_ptr + row * 2 * n + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + row * 2 * n + n + cols, mask=mask, other=0.0)
+    act = (g / (1.0 + tl.exp(-g))).to(u.dtype)
+    tl.store(out_ptr + row * n + cols, act * u, mask=mask)
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2F] = [gate | up] -> silu(gate) * up, [T, F]."""
+    t, two_n = x.shape
+    n = two_n // 2
+    out = torch.empty(t, n, dtype=x.dtype, device=x.device)
+    block = 1024
+    _silu_mul_kernel[(t, triton.cdiv(n, block))](x, out, n, BLOCK=block, num_warps=4)
+    return out
