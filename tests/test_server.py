@@ -160,7 +160,7 @@ def test_disconnect_mid_stream_frees_blocks_at_once(server):
 def test_slow_reader_is_cancelled_without_stalling_others(server):
     slow = RawConn(server.path)  # sends 16 requests and reads nothing until the end
     for i in range(16):
-        slow.send({"op": "generate", "id": i, "prompt_ids": [1000 + i, 7, 8], "max_new_tokens": 150,
+        slow.send({"op": "generate", "id": i, "prompt_ids": [1000 + i, 7, 8], "max_new_tokens": 200,
                    "ignore_eos": True})
     result = {}
     fast = threading.Thread(target=lambda: result.update(
