@@ -121,12 +121,12 @@ def main(argv=None) -> int:
             c.shutdown()
 
     def row(name, a, b):
-        print(f"| {name:<34} | {a:>14} | {b:>14} |")
+        print(f"| {name:<36} | {a:>14} | {b:>14} |")
 
     print(f"\nserve_load: model {health['model_id']} on {health['device']} ({health['dtype']}, tp {health['tp']}), "
           f"{args.max_new_tokens} new tokens per request, prompts of {args.prompt_len} tokens")
     row("", "1 client", f"{args.clients} clients")
-    print(f"|{'-' * 36}|{'-' * 16}|{'-' * 16}|")
+    print(f"|{'-' * 38}|{'-' * 16}|{'-' * 16}|")
     row("aggregate tok/s", f"{solo['tok_s']:.1f}", f"{load['tok_s']:.1f}")
     row("inter-token latency p50 (ms)", f"{pct(solo['itl'], 50) * 1e3:.1f}", f"{pct(load['itl'], 50) * 1e3:.1f}")
     row("inter-token latency p99 (ms)", f"{pct(solo['itl'], 99) * 1e3:.1f}", f"{pct(load['itl'], 99) * 1e3:.1f}")
