@@ -1,0 +1,146 @@
+"""`ChatApp`: the Textual app of qwen-chat. Holds the session store and the engine link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+
+from textual.app import App
+from textual.binding import Binding
+
+from sessions import SessionStore
+from sessions.records import DEFAULT_SETTINGS
+from tui.commands import ChatCommands
+from tui.engine_link import EngineLink, EngineOptions, StartFailed
+from tui.screens.chat import ChatScreen
+from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
+from tui.widgets.status_bar import DEMO_LABEL, StatusBar
+
+STATS_EVERY_S = 2.0
+
+
+def pick_session(store: SessionStore, model: str, session_id: str | None = None, new: bool = False) -> str:
+    """The session to open: `session_id` (a unique prefix is enough), a new one, or the latest one."""
+    if session_id:
+        return store.resolve_id(session_id)
+    if not new:
+        latest = store.list_sessions()
+        if latest:
+            return latest[0].id
+    return store.create_session(model=model, settings=dict(DEFAULT_SETTINGS)).id
+
+
+class ChatApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "qwen-chat"
+    COMMANDS = App.COMMANDS | {ChatCommands}
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(self, options: EngineOptions, store: SessionStore, session_id: str | None = None,
+                 new: bool = False, link: EngineLink | None = None, start_engine: bool = True):
+        super().__init__()
+        self.options = options
+        self.store = store
+        self.link = link or EngineLink(options)
+        self.current_session_id = pick_session(store, options.model, session_id, new)
+        self.start_engine = start_engine
+        self.last_stats: dict = {}
+        self._engine_lock = asyncio.Lock()
+
+    # -- screens ----------------------------------------------------------------------------------
+    async def on_mount(self) -> None:
+        self.chat = ChatScreen(self.current_session_id)
+        await self.push_screen(self.chat)
+        self.update_status()
+        if self.start_engine:
+            self.run_worker(self.ensure_engine(), group="engine", exclusive=True)
+        self.set_interval(STATS_EVERY_S, self.poll_stats)
+
+    def status_bar(self) -> StatusBar | None:
+        try:
+            return self.chat.query_one(StatusBar)
+        except Exception:  # noqa: BLE001 - not composed yet / shutting down
+            return None
+
+    def update_status(self) -> None:
+        bar = self.status_bar()
+        if bar is None:
+            return
+        info = dict(self.link.info) or {"model_id": self.options.model, "device": self.options.device,
+                                         "dtype": self.options.dtype, "tp": self.options.tp,
+                                         "quant": self.options.quant, "demo": self.options.model == "demo"}
+        bar.info = info
+        bar.state = self.link.state
+        bar.last = self.last_stats
+        bar.kv = self.link.stats
+        if info.get("demo"):
+            self.title = f"qwen-chat · {DEMO_LABEL}"
+
+    def set_engine_state(self, state: str) -> None:
+        bar = self.status_bar()
+        if bar is not None:
+            bar.state = state
+
+    def reply_done(self, stats: dict) -> None:
+        if stats:
+            self.last_stats = stats
+        self.update_status()
+        self.run_worker(self.poll_stats(), group="stats", exclusive=True)
+
+    async def poll_stats(self) -> None:
+        if self.link.state == "ready":
+            await self.link.poll_stats()
+            bar = self.status_bar()
+            if bar is not None:
+                bar.kv = self.link.stats
+
+    # -- engine -----------------------------------------------------------------------------------
+    async def ensure_engine(self) -> bool:
+        """Start or reconnect the engine if needed (start screen, failure screen). True when ready."""
+        async with self._engine_lock:
+            if self.link.state == "ready" and await self.link.alive():
+                self.update_status()
+                return True
+            while True:
+                screen = EngineStartScreen(self.options.model, demo=self.options.model == "demo")
+                await self.push_screen(screen)
+                self.update_status()
+                try:
+                    await self._start_in_thread(screen)
+                except StartFailed as e:
+                    screen.dismiss()
+                    self.update_status()
+                    choice = await self.push_screen_wait(
+                        EngineFailedScreen(str(e), e.log_tail, e.hint, e.log_path))
+                    if choice == "retry":
+                        continue
+                    return False
+                screen.dismiss()
+                self.update_status()
+                return True
+
+    async def _start_in_thread(self, screen: EngineStartScreen) -> dict:
+        """Run the blocking `link.start` in a daemon thread (quitting never waits for it)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        ctx = contextvars.copy_context()  # the app's context, for widget updates from the thread
+
+        def progress(n: int, total: int, what: str) -> None:
+            loop.call_soon_threadsafe(screen.set_progress, n, total, what, context=ctx)
+
+        def target() -> None:
+            try:
+                result = self.link.start(progress)
+            except BaseException as e:  # noqa: BLE001 - handed to the event loop
+                err = e
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(err))
+            else:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+        threading.Thread(target=target, name="engine-start", daemon=True).start()
+        return await done
+
+    async def action_restart_engine(self) -> None:
+        self.link.state = "down"
+        self.run_worker(self.ensure_engine(), group="engine", exclusive=True)

@@ -1,0 +1,140 @@
+"""The app's link to the engine: start it (or attach to a running one), health, stats, reconnect.
+
+Torch-free: uses only `inference.launcher`, `inference.client` and `inference.model_path`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from inference import launcher
+from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable
+from inference.model_path import model_id
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class EngineOptions:
+    model: str = "demo"
+    tp: int = 1
+    dtype: str = "auto"
+    quant: str | None = None
+    device: str = "auto"
+    socket: str | None = None  # attach to the engine listening here; never start one
+
+    @property
+    def attach(self) -> bool:
+        return self.socket is not None
+
+
+class StartFailed(RuntimeError):
+    """The engine did not come up. `log_tail` holds the last lines of its log, `hint` what to do."""
+
+    def __init__(self, message: str, log_tail: list[str] | None = None, hint: str = "",
+                 log_path: str | None = None):
+        super().__init__(message)
+        self.log_tail = list(log_tail or [])
+        self.hint = hint
+        self.log_path = log_path
+
+
+class EngineLink:
+    """Engine state for the app: "starting" -> "ready" | "failed"; "down" after it died."""
+
+    def __init__(self, opts: EngineOptions):
+        self.opts = opts
+        self.socket_path = str(opts.socket or launcher.default_socket_path(model_id(opts.model)))
+        self.state = "starting"
+        self.info: dict = {}
+        self.stats: dict = {}
+
+    @property
+    def log_path(self) -> str:
+        return str(launcher.log_path(self.socket_path))
+
+    # -- start / attach (blocking: run in a thread) -----------------------------------------------
+    def start(self, progress: Progress | None = None) -> dict:
+        """Make sure an engine is ready (start one unless attaching) and return its health."""
+        self.state = "starting"
+        try:
+            if self.opts.attach:
+                health = self._attach(progress)
+            else:
+                launcher.ensure_server(
+                    self.opts.model, tp=self.opts.tp, dtype=self.opts.dtype, device=self.opts.device,
+                    quant=self.opts.quant, socket=self.socket_path, progress=progress)
+                with EngineClient(self.socket_path) as c:
+                    health = c.health()
+        except StartFailed:
+            self.state = "failed"
+            raise
+        except Exception as e:  # noqa: BLE001 - every start failure becomes a screen with the log
+            self.state = "failed"
+            raise self._start_error(e) from e
+        self.info = health
+        self.state = "ready"
+        return health
+
+    def _attach(self, progress: Progress | None) -> dict:
+        import time
+
+        while True:
+            try:
+                with EngineClient(self.socket_path) as c:
+                    health = c.health()
+            except EngineUnavailable as e:
+                raise StartFailed(
+                    f"no engine listens on {self.socket_path}", hint=(
+                        "Start one with `qwen-chat serve --model <model> --socket " + self.socket_path
+                        + "`, or run qwen-chat without --socket to start one automatically.")) from e
+            if health.get("status") == "ready":
+                return health
+            p = health.get("progress") or {}
+            if progress is not None:
+                progress(int(p.get("done", 0)), int(p.get("total", 0)), str(p.get("what", "loading")))
+            time.sleep(0.2)
+
+    def _start_error(self, e: Exception) -> StartFailed:
+        log_path = str(getattr(e, "log_file", None) or self.log_path)
+        lines = launcher.read_log_tail(log_path, 30)
+        message = (str(e) or type(e).__name__).split("\nlast lines of", 1)[0]
+        hint = (f"Check the model ({self.opts.model!r}), --device and --dtype. Run "
+                f"`qwen-chat serve --model {self.opts.model}` in a terminal to see the whole output, "
+                "then press r to retry.")
+        return StartFailed(message, lines, hint, log_path)
+
+    # -- talking to it ----------------------------------------------------------------------------
+    def client(self) -> AsyncEngineClient:
+        return AsyncEngineClient(self.socket_path)
+
+    async def alive(self) -> bool:
+        """Whether the engine answers a health check now."""
+        try:
+            async with self.client() as c:
+                self.info = await asyncio.wait_for(c.health(), 5)
+            return self.info.get("status") == "ready"
+        except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
+            self.state = "down"
+            return False
+
+    async def tokenize(self, text: str) -> list[int]:
+        async with self.client() as c:
+            return await c.tokenize(text)
+
+    async def poll_stats(self) -> dict:
+        try:
+            async with self.client() as c:
+                self.stats = await asyncio.wait_for(c.stats(), 5)
+        except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
+            self.stats = {}
+        return self.stats
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            async with self.client() as c:
+                await asyncio.wait_for(c.cancel(request_id), 5)
+        except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
+            pass  # the engine is gone: nothing left to cancel

@@ -1,0 +1,157 @@
+"""One reply, streamed by one worker: stores the turn, reads token events, posts UI messages up.
+
+Text goes up in batches (at most ~30 messages a second, whatever the token rate) and the reply is
+saved every second while it streams, so neither the UI nor a crash loses more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from textual.message import Message
+
+from inference.client import EngineError, EngineUnavailable
+from inference.protocol import DISCONNECTED
+from sessions.prompt import build_messages, sampling_from
+from sessions.records import DEFAULT_TITLE, title_from
+
+FLUSH_S = 1 / 30  # UI batch interval
+SAVE_S = 1.0  # database save interval while streaming
+ENGINE_ERRORS = (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError)
+NOT_RUNNING = ("the engine is not running: your message is saved; ctrl+r asks again "
+               "(and starts the engine)")
+DIED = ("the engine stopped mid-reply ({}); the partial reply is kept and your next message "
+        "restarts the engine")
+
+
+class UserSaved(Message):
+    def __init__(self, box, record):
+        super().__init__()
+        self.box, self.record = box, record
+
+
+class ReplyStarted(Message):
+    def __init__(self, record, session_id: str):
+        super().__init__()
+        self.record, self.session_id = record, session_id
+
+
+class ReplyDelta(Message):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+
+class ReplyFinished(Message):
+    """`record` is None when no reply was started (engine unavailable)."""
+
+    def __init__(self, record, status: str, stats: dict, error: str, session_id: str):
+        super().__init__()
+        self.record, self.status, self.stats, self.error = record, status, stats, error
+        self.session_id = session_id
+
+
+class ReplyJob:
+    """Send `user_text` (None: regenerate from the stored history) in `session_id` and stream the reply."""
+
+    def __init__(self, screen, session_id: str, user_text: str | None = None, user_box=None):
+        self.screen = screen
+        self.app = screen.app
+        self.store = screen.app.store
+        self.link = screen.app.link
+        self.session_id = session_id
+        self.user_text = user_text
+        self.user_box = user_box
+        self.request_id = uuid.uuid4().hex
+        self.started = False  # a reply row exists
+
+    def post(self, message: Message) -> None:
+        self.screen.post_message(message)
+
+    async def run(self) -> None:
+        ok, ids, cancelled = False, None, False
+        try:
+            ok = await self.app.ensure_engine()
+            if ok and self.user_text is not None:
+                try:
+                    ids = await self.link.tokenize(self.user_text)
+                except ENGINE_ERRORS:
+                    self.link.state = "down"
+                    ok = await self.app.ensure_engine()
+                    ids = await self.link.tokenize(self.user_text) if ok else None
+        except asyncio.CancelledError:
+            ok, cancelled = False, True
+        except ENGINE_ERRORS:
+            self.link.state = "down"
+            ok = False
+        if self.user_text is not None:
+            # the user's message is kept whether or not the engine answers
+            record = self.store.add_message(self.session_id, "user", self.user_text, ids)
+            if self.store.get_session(self.session_id).title == DEFAULT_TITLE:
+                self.store.update_session(self.session_id, title=title_from(self.user_text))
+            self.post(UserSaved(self.user_box, record))
+        if cancelled:
+            self.post(ReplyFinished(None, "interrupted", {}, "", self.session_id))
+        elif not ok:
+            self.post(ReplyFinished(None, "error", {}, NOT_RUNNING, self.session_id))
+        else:
+            await self.stream()
+
+    async def stream(self) -> None:
+        session = self.store.get_session(self.session_id)
+        prompt = build_messages(session, self.store.messages(self.session_id))
+        reply = self.store.begin_reply(self.session_id)
+        self.started = True
+        self.post(ReplyStarted(reply, self.session_id))
+        content, ids, pending = "", [], ""
+        stats: dict = {}
+        status, error = "complete", ""
+        last_flush = last_save = time.monotonic()
+        try:
+            async with self.link.client() as client:
+                events = client.generate(messages=prompt, session=self.session_id, request_id=self.request_id,
+                                         **sampling_from(session))
+                async for ev in events:
+                    kind = ev.get("event")
+                    if kind == "token":
+                        text = ev.get("text", "")
+                        content += text
+                        pending += text
+                        ids.extend(ev.get("token_ids", ()))
+                        now = time.monotonic()
+                        if pending and now - last_flush >= FLUSH_S:
+                            self.post(ReplyDelta(pending))
+                            pending, last_flush = "", now
+                        if now - last_save >= SAVE_S:
+                            self.store.update_reply(reply.id, content, ids)
+                            last_save = now
+                    elif kind == "done":
+                        stats = usage_stats(ev)
+                        if ev.get("finish_reason") == "cancelled":
+                            status = "interrupted"
+                    elif kind == "error":
+                        status, error = "error", str(ev.get("message") or "engine error")
+                        if ev.get("code") == DISCONNECTED:
+                            self.link.state = "down"
+                            error = DIED.format(error)
+        except asyncio.CancelledError:
+            status = "interrupted"  # leaving the stream cancels the request on the server
+        except ValueError as e:  # a request the client refuses to send (bad setting)
+            status, error = "error", str(e)
+        except ENGINE_ERRORS as e:
+            self.link.state = "down"
+            status, error = "error", DIED.format(e)
+        finally:
+            if pending:
+                self.post(ReplyDelta(pending))
+            record = self.store.finish_reply(reply.id, content, ids, status=status, stats=stats)
+            self.post(ReplyFinished(record, status, stats, error, self.session_id))
+
+
+def usage_stats(done_event: dict) -> dict:
+    """The reply stats kept with the message: ttft_ms, decode_tok_s, prompt/cached/completion tokens."""
+    usage = done_event.get("usage") or done_event
+    keys = ("ttft_ms", "decode_tok_s", "prompt_tokens", "cached_tokens", "completion_tokens")
+    return {k: usage[k] for k in keys if isinstance(usage.get(k), (int, float))}

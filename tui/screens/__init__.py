@@ -1,0 +1,1 @@
+"""Screens of the chat app: chat, engine start/failure, settings, help, dialogs."""

@@ -1,0 +1,1 @@
+"""Widgets of the chat app: sidebar, message view, prompt input, status bar."""

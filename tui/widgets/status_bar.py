@@ -1,0 +1,57 @@
+"""One line at the bottom: model, device, dtype, quantization, tp, engine state, last reply, KV cache."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+DEMO_LABEL = "pipeline demo: random weights"
+STATE_STYLES = {"ready": "green", "generating": "cyan", "starting": "yellow", "loading": "yellow",
+                "down": "red", "failed": "red", "restarting": "yellow"}
+
+
+def kv_text(stats: dict | None) -> str:
+    if not stats or not stats.get("kv_blocks_total"):
+        return "KV –"
+    used, total = int(stats.get("kv_blocks_used", 0)), int(stats["kv_blocks_total"])
+    return f"KV {100 * used / total:.0f}% ({used}/{total} blocks)"
+
+
+class StatusBar(Static):
+    """Reads `info` (engine health), `state`, `last` (stats of the last reply) and `kv` (engine stats)."""
+
+    info: reactive[dict] = reactive(dict, always_update=True)
+    state: reactive[str] = reactive("starting")
+    last: reactive[dict] = reactive(dict, always_update=True)
+    kv: reactive[dict] = reactive(dict, always_update=True)
+
+    def render(self) -> Text:
+        info = self.info or {}
+        t = Text(no_wrap=True, overflow="ellipsis")
+        if info.get("demo"):
+            t.append(f" {DEMO_LABEL} ", style="bold black on yellow")
+            t.append(" ")
+        sep = ("  │  ", "dim")
+        t.append(str(info.get("model_id") or info.get("model") or "no model"), style="bold")
+        t.append(*sep)
+        t.append(f"{info.get('device', '?')} {info.get('dtype', '?')}")
+        t.append(*sep)
+        t.append(f"quant {info.get('quant') or 'none'}")
+        t.append(*sep)
+        t.append(f"tp {info.get('tp', 1)}")
+        t.append(*sep)
+        t.append(self.state, style=STATE_STYLES.get(self.state, ""))
+        t.append(*sep)
+        last = self.last or {}
+        ttft = last.get("ttft_ms")
+        t.append("TTFT " + (f"{ttft:.0f} ms" if ttft is not None else "–"))
+        t.append(*sep)
+        rate = last.get("decode_tok_s")
+        t.append(f"{rate:.1f} tok/s" if rate else "– tok/s")
+        t.append(*sep)
+        t.append(kv_text(self.kv))
+        t.append(*sep)
+        cached = last.get("cached_tokens")
+        t.append(f"cached {int(cached)} tok" if cached is not None else "cached –")
+        return t
