@@ -36,6 +36,7 @@ class ModelConfig:
     torch_dtype: str = "bfloat16"
     quantize: str | None = None  # "w8a16" | "w8a8" for quantized checkpoints
     quant_skip: tuple[str, ...] = ()  # module names left in float
+    quant_activation: str = "dynamic"  # w8a8 activations: "dynamic" per token, or "static" per tensor (calibrated)
 
     @property
     def head_dim(self) -> int:

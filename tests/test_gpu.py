@@ -12,8 +12,8 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_paged_decode_kernel_matches_torch(dtype):
+@pytest.mark.parametrize("dtype, splits", [(torch.float16, 1), (torch.bfloat16, 1), (torch.float16, 8)])
+def test_paged_decode_kernel_matches_torch(dtype, splits):
     from inference.kernels.paged_attention import paged_decode_attention
     from inference.layers.attention import decode_attention_torch
 
@@ -24,8 +24,7 @@ def test_paged_decode_kernel_matches_torch(dtype):
     ctx = torch.tensor([1, 17, 300, 1000, 0], dtype=torch.int32, device="cuda")
     bt = torch.randperm(nb, device="cuda", generator=g)[: 5 * 64].view(5, 64).to(torch.int32)
     q = torch.randn(5, h, d, device="cuda", dtype=dtype, generator=g)
-    out = torch.full_like(q, float("nan"))
-    out = paged_decode_attention(q, kc, vc, bt, ctx, 1000, d**-0.5)
+    out = paged_decode_attention(q, kc, vc, bt, ctx, 1000, d**-0.5, splits=splits)
     ref = decode_attention_torch(q[:4].double(), kc.double(), vc.double(), bt[:4], ctx[:4], 1000, d**-0.5)
     assert rel(out[:4], ref) < 1e-2 and not out.isnan().any()
     assert out[4].abs().max().item() == 0.0  # length 0 (graph padding) gives zeros

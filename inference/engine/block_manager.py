@@ -3,7 +3,8 @@
 Full blocks are keyed by a chained hash (parent hash, token ids, salt): the salt holds the model
 fingerprint, dtype, tp, quantization and the sequence's dynamic-NTK alpha, so K/V rotated under one
 alpha is never reused under another. Freed blocks keep their hash and stay reusable until evicted,
-least recently used first (vLLM v1's free queue of cached blocks).
+least recently used first (vLLM v1's free queue of cached blocks). With the disk tier, the hash chain
+continues past the in-memory hit against the files on disk (`disk_chain`, then `mark_loaded`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,43 @@ class BlockManager:
             out.append(bid)
         seq.block_hashes = hashes
         return out
+
+    def disk_chain(self, seq: Sequence, on_disk) -> list[bytes]:
+        """After the in-memory hit: hashes of the next full blocks that `on_disk(hash)` holds, in order."""
+        if not self.enable_caching or seq.params.logits == "all":
+            return []
+        salt, out = self.seq_salt(seq), []
+        parent = seq.block_hashes[-1] if seq.block_hashes else b""
+        for i in range(len(seq.block_hashes), (len(seq) - 1) // self.block_size):
+            parent = block_hash(parent, seq.token_ids[i * self.block_size:(i + 1) * self.block_size], salt)
+            if not on_disk(parent):
+                break
+            out.append(parent)
+        return out
+
+    def mark_loaded(self, seq: Sequence, hashes: list[bytes]) -> None:
+        """The blocks after seq's hit now hold `hashes`' K/V (loaded from disk): cached and computed."""
+        start = len(seq.block_hashes)
+        for i, h in enumerate(hashes):
+            block = self.blocks[seq.block_table[start + i]]
+            if block.hash is None and h not in self.cached:
+                block.hash = h
+                self.cached[h] = block.id
+            seq.block_hashes.append(h)
+        seq.num_computed += len(hashes) * self.block_size
+        seq.num_cached_tokens += len(hashes) * self.block_size
+
+    def drop_cached(self) -> int:
+        """Forget the content of every free cached block, as a restart would (benchmarks); returns how many."""
+        n = 0
+        for bid in self.free:
+            block = self.blocks[bid]
+            if block.hash is not None:
+                if self.cached.get(block.hash) == bid:
+                    del self.cached[block.hash]
+                block.hash = None
+                n += 1
+        return n
 
     def can_allocate(self, seq: Sequence, hits: list[int]) -> bool:
         need = self.blocks_needed(len(seq)) - len(hits)

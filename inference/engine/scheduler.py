@@ -19,8 +19,10 @@ def is_decode(seq: Sequence, n: int) -> bool:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 loader=None):
         self.bm = block_manager
+        self.loader = loader  # loader(seq): after allocation, fill more of the prefix from the disk tier
         self.max_num_seqs = max_num_seqs
         self.budget = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -81,6 +83,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             self.bm.allocate(seq, hits)
+            if self.loader is not None:
+                self.loader(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
             n = min(len(seq) - seq.num_computed, budget)

@@ -42,15 +42,98 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
 
 
-def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale):
+@triton.jit
+def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
+                               stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
+                               SPLITS: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
+    """Flash-decoding: split `sp` of the context; partial max, sum and unnormalised output."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    sp = tl.program_id(2)
+    ctx = tl.load(ctx_ptr + b)
+    chunk = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
+    lo = sp * chunk
+    hi = tl.minimum(lo + chunk, ctx)
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
+    m_i = -float("inf")
+    l_i = 0.0
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        t = start + tl.arange(0, BLOCK_N)
+        mask = t < hi
+        blk = tl.load(bt_ptr + b * stride_bt + t // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
+        off = blk * stride_kb + (t % BLOCK_SIZE) * stride_ks + h * stride_kh
+        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+        s = tl.where(mask, tl.sum(k * q[None, :], 1), -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        p = tl.exp(s - m_new)
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, 0)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        m_i = m_new
+    row = (b * tl.num_programs(1) + h) * SPLITS + sp
+    tl.store(m_ptr + row, m_i)
+    tl.store(l_ptr + row, l_i)
+    tl.store(acc_ptr + row * HEAD_DIM + d, acc)
+
+
+@triton.jit
+def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ob, stride_oh, SPLITS: tl.constexpr,
+                    HEAD_DIM: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    row = (b * tl.num_programs(1) + h) * SPLITS
+    s = tl.arange(0, SPLITS)
+    d = tl.arange(0, HEAD_DIM)
+    m = tl.load(m_ptr + row + s)
+    mx = tl.max(m, 0)
+    mx = tl.where(mx == -float("inf"), 0.0, mx)
+    w = tl.exp(m - mx)
+    total = tl.sum(w * tl.load(l_ptr + row + s), 0)
+    acc = tl.load(acc_ptr + (row + s)[:, None] * HEAD_DIM + d[None, :])
+    out = tl.sum(w[:, None] * acc, 0) / tl.maximum(total, 1e-30)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+
+
+_SMS: dict[int, int] = {}
+
+
+def num_splits(q: torch.Tensor) -> int:
+    """Enough (sequence, head, split) programs to fill the GPU: about 4 per multiprocessor."""
+    if not q.is_cuda:
+        return 1
+    dev = q.device.index or 0
+    if dev not in _SMS:
+        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    want = 4 * _SMS[dev] // max(q.shape[0] * q.shape[1], 1)
+    return 1 if want < 2 else min(16, triton.next_power_of_2(want) // 2 or 1)
+
+
+def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, splits=None):
     """q [B, H, D] -> [B, H, D]; rows with context length 0 (graph padding) give zeros."""
     b, h, d = q.shape
     out = torch.empty_like(q)
     if b == 0:
         return out
-    block_n = 64 if k_cache.shape[1] <= 64 else k_cache.shape[1]
-    _paged_decode_kernel[(b, h)](
-        q, k_cache, v_cache, block_tables, context_lens, out, scale,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        out.stride(0), out.stride(1), BLOCK_SIZE=k_cache.shape[1], HEAD_DIM=d, BLOCK_N=block_n, num_warps=4)
+    bsz = k_cache.shape[1]
+    block_n = 64 if bsz <= 64 else bsz
+    splits = splits or num_splits(q)
+    strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+               block_tables.stride(0))
+    if splits == 1:
+        _paged_decode_kernel[(b, h)](q, k_cache, v_cache, block_tables, context_lens, out, scale, *strides,
+                                     out.stride(0), out.stride(1), BLOCK_SIZE=bsz, HEAD_DIM=d, BLOCK_N=block_n,
+                                     num_warps=4)
+        return out
+    m = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
+    lsum = torch.empty_like(m)
+    acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
+    _paged_decode_split_kernel[(b, h, splits)](q, k_cache, v_cache, block_tables, context_lens, m, lsum, acc, scale,
+                                               *strides, SPLITS=splits, BLOCK_SIZE=bsz, HEAD_DIM=d,
+                                               BLOCK_N=block_n, num_warps=4)
+    _combine_kernel[(b, h)](m, lsum, acc, out, out.stride(0), out.stride(1), SPLITS=splits, HEAD_DIM=d,
+                            num_warps=4)
     return out

@@ -1,0 +1,78 @@
+"""Where a step's time goes on CUDA: wall time per step and the top kernels, for a few scenarios.
+
+python bench/profile_engine.py [--shape 7b] [--scenarios prefill512,decode1,prefill4096,decode64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from inference.bench_shapes import SHAPES
+from inference.config import EngineConfig, SamplingParams
+from inference.demo import write_checkpoint
+from inference.engine.llm_engine import LLMEngine
+
+
+def prompts(n, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 150000, (n, length), generator=g).tolist()
+
+
+def timed_steps(engine, steps):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / steps * 1000
+
+
+def scenario(engine, name, prof_rows):
+    kind, n = name.rstrip("0123456789"), int(name.lstrip("prefildco"))
+    for e in list(engine.seqs):
+        engine.abort(e)
+    engine.step()
+    if kind == "prefill":
+        for warm in (True, False):
+            engine.add_request(prompts(1, n, 5 + warm)[0], SamplingParams(max_new_tokens=1, ignore_eos=True))
+            if warm:
+                engine.step()
+                continue
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+                ms = timed_steps(engine, 1)
+    else:
+        for pr in prompts(n, 512, 7):
+            engine.add_request(pr, SamplingParams(max_new_tokens=400, ignore_eos=True))
+        while any(s.in_prefill or s.num_computed == 0 for s in engine.seqs.values()):
+            engine.step()
+        timed_steps(engine, 5)
+        ms = timed_steps(engine, 20)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            timed_steps(engine, 5)
+    print(f"\n=== {name}: {ms:.2f} ms per step (wall) ===")
+    print(p.key_averages().table(sort_by="cuda_time_total", row_limit=prof_rows, max_name_column_width=60))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="7b")
+    ap.add_argument("--scenarios", default="prefill512,decode1,prefill4096,decode64")
+    ap.add_argument("--rows", type=int, default=12)
+    a = ap.parse_args()
+    d = Path(tempfile.mkdtemp()) / "m"
+    write_checkpoint(d, with_weights=False, **SHAPES[a.shape])
+    engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
+                                    max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
+                                    extra={"random_weights": True}))
+    for s in a.scenarios.split(","):
+        scenario(engine, s, a.rows)
+
+
+if __name__ == "__main__":
+    main()
