@@ -45,6 +45,8 @@ class ChatApp(App):
         self.link = link or EngineLink(options)
         self.current_session_id = pick_session(store, options.model, session_id, new)
         self.start_engine = start_engine
+        if not start_engine:
+            self.link.state = "offline"
         self.last_stats: dict = {}
         self._engine_lock = asyncio.Lock()
 
@@ -63,7 +65,7 @@ class ChatApp(App):
         except Exception:  # noqa: BLE001 - not composed yet / shutting down
             return None
 
-    def update_status(self) -> None:
+    def update_status(self, generating: bool | None = None) -> None:
         bar = self.status_bar()
         if bar is None:
             return
@@ -71,11 +73,12 @@ class ChatApp(App):
                                          "dtype": self.options.dtype, "tp": self.options.tp,
                                          "quant": self.options.quant, "demo": self.options.model == "demo"}
         bar.info = info
-        bar.state = self.link.state
+        if generating is None:
+            generating = self.chat.streaming
+        bar.state = "generating" if generating and self.link.state == "ready" else self.link.state
         bar.last = self.last_stats
         bar.kv = self.link.stats
-        if info.get("demo"):
-            self.title = f"qwen-chat · {DEMO_LABEL}"
+        self.title = f"qwen-chat · {DEMO_LABEL}" if info.get("demo") else "qwen-chat"
 
     def set_engine_state(self, state: str) -> None:
         bar = self.status_bar()
@@ -85,7 +88,7 @@ class ChatApp(App):
     def reply_done(self, stats: dict) -> None:
         if stats:
             self.last_stats = stats
-        self.update_status()
+        self.update_status(generating=False)
         self.run_worker(self.poll_stats(), group="stats", exclusive=True)
 
     async def poll_stats(self) -> None:

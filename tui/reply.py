@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from contextlib import aclosing
 
 from textual.message import Message
 
@@ -66,6 +67,11 @@ class ReplyJob:
         self.user_box = user_box
         self.request_id = uuid.uuid4().hex
         self.started = False  # a reply row exists
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        """Ask the stream to end at the next event (the worker is cancelled too, for a silent engine)."""
+        self.stop_requested = True
 
     def post(self, message: Message) -> None:
         self.screen.post_message(message)
@@ -110,10 +116,13 @@ class ReplyJob:
         status, error = "complete", ""
         last_flush = last_save = time.monotonic()
         try:
-            async with self.link.client() as client:
-                events = client.generate(messages=prompt, session=self.session_id, request_id=self.request_id,
-                                         **sampling_from(session))
+            async with self.link.client() as client, aclosing(client.generate(
+                    messages=prompt, session=self.session_id, request_id=self.request_id,
+                    **sampling_from(session))) as events:
                 async for ev in events:
+                    if self.stop_requested:
+                        status = "interrupted"  # closing the stream cancels the request on the server
+                        break
                     kind = ev.get("event")
                     if kind == "token":
                         text = ev.get("text", "")

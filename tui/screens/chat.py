@@ -43,6 +43,7 @@ class ChatScreen(Screen):
         super().__init__(id="chat")
         self.session_id = session_id
         self.reply_worker: Worker | None = None
+        self.job: ReplyJob | None = None
         self.reply_box: MessageBox | None = None
 
     @property
@@ -175,6 +176,7 @@ class ChatScreen(Screen):
 
     def start_job(self, job: ReplyJob) -> None:
         self.app.set_engine_state("generating")
+        self.job = job
         self.reply_worker = self.run_worker(job.run(), group="reply", exclusive=True, exit_on_error=False)
 
     async def action_regenerate(self) -> None:
@@ -204,6 +206,7 @@ class ChatScreen(Screen):
     async def stop_reply(self) -> None:
         worker = self.reply_worker
         if worker is not None and worker.is_running:
+            self.job.stop()
             worker.cancel()
             try:
                 await worker.wait()  # the job saves the partial reply as "interrupted"

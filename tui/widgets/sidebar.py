@@ -55,6 +55,7 @@ class Sidebar(Vertical):
         await lv.clear()
         items = [SessionItem(s) for s in sessions]
         await lv.extend(items)
+        lv.index = 0 if items else None
         for i, item in enumerate(items):
             if item.session_id == self.current_id:
                 lv.index = i

@@ -8,14 +8,14 @@ from textual.widgets import Static
 
 DEMO_LABEL = "pipeline demo: random weights"
 STATE_STYLES = {"ready": "green", "generating": "cyan", "starting": "yellow", "loading": "yellow",
-                "down": "red", "failed": "red", "restarting": "yellow"}
+                "down": "red", "failed": "red", "offline": "dim"}
 
 
 def kv_text(stats: dict | None) -> str:
     if not stats or not stats.get("kv_blocks_total"):
         return "KV –"
     used, total = int(stats.get("kv_blocks_used", 0)), int(stats["kv_blocks_total"])
-    return f"KV {100 * used / total:.0f}% ({used}/{total} blocks)"
+    return f"KV {100 * used / total:.0f}% {used}/{total}"
 
 
 class StatusBar(Static):
@@ -28,30 +28,25 @@ class StatusBar(Static):
 
     def render(self) -> Text:
         info = self.info or {}
+        last = self.last or {}
         t = Text(no_wrap=True, overflow="ellipsis")
         if info.get("demo"):
             t.append(f" {DEMO_LABEL} ", style="bold black on yellow")
             t.append(" ")
-        sep = ("  │  ", "dim")
-        t.append(str(info.get("model_id") or info.get("model") or "no model"), style="bold")
-        t.append(*sep)
-        t.append(f"{info.get('device', '?')} {info.get('dtype', '?')}")
-        t.append(*sep)
-        t.append(f"quant {info.get('quant') or 'none'}")
-        t.append(*sep)
-        t.append(f"tp {info.get('tp', 1)}")
-        t.append(*sep)
-        t.append(self.state, style=STATE_STYLES.get(self.state, ""))
-        t.append(*sep)
-        last = self.last or {}
-        ttft = last.get("ttft_ms")
-        t.append("TTFT " + (f"{ttft:.0f} ms" if ttft is not None else "–"))
-        t.append(*sep)
-        rate = last.get("decode_tok_s")
-        t.append(f"{rate:.1f} tok/s" if rate else "– tok/s")
-        t.append(*sep)
-        t.append(kv_text(self.kv))
-        t.append(*sep)
-        cached = last.get("cached_tokens")
-        t.append(f"cached {int(cached)} tok" if cached is not None else "cached –")
+        ttft, rate, cached = last.get("ttft_ms"), last.get("decode_tok_s"), last.get("cached_tokens")
+        fields = [
+            (str(info.get("model_id") or info.get("model") or "no model"), "bold"),
+            (f"{info.get('device', '?')}/{info.get('dtype', '?')}", ""),
+            (f"quant {info.get('quant') or 'none'}", ""),
+            (f"tp {info.get('tp', 1)}", ""),
+            (self.state, STATE_STYLES.get(self.state, "")),
+            ("TTFT " + (f"{ttft:.0f} ms" if ttft is not None else "–"), ""),
+            (f"{rate:.1f} tok/s" if rate else "– tok/s", ""),
+            (kv_text(self.kv), ""),
+            (f"cached {int(cached)}" if cached is not None else "cached –", ""),
+        ]
+        for i, (text, style) in enumerate(fields):
+            if i:
+                t.append(" │ ", style="dim")
+            t.append(text, style=style)
         return t

@@ -1,0 +1,91 @@
+"""Helpers for the chat-app tests (this module holds no tests): a real engine server process on the
+tiny checkpoint, an app factory, and a poller for pilot tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from inference.launcher import probe
+from sessions import SessionStore
+from tui.app import ChatApp
+from tui.engine_link import EngineOptions
+
+SERVER_ARGS = ("--device", "cpu", "--dtype", "float32", "--num-kv-blocks", "512")
+SIZE = (110, 36)
+
+
+def start_server(model, sock: Path, log: Path, timeout: float = 90.0) -> subprocess.Popen:
+    """`python -m inference serve` on `sock`, waited for until ready; its output goes to `log`."""
+    cmd = [sys.executable, "-m", "inference", "serve", "--model", str(model), *SERVER_ARGS, "--socket", str(sock)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        health = probe(sock, timeout=2.0) if sock.exists() else None
+        if health and health["status"] == "ready":
+            return proc
+        time.sleep(0.1)
+    stop_server(proc)
+    raise AssertionError(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
+def make_app(db: Path, sock: Path | None = None, model: str = "demo", **kw) -> ChatApp:
+    opts = EngineOptions(model=model, socket=str(sock) if sock else None, device="cpu", dtype="float32")
+    return ChatApp(opts, SessionStore(db), **kw)
+
+
+async def wait_for(pilot, cond, timeout: float = 30.0, what: str = "condition"):
+    """Let the app run until `cond()` is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; {describe(pilot.app)}")
+        await pilot.pause(0.02)
+
+
+def describe(app) -> str:
+    """The app's state, for failure messages."""
+    from tui.widgets.message_view import MessageView
+
+    try:
+        msgs = [(b.role, b.status, b.content[:40], b.error) for b in app.chat.query_one(MessageView).boxes()]
+    except Exception as e:  # noqa: BLE001
+        msgs = repr(e)
+    return f"screen={app.screen!r} engine={app.link.state} messages={msgs}"
+
+
+async def wait_ready(pilot, app: ChatApp, timeout: float = 60.0) -> None:
+    from tui.screens.chat import ChatScreen
+
+    await wait_for(pilot, lambda: app.link.state == "ready" and isinstance(app.screen, ChatScreen), timeout,
+                   "the engine to be ready")
+
+
+def run(coro):
+    return asyncio.run(coro)
