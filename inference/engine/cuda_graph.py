@@ -54,15 +54,13 @@ class DecodeGraphs:
     def can_run(self, num_seqs: int, max_ctx: int) -> bool:
         return num_seqs <= self.max_bs and max_ctx <= self.cos_table.shape[0]
 
-    def run(self, token_ids, positions, slots, ctx_lens, block_tables) -> torch.Tensor:
+    def run(self, token_ids, positions, slots, ctx_lens, block_tables: torch.Tensor) -> torch.Tensor:
         n = len(token_ids)
         bs = next(b for b in self.buckets if b >= n)
         pad = bs - n
         host = torch.tensor([*token_ids, *[0] * pad, *positions, *[0] * pad, *slots, *[-1] * pad,
                              *ctx_lens, *[0] * pad], dtype=torch.long)
         self.packed.view(4, self.max_bs)[:, :bs].copy_(host.view(4, bs), non_blocking=True)
-        width = max(len(b) for b in block_tables)
-        bt = torch.tensor([b + [0] * (width - len(b)) for b in block_tables], dtype=torch.int32)
-        self.block_tables[:n, :width].copy_(bt, non_blocking=True)
+        self.block_tables[:n, : block_tables.shape[1]].copy_(block_tables, non_blocking=True)
         self.graphs[bs].replay()
         return self.outputs[bs][:n]

@@ -129,18 +129,23 @@ class ModelRunner:
             self.graphs.capture()
 
     # --- one step ------------------------------------------------------------------------------------------
+    def block_table_tensor(self, tables: list[list[int]]) -> torch.Tensor:
+        width = max(len(b) for b in tables)
+        flat = [x for b in tables for x in (b + [0] * (width - len(b)))]
+        return torch.tensor(flat, dtype=torch.int32).view(len(tables), width)
+
     def prepare(self, plan: StepPlan):
         dev = self.device
-        ids = torch.tensor(plan.token_ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(plan.positions, dtype=torch.long, device=dev)
-        width = max(len(b) for b in plan.block_tables)
-        bt = torch.tensor([b + [0] * (width - len(b)) for b in plan.block_tables], dtype=torch.int32, device=dev)
-        slots = [plan.block_tables[i][p // self.block_size] * self.block_size + p % self.block_size
-                 for i, (start, n) in enumerate(self._segments(plan)) for p in plan.positions[start:start + n]]
+        host = torch.tensor(plan.token_ids + plan.positions, dtype=torch.long)
+        ids, pos = host.to(dev, non_blocking=True).view(2, -1).unbind(0)
+        bt = self.block_table_tensor(plan.block_tables)
+        seq_of = torch.repeat_interleave(torch.arange(len(plan.q_lens)), torch.tensor(plan.q_lens))
+        pos_cpu = host[len(plan.token_ids):]
+        slots = bt[seq_of, pos_cpu // self.block_size].long() * self.block_size + pos_cpu % self.block_size
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), block_tables=bt,
-            context_lens=torch.tensor(plan.ctx_lens, dtype=torch.int32, device=dev), q_lens=plan.q_lens,
-            ctx_lens=plan.ctx_lens, num_decodes=plan.num_decodes, max_ctx=max(plan.ctx_lens),
+            slot_mapping=slots.to(dev, non_blocking=True), block_tables=bt.to(dev, non_blocking=True),
+            context_lens=torch.tensor(plan.ctx_lens, dtype=torch.int32).to(dev, non_blocking=True),
+            q_lens=plan.q_lens, ctx_lens=plan.ctx_lens, num_decodes=plan.num_decodes, max_ctx=max(plan.ctx_lens),
             prefix_free=plan.prefix_free)
         cos, sin = self.rotary.for_tokens(pos, plan.alphas, plan.q_lens, max_pos=max(plan.ctx_lens) - 1)
         logn = None
@@ -155,20 +160,14 @@ class ModelRunner:
                 and not (self.model_cfg.use_logn_attn and max_ctx > self.model_cfg.seq_length)
                 and self.graphs.can_run(len(plan.q_lens), max_ctx))
 
-    @staticmethod
-    def _segments(plan: StepPlan):
-        start = 0
-        for n in plan.q_lens:
-            yield start, n
-            start += n
-
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
         if self.graphs is not None and self._graphable(plan):
-            slots = [b[p // self.block_size] * self.block_size + p % self.block_size
-                     for b, p in zip(plan.block_tables, plan.positions)]
-            return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens, plan.block_tables)
+            bs = self.block_size
+            slots = [b[p // bs] * bs + p % bs for b, p in zip(plan.block_tables, plan.positions)]
+            return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens,
+                                   self.block_table_tensor(plan.block_tables))
         ids, cos, sin, logn, meta = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)
         rows = torch.tensor(plan.logit_rows, dtype=torch.long, device=self.device)

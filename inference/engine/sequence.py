@@ -15,7 +15,7 @@ class Status(Enum):
     FINISHED = auto()
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `seq in running` must not compare token lists
 class Sequence:
     request_id: str
     token_ids: list[int]

@@ -10,7 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
+CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
+           for bn, w, st in ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2))]
 
+
+@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE"])
 @triton.jit
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
@@ -42,6 +46,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
 
 
+@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE", "SPLITS"])
 @triton.jit
 def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
                                stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
@@ -119,21 +124,18 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_
     if b == 0:
         return out
     bsz = k_cache.shape[1]
-    block_n = 64 if bsz <= 64 else bsz
     splits = splits or num_splits(q)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                block_tables.stride(0))
     if splits == 1:
         _paged_decode_kernel[(b, h)](q, k_cache, v_cache, block_tables, context_lens, out, scale, *strides,
-                                     out.stride(0), out.stride(1), BLOCK_SIZE=bsz, HEAD_DIM=d, BLOCK_N=block_n,
-                                     num_warps=4)
+                                     out.stride(0), out.stride(1), BLOCK_SIZE=bsz, HEAD_DIM=d)
         return out
     m = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
     lsum = torch.empty_like(m)
     acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
     _paged_decode_split_kernel[(b, h, splits)](q, k_cache, v_cache, block_tables, context_lens, m, lsum, acc, scale,
-                                               *strides, SPLITS=splits, BLOCK_SIZE=bsz, HEAD_DIM=d,
-                                               BLOCK_N=block_n, num_warps=4)
+                                               *strides, SPLITS=splits, BLOCK_SIZE=bsz, HEAD_DIM=d)
     _combine_kernel[(b, h)](m, lsum, acc, out, out.stride(0), out.stride(1), SPLITS=splits, HEAD_DIM=d,
                             num_warps=4)
     return out
