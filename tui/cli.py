@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from sessions.cli import main as sessions_main
 
         return sessions_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad option (2, message printed)
+        return int(e.code or 0)
     if args.tp < 1:
         return _fail(f"--tp must be a positive integer, got {args.tp}")
 

@@ -43,7 +43,7 @@ class EngineFailedScreen(Screen):
     BINDINGS = [
         Binding("r", "retry", "Retry"),
         Binding("c", "continue", "Browse sessions"),
-        Binding("q,ctrl+q", "app.quit", "Quit"),
+        Binding("q", "app.quit", "Quit"),
     ]
 
     def __init__(self, error: str, log_tail: list[str], hint: str, log_path: str | None = None):

@@ -10,10 +10,10 @@ from textual.widgets import Label, Static
 
 PROMPT_KEYS = [
     ("enter", "Send the message"),
-    ("ctrl+j / shift+enter / alt+enter", "New line in the message (ctrl+j works in every terminal)"),
-    ("up (on the first line)", "Recall the previous prompt of this session"),
-    ("down (while recalling)", "Next prompt / back to the draft"),
-    ("tab / shift+tab", "Move focus between sidebar, messages and input"),
+    ("ctrl+j", "New line (shift+enter / alt+enter where the terminal sends them)"),
+    ("up", "On the first line: the previous prompt of this chat"),
+    ("down", "While recalling: the next prompt, then your draft"),
+    ("tab / shift+tab", "Focus sidebar, messages, input"),
 ]
 MOUSE = [
     ("click a code block", "Copy the code block"),
@@ -58,10 +58,11 @@ class HelpScreen(ModalScreen):
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
             yield Label("qwen-chat keys  (Esc closes)", id="help-title")
+            sections = help_sections()
+            width = max(len(k) for _, rows in sections for k, _ in rows)
             with VerticalScroll(id="help-scroll"):
-                for title, rows in help_sections():
+                for title, rows in sections:
                     yield Label(title, classes="help-section")
-                    width = max((len(k) for k, _ in rows), default=0)
                     text = "\n".join(f"  {k.ljust(width)}   {d}" for k, d in rows)
                     yield Static(text, markup=False, classes="help-rows")
 

@@ -36,13 +36,14 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="settings-box"):
             yield Label(f"Settings of “{self.session_title}”", id="settings-title", markup=False)
-            with VerticalScroll():
+            with VerticalScroll(id="settings-fields"):
                 yield Label("System prompt")
                 yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True, tab_behavior="focus")
                 for key, label, _ in FIELDS:
                     with Horizontal(classes="setting-row"):
                         yield Label(label, classes="setting-label")
-                        yield Input(str(self.settings.get(key, "")), id=f"set-{key}", classes="setting-input")
+                        yield Input(str(self.settings.get(key, "")), id=f"set-{key}", classes="setting-input",
+                                    compact=True)
             yield Label("", id="settings-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="save", variant="primary")

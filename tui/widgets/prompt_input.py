@@ -24,7 +24,9 @@ class PromptInput(TextArea):
             self.text = text
 
     def __init__(self, **kwargs):
-        super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
+        super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus",
+                         placeholder="Message Qwen…  Enter sends · ctrl+j new line · ↑ earlier prompts · F1 help",
+                         **kwargs)
         self.prompts: list[str] = []
         self._recall: int | None = None  # index into history while recalling
         self._draft = ""

@@ -30,15 +30,15 @@ class StatusBar(Static):
         info = self.info or {}
         last = self.last or {}
         t = Text(no_wrap=True, overflow="ellipsis")
-        if info.get("demo"):
-            t.append(f" {DEMO_LABEL} ", style="bold black on yellow")
+        if info.get("demo"):  # the header carries the whole DEMO_LABEL
+            t.append(" DEMO ", style="bold black on yellow")
             t.append(" ")
         ttft, rate, cached = last.get("ttft_ms"), last.get("decode_tok_s"), last.get("cached_tokens")
         fields = [
             (str(info.get("model_id") or info.get("model") or "no model"), "bold"),
-            (f"{info.get('device', '?')}/{info.get('dtype', '?')}", ""),
-            (f"quant {info.get('quant') or 'none'}", ""),
-            (f"tp {info.get('tp', 1)}", ""),
+            (f"{info.get('device', '?')} {info.get('dtype', '?')}", ""),
+            (info.get("quant") or "no quant", ""),
+            (f"tp{info.get('tp', 1)}", ""),
             (self.state, STATE_STYLES.get(self.state, "")),
             ("TTFT " + (f"{ttft:.0f} ms" if ttft is not None else "–"), ""),
             (f"{rate:.1f} tok/s" if rate else "– tok/s", ""),
@@ -47,6 +47,6 @@ class StatusBar(Static):
         ]
         for i, (text, style) in enumerate(fields):
             if i:
-                t.append(" │ ", style="dim")
+                t.append(" · ", style="dim")
             t.append(text, style=style)
         return t

@@ -1,0 +1,121 @@
+"""The app manages its engine: starts it in the background with a progress screen, shows the log and
+what to do when it cannot start, and survives the engine dying mid-reply (partial reply kept, the
+next message starts it again). Real server processes on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+from test_tui_support import SIZE, make_app, wait_for, wait_ready
+
+from inference import launcher
+from sessions import SessionStore
+from tui.screens.chat import ChatScreen
+from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
+from tui.widgets.message_view import MessageView
+from tui.widgets.prompt_input import PromptInput
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    """A private $XDG_RUNTIME_DIR for the servers the app starts; every one is stopped afterwards."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield run
+    for sock in run.glob("qwen-chat/*.sock"):
+        launcher.stop_server(sock, timeout=20)
+
+
+def boxes(app):
+    return app.chat.query_one(MessageView).boxes()
+
+
+async def send(pilot, text: str) -> None:
+    pilot.app.chat.query_one(PromptInput).focus()
+    await pilot.press(*text, "enter")
+
+
+def test_start_with_progress_then_engine_dies_mid_reply_and_the_next_message_restarts_it(
+        tiny_model, runtime, tmp_path, monkeypatch):
+    progress: list[tuple[int, int, str]] = []
+    original = EngineStartScreen.set_progress
+
+    def record(self, done, total, what):
+        progress.append((done, total, what))
+        original(self, done, total, what)
+
+    monkeypatch.setattr(EngineStartScreen, "set_progress", record)
+    db = tmp_path / "s.db"
+
+    async def main():
+        app = make_app(db, model=str(tiny_model), new=True)
+        sid = app.current_session_id
+        with SessionStore(db) as st:
+            st.update_session(sid, settings={"max_new_tokens": 400})
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineStartScreen), what="the start screen")
+            await wait_ready(pilot, app)
+            assert progress and progress[0][2] == "starting the engine server"
+            pid = app.link.info["pid"]
+            await send(pilot, "Keep talking")
+            await wait_for(pilot, lambda: len(boxes(app)) == 2 and len(boxes(app)[1].content) > 3,
+                           what="some tokens")
+            os.killpg(pid, signal.SIGKILL)  # the engine dies mid-reply
+            await wait_for(pilot, lambda: boxes(app)[1].status == "error", what="the error")
+            reply = boxes(app)[1]
+            footer = str(reply.query_one(".message-footer").render())
+            assert "engine stopped mid-reply" in footer and app.link.state == "down"
+            await wait_for(pilot, lambda: not app.chat.streaming, what="the worker to end")
+            with SessionStore(db) as st:
+                kept = st.messages(sid)[-1]
+            assert kept.status == "error" and kept.content == reply.content != ""
+            # the next message starts the engine again and gets an answer
+            with SessionStore(db) as st:
+                st.update_session(sid, settings={"max_new_tokens": 3})
+            await send(pilot, "Are you back?")
+            await wait_for(pilot, lambda: len(boxes(app)) == 4 and boxes(app)[3].status == "complete",
+                           timeout=90, what="a reply from the restarted engine")
+            assert app.link.info["pid"] != pid and isinstance(app.screen, ChatScreen)
+        with SessionStore(db) as st:
+            assert [m.status for m in st.messages(sid)] == ["complete", "error", "complete", "complete"]
+
+    asyncio.run(main())
+
+
+def test_engine_that_cannot_start_shows_its_log_and_the_message_is_kept(runtime, tmp_path):
+    bad = tmp_path / "not-qwen"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
+    db = tmp_path / "s.db"
+
+    async def main():
+        app = make_app(db, model=str(bad), new=True)
+        sid = app.current_session_id
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
+                           what="the failure screen")
+            screen = app.screen
+            log = str(screen.query_one("#failed-log Static").render())
+            assert "not Qwen v1" in log and str(launcher.log_path(app.link.socket_path)) == screen.log_path
+            assert "qwen-chat serve --model" in str(screen.query_one("#failed-hint").render())
+            await pilot.press("c")  # browse sessions without the engine
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
+            assert app.link.state == "failed"
+            await send(pilot, "Still saved?")
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
+                           what="the failure screen again")
+            await pilot.press("c")
+            await wait_for(pilot, lambda: not app.chat.streaming, what="the job to end")
+        with SessionStore(db) as st:
+            msgs = st.messages(sid)
+        assert [(m.role, m.content) for m in msgs] == [("user", "Still saved?")]
+
+    asyncio.run(main())
