@@ -80,6 +80,9 @@ def test_cuda_engine_matches_oracle(tiny_model):
     e32 = _engine(tiny_model, "float32")
     assert e32.runner.graphs is not None
     assert e32.generate(prompts, greedy) == [w[0] for w in want]
+    plain = SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True)  # decode lookahead on
+    assert e32.lookahead is not None
+    assert e32.generate(prompts, plain) == [w[0] for w in want]
     e16 = _engine(tiny_model, "bfloat16")
     rid = e16.add_request(prompts[1], greedy)
     toks, logits = [], None

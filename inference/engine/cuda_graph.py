@@ -23,6 +23,11 @@ class DecodeGraphs:
         self.packed = torch.zeros(4 * top, dtype=torch.long, device=device)
         self.ids, self.pos, self.slots, self.ctx = self.packed.view(4, top).unbind(0)
         self.block_tables = torch.zeros(top, max_blocks, dtype=torch.int32, device=device)
+        # pinned staging, double-buffered: a copy never waits for the GPU, and the buffer of step N is
+        # only refilled for step N + 2, after step N's tokens were read back.
+        self.host = [torch.zeros(4 * top, dtype=torch.long, pin_memory=True) for _ in range(2)]
+        self.host_bt = [torch.zeros(top, max_blocks, dtype=torch.int32, pin_memory=True) for _ in range(2)]
+        self.turn = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
@@ -54,13 +59,22 @@ class DecodeGraphs:
     def can_run(self, num_seqs: int, max_ctx: int) -> bool:
         return num_seqs <= self.max_bs and max_ctx <= self.cos_table.shape[0]
 
-    def run(self, token_ids, positions, slots, ctx_lens, block_tables: torch.Tensor) -> torch.Tensor:
+    def run(self, token_ids, positions, slots, ctx_lens, block_tables: torch.Tensor,
+            ids_device: torch.Tensor | None = None) -> torch.Tensor:
+        """Replay for these decode rows; `ids_device` (the previous step's tokens, still on the GPU)
+        replaces `token_ids`. Returns the logits rows (a view of the graph's output buffer)."""
         n = len(token_ids)
         bs = next(b for b in self.buckets if b >= n)
         pad = bs - n
-        host = torch.tensor([*token_ids, *[0] * pad, *positions, *[0] * pad, *slots, *[-1] * pad,
-                             *ctx_lens, *[0] * pad], dtype=torch.long)
-        self.packed.view(4, self.max_bs)[:, :bs].copy_(host.view(4, bs), non_blocking=True)
-        self.block_tables[:n, : block_tables.shape[1]].copy_(block_tables, non_blocking=True)
+        host, host_bt = self.host[self.turn], self.host_bt[self.turn]
+        self.turn ^= 1
+        host[: 4 * bs].copy_(torch.tensor([*token_ids, *[0] * pad, *positions, *[0] * pad, *slots, *[-1] * pad,
+                                            *ctx_lens, *[0] * pad], dtype=torch.long))
+        self.packed.view(4, self.max_bs)[:, :bs].copy_(host[: 4 * bs].view(4, bs), non_blocking=True)
+        if ids_device is not None:
+            self.ids[:n].copy_(ids_device, non_blocking=True)
+        w = block_tables.shape[1]
+        host_bt[:n, :w].copy_(block_tables)
+        self.block_tables[:n, :w].copy_(host_bt[:n, :w], non_blocking=True)
         self.graphs[bs].replay()
         return self.outputs[bs][:n]

@@ -17,6 +17,7 @@ from inference.config import EngineConfig, ModelConfig, SamplingParams
 from inference.engine import memory
 from inference.engine.block_manager import BlockManager
 from inference.engine.device import resolve_device, resolve_dtype
+from inference.engine.lookahead import Lookahead
 from inference.engine.model_runner import ModelRunner, StepPlan
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
@@ -85,6 +86,7 @@ class LLMEngine:
         self.runner.allocate_kv_cache(num_blocks)
         self.runner.finish_setup(self.max_model_len)
         salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
+        self.lookahead = Lookahead(self) if self.runner.graphs is not None and dist.get_world_size() == 1 else None
         self.kv_disk = None  # disk tier of the prefix cache (every rank has its own files)
         if cfg.kv_disk_dir and cfg.enable_prefix_caching:
             from inference.engine.kv_disk import open_tier  # noqa: PLC0415
@@ -152,11 +154,16 @@ class LLMEngine:
             self.kv_disk.flush()
         batch = self.scheduler.schedule()
         if not batch:
+            if self.lookahead:
+                self.lookahead.pending = None
             return outputs
         plan, last_rows = self._plan(batch)
-        dist.broadcast_object(("step", plan))
-        logits = self.runner.run(plan)
-        return outputs + self._postprocess(batch, plan, logits, last_rows)
+        logits = self.lookahead.take(batch) if self.lookahead else None
+        if logits is None:
+            dist.broadcast_object(("step", plan))
+            logits = self.runner.run(plan)
+        tokens = self.lookahead.tokens(batch, plan, logits) if self.lookahead else None
+        return outputs + self._postprocess(batch, plan, logits, last_rows, tokens)
 
     def _plan(self, batch: list[tuple[Sequence, int]]):
         ids, pos, rows, last_rows = [], [], [], []
@@ -179,7 +186,8 @@ class LLMEngine:
                         [s.num_computed == 0 for s, _ in batch], rows)
         return plan, last_rows
 
-    def _postprocess(self, batch, plan: StepPlan, logits: torch.Tensor, last_rows) -> list[RequestOutput]:
+    def _postprocess(self, batch, plan: StepPlan, logits: torch.Tensor, last_rows, tokens=None
+                     ) -> list[RequestOutput]:
         now = time.perf_counter()
         row_of = {r: i for i, r in enumerate(plan.logit_rows)}
         sample_seqs, sample_rows, base = [], [], 0
@@ -200,7 +208,8 @@ class LLMEngine:
         if not sample_seqs:
             return outputs
         sample_logits = logits[sample_rows]
-        tokens = self.sampler(sample_logits, sample_seqs)
+        if tokens is None:
+            tokens = self.sampler(sample_logits, sample_seqs)
         for seq, tok, row in zip(sample_seqs, tokens, sample_logits):
             if seq.first_token_time is None:
                 seq.first_token_time = now

@@ -160,14 +160,21 @@ class ModelRunner:
                 and not (self.model_cfg.use_logn_attn and max_ctx > self.model_cfg.seq_length)
                 and self.graphs.can_run(len(plan.q_lens), max_ctx))
 
+    def graphable(self, plan: StepPlan) -> bool:
+        return self.graphs is not None and self._graphable(plan)
+
+    @torch.inference_mode()
+    def run_graph(self, plan: StepPlan, ids_device: torch.Tensor | None = None) -> torch.Tensor:
+        bs = self.block_size
+        slots = [b[p // bs] * bs + p % bs for b, p in zip(plan.block_tables, plan.positions)]
+        return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens,
+                               self.block_table_tensor(plan.block_tables), ids_device)
+
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
-        if self.graphs is not None and self._graphable(plan):
-            bs = self.block_size
-            slots = [b[p // bs] * bs + p % bs for b, p in zip(plan.block_tables, plan.positions)]
-            return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens,
-                                   self.block_table_tensor(plan.block_tables))
+        if self.graphable(plan):
+            return self.run_graph(plan)
         ids, cos, sin, logn, meta = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)
         rows = torch.tensor(plan.logit_rows, dtype=torch.long, device=self.device)
