@@ -327,3 +327,33 @@ def test_command_palette_and_help_list_the_actions(server, db):
             await wait_for(pilot, lambda: app.current_session_id != first, what="the new chat")
 
     asyncio.run(main())
+
+
+def test_the_view_keeps_up_with_a_stream_far_above_200_tokens_per_second(db):
+    """Worst case for the UI: every token its own message (the reply job batches them ~30 a second)."""
+    from textual.widgets import Markdown
+
+    from tui.reply import ReplyDelta, ReplyFinished, ReplyStarted
+
+    words = [f"w{i} " if i % 40 else "\n\n```python\nx = 1\n```\n\n" for i in range(1, 1201)]
+
+    async def main():
+        app = make_app(db, start_engine=False, new=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            screen, sid = chat(app), app.current_session_id
+            record = app.store.begin_reply(sid)
+            t0 = time.perf_counter()
+            screen.post_message(ReplyStarted(record, sid))
+            for w in words:
+                screen.post_message(ReplyDelta(w))
+            done = app.store.finish_reply(record.id, "".join(words), [], status="complete")
+            screen.post_message(ReplyFinished(done, "complete", {}, "", sid))
+            await wait_for(pilot, lambda: boxes(app) and boxes(app)[-1].status == "complete", what="the end")
+            elapsed = time.perf_counter() - t0
+            box = boxes(app)[-1]
+            assert box.content == "".join(words) == box.query_one(Markdown).source
+            assert len(words) / elapsed > 200, f"{len(words) / elapsed:.0f} tokens/s"
+            assert len(box.query("ChatFence")) == len(words) // 40
+
+    asyncio.run(main())
