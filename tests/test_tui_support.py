@@ -3,7 +3,6 @@ tiny checkpoint, an app factory, and a poller for pilot tests."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -15,6 +14,10 @@ from inference.launcher import probe
 from sessions import SessionStore
 from tui.app import ChatApp
 from tui.engine_link import EngineOptions
+from tui.screens.chat import ChatScreen
+from tui.widgets.message import MessageBox
+from tui.widgets.message_view import MessageView
+from tui.widgets.prompt_input import PromptInput
 
 SERVER_ARGS = ("--device", "cpu", "--dtype", "float32", "--num-kv-blocks", "512")
 SIZE = (110, 36)
@@ -71,8 +74,6 @@ async def wait_for(pilot, cond, timeout: float = 30.0, what: str = "condition"):
 
 def describe(app) -> str:
     """The app's state, for failure messages."""
-    from tui.widgets.message_view import MessageView
-
     try:
         msgs = [(b.role, b.status, b.content[:40], b.error) for b in app.chat.query_one(MessageView).boxes()]
     except Exception as e:  # noqa: BLE001
@@ -81,11 +82,29 @@ def describe(app) -> str:
 
 
 async def wait_ready(pilot, app: ChatApp, timeout: float = 60.0) -> None:
-    from tui.screens.chat import ChatScreen
-
     await wait_for(pilot, lambda: app.link.state == "ready" and isinstance(app.screen, ChatScreen), timeout,
                    "the engine to be ready")
 
 
-def run(coro):
-    return asyncio.run(coro)
+def chat(app) -> ChatScreen:
+    return app.chat
+
+
+def boxes(app) -> list[MessageBox]:
+    return chat(app).query_one(MessageView).boxes()
+
+
+def idle(app) -> bool:
+    return (not chat(app).streaming and chat(app).reply_box is None
+            and all(b.status != "streaming" for b in boxes(app)))
+
+
+async def type_and_send(pilot, text: str) -> None:
+    chat(pilot.app).query_one(PromptInput).focus()
+    await pilot.press(*text)
+    await pilot.press("enter")
+
+
+def settings_of(db, sid: str, **changes) -> None:
+    with SessionStore(db) as store:
+        store.update_session(sid, settings=changes)
