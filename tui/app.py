@@ -9,6 +9,7 @@ import threading
 from textual.app import App
 from textual.binding import Binding
 
+from inference.model_path import model_id
 from sessions import SessionStore
 from sessions.records import DEFAULT_SETTINGS
 from tui.commands import ChatCommands
@@ -69,7 +70,7 @@ class ChatApp(App):
         bar = self.status_bar()
         if bar is None:
             return
-        info = dict(self.link.info) or {"model_id": self.options.model, "device": self.options.device,
+        info = dict(self.link.info) or {"model_id": model_id(self.options.model), "device": self.options.device,
                                          "dtype": self.options.dtype, "tp": self.options.tp,
                                          "quant": self.options.quant, "demo": self.options.model == "demo"}
         bar.info = info

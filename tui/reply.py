@@ -66,7 +66,6 @@ class ReplyJob:
         self.user_text = user_text
         self.user_box = user_box
         self.request_id = uuid.uuid4().hex
-        self.started = False  # a reply row exists
         self.stop_requested = False
 
     def stop(self) -> None:
@@ -109,7 +108,6 @@ class ReplyJob:
         session = self.store.get_session(self.session_id)
         prompt = build_messages(session, self.store.messages(self.session_id))
         reply = self.store.begin_reply(self.session_id)
-        self.started = True
         self.post(ReplyStarted(reply, self.session_id))
         content, ids, pending = "", [], ""
         stats: dict = {}
