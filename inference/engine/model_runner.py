@@ -86,15 +86,17 @@ class ModelRunner:
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         layer = self.attn_layers[0]
-        shape = (len(self.attn_layers), num_blocks, self.block_size, layer.num_heads, layer.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # Stored head-major within a block ([layers, blocks, heads, slots, dim]) so one head's block is one
+        # contiguous run for the decode kernel; everything else sees [layers, blocks, slots, heads, dim].
+        shape = (len(self.attn_layers), num_blocks, layer.num_heads, self.block_size, layer.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device).transpose(2, 3)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device).transpose(2, 3)
         for i, attn in enumerate(self.attn_layers):
             attn.k_cache, attn.v_cache = self.k_cache[i], self.v_cache[i]
         self.num_blocks = num_blocks
 
     def read_block(self, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k_cache[:, block_id].cpu(), self.v_cache[:, block_id].cpu()
+        return self.k_cache[:, block_id].contiguous().cpu(), self.v_cache[:, block_id].contiguous().cpu()
 
     def write_block(self, block_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k_cache[:, block_id].copy_(k)

@@ -37,8 +37,8 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
 
 @triton.jit
 def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr, k_out_ptr, k_cache_ptr,
-                       v_cache_ptr, num_heads, HEAD_DIM: tl.constexpr, HAS_LOGN: tl.constexpr,
-                       STORE: tl.constexpr):
+                       v_cache_ptr, num_heads, stride_cb, stride_cs, stride_ch, BLOCK_SIZE: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, HAS_LOGN: tl.constexpr, STORE: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
@@ -69,7 +69,7 @@ def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr,
     if STORE:
         slot = tl.load(slot_ptr + t)
         if slot >= 0:
-            cache = slot * hid + h * HEAD_DIM
+            cache = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs + h * stride_ch
             v1 = tl.load(qkv_ptr + base + 2 * hid + i)
             v2 = tl.load(qkv_ptr + base + 2 * hid + half + i)
             tl.store(k_cache_ptr + cache + i, kr1)
@@ -79,15 +79,20 @@ def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr,
 
 
 def rope_and_store(qkv, cos, sin, logn, k_cache, v_cache, slot_mapping, num_heads, head_dim):
-    """qkv [T, 3*H*D] -> rotated q, k [T, H, D]; writes k and v into the cache slots (slot < 0: skipped)."""
+    """qkv [T, 3*H*D] -> rotated q, k [T, H, D]; writes k and v into the cache slots (slot < 0: skipped).
+    The caches are [blocks, slots, heads, dim] views of any strides (the last one 1)."""
     t = qkv.shape[0]
     q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     k = torch.empty_like(q)
     store = k_cache.numel() > 0
+    if store and k_cache.stride() != v_cache.stride():
+        raise ValueError("K and V caches must share one layout")
+    strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)) if store else (0, 0, 0)
     _rope_store_kernel[(t, num_heads)](
         qkv, cos, sin, logn if logn is not None else cos, slot_mapping, q, k,
-        k_cache if store else q, v_cache if store else q, num_heads,
-        HEAD_DIM=head_dim, HAS_LOGN=logn is not None, STORE=store, num_warps=1)
+        k_cache if store else q, v_cache if store else q, num_heads, *strides,
+        BLOCK_SIZE=k_cache.shape[1] if store else 1, HEAD_DIM=head_dim, HAS_LOGN=logn is not None, STORE=store,
+        num_warps=1)
     return q, k
 
 

@@ -29,16 +29,18 @@ class AttentionMetadata:
 
 
 def store_kv(k_cache, v_cache, k, v, slot_mapping):
-    h, d = k.shape[-2:]
-    k_cache.view(-1, h, d).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, h, d).index_copy_(0, slot_mapping, v)
+    """Caches are [blocks, slots, heads, dim] views (not necessarily contiguous)."""
+    bs = k_cache.shape[1]
+    blk, off = slot_mapping // bs, slot_mapping % bs
+    k_cache[blk, off] = k
+    v_cache[blk, off] = v
 
 
 def gather_context(cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> torch.Tensor:
     """[ctx_len, H, D] of one sequence from its blocks."""
     bs = cache.shape[1]
     nb = -(-ctx_len // bs)
-    return cache[block_table[:nb].long()].flatten(0, 1)[:ctx_len]
+    return cache[block_table[:nb].long()].reshape(-1, *cache.shape[2:])[:ctx_len]
 
 
 def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale):
@@ -46,8 +48,8 @@ def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_
     bs = k_cache.shape[1]
     nb = -(-max_ctx // bs)
     bt = block_tables[:, :nb].long()
-    k = k_cache[bt].flatten(1, 2)  # [B, L, H, D]
-    v = v_cache[bt].flatten(1, 2)
+    k = k_cache[bt].reshape(bt.shape[0], -1, *k_cache.shape[2:])  # [B, L, H, D]
+    v = v_cache[bt].reshape(bt.shape[0], -1, *v_cache.shape[2:])
     scores = torch.einsum("bhd,blhd->bhl", q.float(), k.float()) * scale
     valid = torch.arange(k.shape[1], device=q.device)[None, :] < context_lens[:, None]
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
