@@ -1,0 +1,253 @@
+"""One rank's files of the KV disk tier: safetensors per block, named by block hash hex.
+
+Writes are atomic (tmp file + rename) and done by a writer thread; each file's metadata holds a CRC32 of
+each tensor's bytes, and a read that does not parse or verify deletes the file and returns None. A size
+cap evicts the least recently used files; the access time is the file's mtime (refreshed on every hit),
+so the order survives restarts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+
+from inference.errors import UserError
+
+log = logging.getLogger("inference.kv_disk")
+FORMAT = "qwen-chat-kv-1"
+SUFFIX = ".safetensors"
+MAX_BACKLOG_BYTES = 2 << 30  # copied out but not yet written; saves beyond this are dropped (a cache may skip)
+STALE_TMP_S = 3600.0  # temp files this old are leftovers of a killed writer
+ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def raw(t: torch.Tensor):
+    """The tensor's bytes as a numpy uint8 view (no copy when contiguous)."""
+    return t.contiguous().view(-1).view(torch.uint8).numpy()
+
+
+def crc(buf) -> str:
+    return f"{zlib.crc32(buf):08x}"
+
+
+def st_header(h: bytes, dtype: str, shape: list[int], kb, vb) -> bytes:
+    """The safetensors header of a block file (k then v, CRC32s in the metadata). Built from byte buffers
+    only: the writer thread runs no torch op (those on a second thread made torchrun ranks abort at exit)."""
+    meta = {"format": FORMAT, "hash": h.hex(), "crc_k": crc(kb), "crc_v": crc(vb)}
+    header = {"__metadata__": meta, "k": {"dtype": dtype, "shape": shape, "data_offsets": [0, kb.nbytes]},
+              "v": {"dtype": dtype, "shape": shape, "data_offsets": [kb.nbytes, kb.nbytes + vb.nbytes]}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def header_metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n]).get("__metadata__") or {}
+
+
+class KVDiskStore:
+    """One rank's block files: an index in LRU order, verified reads, and a background writer."""
+
+    def __init__(self, root: str | Path, key: str, max_gb: float, rank: int = 0):
+        if not max_gb > 0:
+            raise UserError(f"--kv-disk-max-gb must be positive, got {max_gb}; use --no-kv-disk to turn it off")
+        self.dir = Path(root).expanduser() / key / f"rank{rank}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the KV disk cache {self.dir}: {e.strerror}; "
+                            "pass --kv-disk-dir DIR (a writable directory) or --no-kv-disk") from e
+        self.max_bytes = int(max_gb * 2**30)
+        self.lock = threading.Lock()
+        self.index: OrderedDict[bytes, int] = OrderedDict()  # hash -> file bytes, least recently used first
+        self.total = 0
+        self.queued: set[bytes] = set()
+        self.backlog = 0
+        self.counts = {"saved": 0, "loaded": 0, "corrupt": 0, "evicted": 0, "dropped": 0, "write_errors": 0}
+        self._scan()
+        self.queue: queue.Queue = queue.Queue()
+        self.closed = False
+        self.writer = threading.Thread(target=self._write_loop, name=f"kv-disk-writer-rank{rank}", daemon=True)
+        self.writer.start()
+        atexit.register(self.close)
+
+    def path(self, h: bytes) -> Path:
+        return self.dir / (h.hex() + SUFFIX)
+
+    def _scan(self) -> None:
+        found, now = [], time.time()
+        for e in os.scandir(self.dir):
+            try:
+                st = e.stat()
+                if e.name.endswith(".tmp"):
+                    if now - st.st_mtime > STALE_TMP_S:
+                        os.unlink(e.path)
+                    continue
+                if e.name.endswith(SUFFIX):
+                    found.append((st.st_mtime, bytes.fromhex(e.name[:-len(SUFFIX)]), st.st_size))
+            except (OSError, ValueError):
+                continue
+        for _, h, size in sorted(found):
+            self.index[h] = size
+            self.total += size
+        with self.lock:
+            victims = self._over_cap()
+        self._unlink(victims)
+
+    # --- index ---------------------------------------------------------------------------------------------
+    def contains(self, h: bytes) -> bool:
+        with self.lock:
+            return h in self.index
+
+    def wants(self, h: bytes) -> bool:
+        with self.lock:
+            return not self.closed and h not in self.index and h not in self.queued
+
+    def touch(self, hashes) -> None:
+        """Mark as just used: the end of the LRU order, and the file's mtime (the order after a restart)."""
+        with self.lock:
+            hit = [h for h in hashes if h in self.index]
+            for h in hit:
+                self.index.move_to_end(h)
+        for h in hit:
+            try:
+                os.utime(self.path(h))
+            except OSError:
+                pass
+
+    def discard(self, h: bytes, delete: bool = True) -> None:
+        with self.lock:
+            self.total -= self.index.pop(h, 0)
+        if delete:
+            self._unlink([self.path(h)])
+
+    def _over_cap(self) -> list[Path]:  # with the lock held
+        out = []
+        while self.total > self.max_bytes and self.index:
+            h, size = self.index.popitem(last=False)
+            self.total -= size
+            self.counts["evicted"] += 1
+            out.append(self.path(h))
+        return out
+
+    @staticmethod
+    def _unlink(paths) -> None:
+        for p in paths:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    # --- read / write --------------------------------------------------------------------------------------
+    def get(self, h: bytes, shape, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The verified block, or None (missing; or corrupt, which also deletes the file)."""
+        path = self.path(h)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            self.discard(h, delete=False)
+            return None
+        try:
+            meta, t = header_metadata(data), st_load(data)
+            k, v = t["k"], t["v"]
+            ok = (meta.get("format") == FORMAT and meta.get("hash") == h.hex() and k.shape == v.shape == shape
+                  and k.dtype == v.dtype == dtype and crc(raw(k)) == meta.get("crc_k")
+                  and crc(raw(v)) == meta.get("crc_v"))
+        except Exception:  # truncated or garbled: anything safetensors or json may raise
+            ok = False
+        if not ok:
+            log.warning("KV disk cache: %s failed its checksum; deleted, its tokens are recomputed", path)
+            self.counts["corrupt"] += 1
+            self.discard(h)
+            return None
+        self.touch([h])
+        self.counts["loaded"] += 1
+        return k, v
+
+    def put(self, h: bytes, k: torch.Tensor, v: torch.Tensor) -> bool:
+        """Queue one block (CPU tensors the caller no longer touches) for the writer thread."""
+        size = k.nbytes + v.nbytes
+        with self.lock:
+            if self.closed or h in self.index or h in self.queued:
+                return False
+            if self.backlog + size > MAX_BACKLOG_BYTES:
+                self.counts["dropped"] += 1
+                return False
+            self.queued.add(h)
+            self.backlog += size
+        self.queue.put((h, ST_DTYPES[k.dtype], list(k.shape), raw(k), raw(v)))
+        return True
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                try:
+                    self._write(*item)
+                except Exception as e:  # disk full, permissions: the block is just not on disk
+                    self.counts["write_errors"] += 1
+                    if self.counts["write_errors"] == 1:
+                        log.warning("KV disk cache: writing to %s failed (%s); such blocks stay uncached", self.dir, e)
+                finally:
+                    with self.lock:
+                        self.queued.discard(item[0])
+                        self.backlog -= item[3].nbytes + item[4].nbytes
+            finally:
+                self.queue.task_done()
+
+    def _write(self, h: bytes, dtype: str, shape: list[int], kb, vb) -> None:
+        header = st_header(h, dtype, shape, kb, vb)
+        path = self.path(h)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:  # the directory was removed under us
+                self.dir.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
+                f.write(header)
+                f.write(kb)
+                f.write(vb)
+            os.replace(tmp, path)
+        except BaseException:
+            self._unlink([tmp])
+            raise
+        size = len(header) + kb.nbytes + vb.nbytes
+        with self.lock:
+            self.total += size - self.index.pop(h, 0)
+            self.index[h] = size
+            self.counts["saved"] += 1
+            victims = self._over_cap()
+        self._unlink(victims)
+
+    def drain(self) -> None:
+        """Wait until every queued block is written."""
+        self.queue.join()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        self.queue.put(None)
+        self.writer.join()
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"kv_disk_blocks": len(self.index), "kv_disk_bytes": self.total,
+                    **{f"kv_disk_{k}": v for k, v in self.counts.items()}}
