@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                 preflight(rest)
                 relaunch_under_torchrun(tp, argv)
         module, func = COMMANDS[cmd]
-        return getattr(importlib.import_module(module), func)(rest) or 0
+        rc = getattr(importlib.import_module(module), func)(rest) or 0
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun rank 0: skip teardown (see LLMEngine)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        return rc
     except UserError as e:
         rank = os.environ.get("RANK")
         prefix = f"error (rank {rank}): " if rank not in (None, "0") else "error: "

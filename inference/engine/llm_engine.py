@@ -3,8 +3,10 @@ ranks run `worker_loop` and follow the plans rank 0 broadcasts."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -86,6 +88,7 @@ class LLMEngine:
         self.runner.allocate_kv_cache(num_blocks)
         self.runner.finish_setup(self.max_model_len)
         salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
+        gc.freeze()  # the loaded model's objects are permanent: keep them out of collection pauses
         self.lookahead = Lookahead(self) if self.runner.graphs is not None and dist.get_world_size() == 1 else None
         self.kv_disk = None  # disk tier of the prefix cache (every rank has its own files)
         if cfg.kv_disk_dir and cfg.enable_prefix_caching:
@@ -95,7 +98,9 @@ class LLMEngine:
                                      self.runner, self.rank)
         if self.rank != 0:
             self.worker_loop()
-            sys.exit(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)  # skip interpreter teardown: gloo threads can abort it after the group is gone
         self.block_manager = BlockManager(num_blocks, cfg.block_size, salt, cfg.enable_prefix_caching)
         if self.kv_disk is not None:
             self.kv_disk.bm = self.block_manager

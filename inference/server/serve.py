@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="qwen-chat serve",
                                  description="Serve the engine on a local Unix socket (docs/protocol.md).")
-    add_engine_args(ap)
+    add_engine_args(ap, kv_disk_default=True)
     ap.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/qwen-chat/<model-id>.sock, "
                                      "else ~/.cache/qwen-chat/<model-id>.sock)")
     ap.add_argument("--log-file", help="append stdout and stderr to this file")
