@@ -2,7 +2,7 @@
 
 - `utils`: schemes, skip lists, and the quantization arithmetic (the reference for every path)
 - `methods`: the linear methods a `LinearBase.quant_method` points to (CPU reference / CUDA kernels)
-- `kernels`: Triton kernels (CUDA only)
+- `kernels`, `ops`: Triton kernels (CUDA only) and their launchers with the measured tile choices
 - `apply`: prepare a model for a quantized checkpoint, or quantize a loaded float model (`--quant`)
 - `calibrate`, `quantize`, `cli`: the offline quantizer (`qwen-chat quantize`)
 - `msmodelslim`: loads the Ascend msmodelslim layout

@@ -66,8 +66,12 @@ def prepare_quantized(model, scheme: str, model_cfg: ModelConfig) -> None:
     if model_cfg.quant_activation not in ("dynamic", "static"):
         raise UserError(f"config.json: quant_activation {model_cfg.quant_activation!r} must be dynamic or static")
     static = scheme == "w8a8" and model_cfg.quant_activation == "static"
+    device = None
     for _, layer in linear_targets(model, model_cfg.quant_skip):
+        device = layer.weight.device
         params.install(layer, method_for(scheme, static), static_input=static)
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()  # the float weights just dropped: free memory counts toward the KV cache
 
 
 @torch.no_grad()

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions: the partial output was removed
+        print(f"error: {e}; nothing was written to --out", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was written to --out", file=sys.stderr)
         return 130

@@ -1,7 +1,7 @@
 """Linear methods for quantized layers: `LinearBase.matmul` calls `layer.quant_method.apply(layer, x)`.
 
 Each method has a reference path in plain torch (CPU, NPU, float32 on CUDA) and, on CUDA with fp16/bf16
-activations, a fast path through `kernels` (Triton W8A16 with the dequantization fused; W8A8 with a
+activations, a fast path through `ops` (Triton W8A16 with the dequantization fused; W8A8 with a
 fused per-token quantization kernel, int8 tensor cores and a fused dequantization epilogue).
 
 W8A8 on a row-parallel layer split over several ranks: with dynamic scales every rank quantizes its
@@ -24,12 +24,12 @@ _FAST_DTYPES = (torch.float16, torch.bfloat16)
 
 @functools.cache
 def _kernels():
-    """The Triton module, or None (no Triton, or it failed to import)."""
+    """The Triton entry points (`ops`), or None (no Triton, or it failed to import)."""
     try:
-        from inference.quant import kernels  # noqa: PLC0415 (needs triton)
+        from inference.quant import ops  # noqa: PLC0415 (needs triton)
     except Exception:  # noqa: BLE001 - any import failure means: use the reference path
         return None
-    return kernels
+    return ops
 
 
 def fast_path(x: torch.Tensor) -> bool:

@@ -186,10 +186,11 @@ def load_msmodelslim(model, model_dir: Path, files: dict[str, list[str]], desc: 
             progress(i, total, f"loading {fname}")
         prms = dict(model.named_parameters())
         with safe_open(str(Path(model_dir) / fname), "pt") as f:
-            for key in names:
-                if key.endswith(".rotary_emb.inv_freq"):
+            for file_key in names:
+                if file_key.endswith(".rotary_emb.inv_freq"):
                     continue
-                module, tname = key.rsplit(".", 1)
+                module, tname = file_key.rsplit(".", 1)
+                key = file_key
                 if module.endswith(".module"):  # anti-outlier norm: ln_X.module.weight / .bias
                     key = f"{module[:-len('.module')]}.{tname}"
                 elif module.endswith((".ln_1", ".ln_2")) and f"{module}.module.weight" in keys:
@@ -199,7 +200,7 @@ def load_msmodelslim(model, model_dir: Path, files: dict[str, list[str]], desc: 
                 if emod in quant:
                     layer, kind, _ = quant[emod]
                     if tname in SMALL:
-                        small[emod][(tname, shard)] = f.get_tensor(key)
+                        small[emod][(tname, shard)] = f.get_tensor(file_key)
                         continue
                     if tname == "bias" and kind == "W8A8":
                         continue  # folded into quant_bias
@@ -207,8 +208,9 @@ def load_msmodelslim(model, model_dir: Path, files: dict[str, list[str]], desc: 
                 if param is None:
                     if tname in SMALL:
                         continue  # quantization data of a layer the description marks FLOAT
-                    raise UserError(f"{fname}: unexpected tensor {key}; is this a Qwen v1 checkpoint?")
-                getattr(param, "weight_loader", default_loader)(param, f.get_slice(key), name=key, shard_id=shard)
+                    raise UserError(f"{fname}: unexpected tensor {file_key}; is this a Qwen v1 checkpoint?")
+                getattr(param, "weight_loader", default_loader)(param, f.get_slice(file_key), name=file_key,
+                                                                shard_id=shard)
                 loaded.add(pname if shard is None else f"{pname}#{shard}")
     for name, (layer, kind, _) in quant.items():
         _finalize(name, layer, kind, small[name])

@@ -58,7 +58,8 @@ def is_target(module: str) -> bool:
 def row_scales(absmax: torch.Tensor) -> torch.Tensor:
     """float32 scales from absolute maxima; an all-zero row gets scale 1 (its values quantize to 0)."""
     absmax = absmax.float()
-    return torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    # a tensor divisor: CUDA divides by a Python scalar through its reciprocal, which can differ by 1 ulp
+    return torch.where(absmax > 0, absmax / torch.full_like(absmax, 127.0), torch.ones_like(absmax))
 
 
 def weight_absmax(w: torch.Tensor) -> torch.Tensor:

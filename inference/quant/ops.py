@@ -1,0 +1,167 @@
+"""Entry points for the Triton int8 kernels (`kernels`). No autotuning: the tile shapes below were
+measured on an H100 (7B shapes, see docs/benchmarks.md) and are picked by the number of tokens, so a shape
+compiles once and CUDA-graph capture never benchmarks.
+
+- `w8a16_linear`: y = x (q s)^T + b, the int8 weight converted in registers:
+  1 token: a GEMV (each program reduces BLOCK_N rows over K, loads pipelined);
+  2..64 tokens: a tensor-core GEMM with the converted weight tile as the left operand ("swap AB"), split-K
+  when too few tiles fill the GPU (partials reduced by a second small kernel, in a fixed order);
+  65..511 tokens: the same GEMM with larger token tiles;
+  512 tokens or more (prefill): the weight dequantized to the activation dtype, then cuBLAS.
+- `quantize_per_token` / `quantize_static`: float -> int8 activations (per-token scales computed in
+  the same kernel, or given).
+- `int8_linear`: y = (xq wq^T + quant_bias) * row_scale * col_scale + b on int8 tensor cores (int32
+  accumulator) with the dequantization fused into the epilogue (measured faster than torch._int_mm
+  plus an epilogue at 16, 64 and 256 tokens).
+Numerics follow `inference.quant.utils` (IEEE division, round half to even): the CPU reference and these
+kernels agree up to float summation order (and, for prefill W8A16, the rounding of the dequantized weight).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+from inference.quant.kernels import (
+    dequant_weight_kernel,
+    int8_gemm_kernel,
+    quant_per_token_kernel,
+    quant_static_kernel,
+    splitk_reduce_kernel,
+    w8a16_gemv_kernel,
+    w8a16_swap_kernel,
+)
+
+GEMV_MAX_M = 1  # tokens served by the GEMV kernel
+SWAP_MAX_M = 511  # up to here the swapped GEMM; from DEQUANT_MIN_M on: dequantize + cuBLAS
+DEQUANT_MIN_M = 512
+
+
+@functools.cache
+def _num_sms(index: int) -> int:
+    if not torch.cuda.is_available():  # the Triton interpreter (TRITON_INTERPRET=1) on the CPU
+        return 4
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _bucket(m: int) -> int:
+    return 16 if m <= 16 else 32 if m <= 32 else 64
+
+
+def w8a16_config(m: int, n: int, device: torch.device):
+    """Measured choices: ("gemv", BLOCK_N, BLOCK_K, warps, stages), ("swap", BLOCK_N, BLOCK_M, BLOCK_K, warps,
+    stages, SPLIT_K) or ("dequant",)."""
+    if m <= GEMV_MAX_M:
+        return ("gemv", 8, 512, 4, 3)
+    if m <= 64:
+        bm = _bucket(m)
+        tiles, sms = triton.cdiv(n, 64) * triton.cdiv(m, bm), _num_sms(device.index or 0)
+        return ("swap", 64, bm, 128, 4, 4, 1 if tiles >= 2 * sms else 2 if tiles >= sms else 4)
+    if m <= SWAP_MAX_M:
+        return ("swap", 64, 128, 128, 4, 3, 1)
+    return ("dequant",)
+
+
+def int8_config(m: int, n: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), measured."""
+    if m <= 64:
+        return _bucket(m), 32, 256, 4, 5 if n <= 8192 else 3
+    if m <= 256:
+        return 64, 128, 128, 4, 4
+    return 128, 128, 128, 8, 3
+
+
+def _gemv(x, w, scale, bias, cfg) -> torch.Tensor:
+    _, bn, bk, warps, stages = cfg
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    w8a16_gemv_kernel[(m, triton.cdiv(n, bn))](
+        x, w, scale, bias if bias is not None else scale, y, n, k, x.stride(0), w.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % bk == 0, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+    return y
+
+
+def _swap(x, w, scale, bias, cfg) -> torch.Tensor:
+    _, bn, bm, bk, warps, stages, split = cfg
+    m, k = x.shape
+    n = w.shape[0]
+    if split == 1:
+        y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    else:
+        y = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    w8a16_swap_kernel[(triton.cdiv(n, bn), split, triton.cdiv(m, bm))](
+        x, w, scale, bias if bias is not None else scale, y, m, n, k, x.stride(0), w.stride(0), y.stride(-2),
+        y.stride(0) if split > 1 else 0, HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=k % bk == 0,
+        BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    if split == 1:
+        return y
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    block = 1024
+    splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
+        y, bias if bias is not None else y, out, m * n, n, y.stride(0), SPLIT_K=split, HAS_BIAS=bias is not None,
+        BLOCK=block, num_warps=4)
+    return out
+
+
+def _dequant_linear(x, w, scale, bias) -> torch.Tensor:
+    n, k = w.shape
+    wd = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    block = 1024
+    dequant_weight_kernel[(n, triton.cdiv(k, block))](w, scale, wd, k, BLOCK=block, num_warps=4)
+    return torch.nn.functional.linear(x, wd, bias)
+
+
+def w8a16_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias=None, config=None) -> torch.Tensor:
+    """x [m, k] fp16/bf16, w [n, k] int8, scale [n] float32, bias [n] or None -> [m, n] in x.dtype.
+    `config` overrides `w8a16_config` (tuning)."""
+    x = x.contiguous()
+    cfg = config or w8a16_config(x.shape[0], w.shape[0], x.device)
+    if cfg[0] == "gemv":
+        return _gemv(x, w, scale, bias, cfg)
+    if cfg[0] == "swap":
+        return _swap(x, w, scale, bias, cfg)
+    return _dequant_linear(x, w, scale, bias)
+
+
+def quantize_per_token(x: torch.Tensor, scale: torch.Tensor | None = None):
+    """int8 [m, k] and float32 [m] per-token scales (computed here, or `scale` given)."""
+    x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    s = scale.float().contiguous() if scale is not None else torch.empty(m, dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(k) if k <= 16384 else 4096
+    warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    quant_per_token_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), GIVEN=scale is not None,
+                                  ONE_PASS=block >= k, BLOCK=block, num_warps=warps)
+    return q, s
+
+
+def quantize_static(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    block = 1024
+    quant_static_kernel[(m, triton.cdiv(k, block))](
+        x, q, scale, offset if offset is not None else scale, k, x.stride(0), q.stride(0),
+        HAS_OFFSET=offset is not None, BLOCK=block, num_warps=4)
+    return q
+
+
+def int8_linear(xq: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor,
+                quant_bias=None, bias=None, out_dtype=torch.float16, config=None) -> torch.Tensor:
+    """(xq w^T + quant_bias) * row_scale[m] * col_scale[n] + bias, in out_dtype; row_scale [m] or [1].
+    `config` overrides `int8_config` (tuning)."""
+    m, k = xq.shape
+    n = w.shape[0]
+    bm, bn, bk, warps, stages = config or int8_config(m, n)
+    row_scale = row_scale.float()
+    y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+    int8_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        xq, w, col_scale, row_scale, quant_bias if quant_bias is not None else col_scale,
+        bias if bias is not None else col_scale, y, m, n, k, xq.stride(0), w.stride(0), y.stride(0),
+        ROW_SCALAR=row_scale.numel() == 1, HAS_QB=quant_bias is not None, HAS_BIAS=bias is not None,
+        EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+    return y
