@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# Not cuDNN: it builds an execution plan for every new sequence length (tens of ms per new prompt
+# length on an H100), which every chat turn would pay. Flash / memory-efficient kernels have no such step.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -65,12 +70,13 @@ def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, prefix_fr
     else:
         kk, vv = gather_context(k_cache, block_table, ctx_len), gather_context(v_cache, block_table, ctx_len)
     qt, kt, vt = q.transpose(0, 1)[None], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None]
-    if kk.shape[0] == n:
-        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
-    else:
-        qpos = torch.arange(ctx_len - n, ctx_len, device=q.device)
-        mask = torch.arange(ctx_len, device=q.device)[None, :] <= qpos[:, None]
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+    with sdpa_kernel(SDPA_BACKENDS):
+        if kk.shape[0] == n:
+            out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+        else:
+            qpos = torch.arange(ctx_len - n, ctx_len, device=q.device)
+            mask = torch.arange(ctx_len, device=q.device)[None, :] <= qpos[:, None]
+            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
     return out[0].transpose(0, 1)
 
 
