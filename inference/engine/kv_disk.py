@@ -45,8 +45,6 @@ class DiskTier:
         self.touched: dict[bytes, None] = {}  # rank 0: memory hits, to refresh in the disk LRU order
         self.due = False  # a request finished: save before the next schedule may evict its blocks
         self._spec = None
-        self.staged: list = []  # CUDA: (hashes, pinned k, pinned v, done event, device copies) in flight
-        self.side = None
 
     def note_blocks(self, pairs: list[tuple[int, bytes]]) -> None:
         self.pending += pairs
@@ -91,43 +89,13 @@ class DiskTier:
     # --- every rank ----------------------------------------------------------------------------------------
     def save_local(self, pairs, touched) -> None:
         self.store.touch(touched)
-        pairs = [(bid, h) for bid, h in pairs if self.store.wants(h)]
-        if pairs and self.runner.device.type == "cuda":
-            self._stage(pairs)
-            return
         for bid, h in pairs:
+            if not self.store.wants(h):
+                continue
             k, v = self.runner.read_block(bid)
             if self.runner.device.type == "cpu":  # read_block gives views of a CPU cache: own the bytes
                 k, v = k.clone(), v.clone()
             self.store.put(h, k.contiguous(), v.contiguous())
-
-    def _stage(self, pairs) -> None:
-        """CUDA: copy the blocks on the device (ordered before any later reuse of them), then to pinned
-        host memory on a side stream, so the next prompt's first token does not wait for the transfer."""
-        import torch  # noqa: PLC0415
-
-        ids = torch.tensor([bid for bid, _ in pairs], device=self.runner.device)
-        kg, vg = self.runner.k_cache[:, ids].contiguous(), self.runner.v_cache[:, ids].contiguous()
-        ready = torch.cuda.Event()
-        ready.record()
-        self.side = self.side or torch.cuda.Stream(self.runner.device)
-        with torch.cuda.stream(self.side):
-            self.side.wait_event(ready)
-            kp = torch.empty(kg.shape, dtype=kg.dtype, pin_memory=True)
-            vp = torch.empty(vg.shape, dtype=vg.dtype, pin_memory=True)
-            kp.copy_(kg, non_blocking=True)
-            vp.copy_(vg, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        self.staged.append(([h for _, h in pairs], kp, vp, done, kg, vg))
-
-    def drain(self, wait: bool = False) -> None:
-        """Hand finished transfers to the writer thread (every step; `wait` at shutdown)."""
-        while self.staged and (wait or self.staged[0][3].query()):
-            hashes, kp, vp, done, _, _ = self.staged.pop(0)
-            done.synchronize()
-            for i, h in enumerate(hashes):
-                self.store.put(h, kp[:, i].clone(), vp[:, i].clone())
 
     def load_local(self, pairs) -> int:
         shape, dtype = self.spec()
@@ -142,14 +110,12 @@ class DiskTier:
 
     def handle(self, op: str, payload) -> None:
         """A worker rank follows rank 0's disk op."""
-        self.drain()
         if op == "kv_save":
             self.save_local(*payload)
         elif op == "kv_load":
             self.load_local(payload)
 
     def close(self) -> None:
-        self.drain(wait=True)
         self.store.close()
 
     def stats(self) -> dict:

@@ -155,10 +155,8 @@ class LLMEngine:
     # --- one step --------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         outputs, self.cancelled = self.cancelled, []
-        if self.kv_disk is not None:
-            self.kv_disk.drain()
-            if self.kv_disk.due:  # finished requests' blocks, before any eviction
-                self.kv_disk.flush()
+        if self.kv_disk is not None and self.kv_disk.due:  # finished requests' blocks, before any eviction
+            self.kv_disk.flush()
         batch = self.scheduler.schedule()
         if not batch:
             if self.lookahead:
