@@ -10,10 +10,13 @@ from inference.config import EngineConfig, ModelConfig
 from inference.errors import UserError
 
 
-def weight_bytes(m: ModelConfig, element_size: int, tp: int) -> int:
+def weight_bytes(m: ModelConfig, element_size: int, tp: int, quant: str | None = None) -> int:
+    """Weights per rank; int8 schemes store the block linears in one byte (embeddings, lm_head, norms float)."""
     h, f, v, n = m.hidden_size, m.ffn_size, m.vocab_size, m.num_hidden_layers
-    per_layer = 3 * h * h + 3 * h + h * h + 3 * h * f + 2 * h
-    return (2 * v * h + n * per_layer + h) * element_size // tp
+    linear = n * (4 * h * h + 3 * h * f)
+    floats = 2 * v * h + n * (3 * h + 2 * h) + h
+    linear_size = 1 if quant else element_size
+    return (floats * element_size + linear * linear_size) // tp
 
 
 def available_bytes(device: torch.device) -> int:
@@ -27,7 +30,7 @@ def available_bytes(device: torch.device) -> int:
 def check_fits(m: ModelConfig, cfg: EngineConfig, device: torch.device, element_size: int,
                kv_block_bytes: int) -> None:
     """Refuse before loading when weights per rank plus a minimum KV cache cannot fit."""
-    need = weight_bytes(m, element_size, cfg.tp) + 16 * kv_block_bytes
+    need = weight_bytes(m, element_size, cfg.tp, cfg.quant or m.quantize) + 16 * kv_block_bytes
     have = available_bytes(device)
     if device.type != "cpu":
         have = int(have * cfg.memory_utilization)
