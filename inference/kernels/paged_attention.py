@@ -14,52 +14,10 @@ CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
            for bn, w, st in ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2))]
 
 
-@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE"])
 @triton.jit
-def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
-                         stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
-                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    ctx = tl.load(ctx_ptr + b)
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
-    m_i = -float("inf")
-    l_i = 0.0
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for start in range(0, ctx, BLOCK_N):
-        t = start + tl.arange(0, BLOCK_N)
-        mask = t < ctx
-        blk = tl.load(bt_ptr + b * stride_bt + t // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
-        off = blk * stride_kb + (t % BLOCK_SIZE) * stride_ks + h * stride_kh
-        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
-        s = tl.sum(k * q[None, :], 1)
-        s = tl.where(mask, s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 0))
-        p = tl.exp(s - m_new)
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, 0)
-        l_i = l_i * alpha + tl.sum(p, 0)
-        m_i = m_new
-    out = acc / tl.maximum(l_i, 1e-30)
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
-
-
-@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE", "SPLITS"])
-@triton.jit
-def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
-                               stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
-                               SPLITS: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                               BLOCK_N: tl.constexpr):
-    """Flash-decoding: split `sp` of the context; partial max, sum and unnormalised output."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    sp = tl.program_id(2)
-    ctx = tl.load(ctx_ptr + b)
-    chunk = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
-    lo = sp * chunk
-    hi = tl.minimum(lo + chunk, ctx)
+def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb, stride_ks,
+            stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax of one query head over context tokens [lo, hi): (max, sum, unnormalised output)."""
     d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
     m_i = -float("inf")
@@ -79,7 +37,42 @@ def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_pt
         acc = acc * alpha + tl.sum(p[:, None] * v, 0)
         l_i = l_i * alpha + tl.sum(p, 0)
         m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE"])
+@triton.jit
+def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
+                         stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
+                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    ctx = tl.load(ctx_ptr + b)
+    _, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, 0, ctx, scale, stride_qb, stride_qh, stride_kb,
+                          stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    out = acc / tl.maximum(l_i, 1e-30)
+    d = tl.arange(0, HEAD_DIM)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+
+
+@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE", "SPLITS"])
+@triton.jit
+def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
+                               stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
+                               SPLITS: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
+    """Flash-decoding: split `sp` of the context; partial max, sum and unnormalised output."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    sp = tl.program_id(2)
+    ctx = tl.load(ctx_ptr + b)
+    chunk = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
+    lo = sp * chunk
+    hi = tl.minimum(lo + chunk, ctx)
+    m_i, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb,
+                            stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
     row = (b * tl.num_programs(1) + h) * SPLITS + sp
+    d = tl.arange(0, HEAD_DIM)
     tl.store(m_ptr + row, m_i)
     tl.store(l_ptr + row, l_i)
     tl.store(acc_ptr + row * HEAD_DIM + d, acc)
