@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
     from inference.tokenizer import StreamDecoder  # noqa: PLC0415
 
     cfg = engine_config_from_args(a)
+    given_ids = parse_ids(a.prompt_ids) if a.prompt_ids is not None else None  # before loading anything
     engine = LLMEngine(cfg, progress=progress_printer)  # ranks > 0 stay inside as workers
     try:
         if is_demo(cfg.model):
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
         elif a.chat is not None:
             ids = tok.chat_ids([{"role": "user", "content": a.chat}], system=a.system)
         else:
-            ids = parse_ids(a.prompt_ids)
+            ids = given_ids
         rid = engine.add_request(ids, sampling(a, cfg.model))
         decoder, out_ids, final = StreamDecoder(tok), [], None
         while engine.has_unfinished():
