@@ -128,7 +128,7 @@ def main(argv) -> int:
         return 0
     dev, m = engine.device, engine.model_config
     el = torch.empty(0, dtype=engine.dtype).element_size()
-    wel = 1.0 if (a.quant or m.quantize) == "w8a16" or (a.quant or m.quantize) == "w8a8" else el
+    wel = 1.0 if (a.quant or m.quantize) else el  # int8 weights
     bw = copy_bandwidth(dev)
     name = a.random_weights or Path(a.model).name
     label = f"{name} {str(engine.dtype).removeprefix('torch.')} tp{a.tp}{' ' + a.quant if a.quant else ''}"

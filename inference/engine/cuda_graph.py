@@ -15,7 +15,7 @@ BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 
 
 class DecodeGraphs:
-    def __init__(self, model, rotary, max_bs: int, max_blocks: int, device, vocab: int):
+    def __init__(self, model, rotary, max_bs: int, max_blocks: int, device):
         self.model, self.rotary, self.device = model, rotary, device
         self.buckets = [b for b in BUCKETS if b <= max_bs] or [1]
         top = self.buckets[-1]

@@ -17,8 +17,6 @@ from inference.layers.attention import AttentionMetadata
 from inference.layers.rotary import RotaryEmbedding, logn_scale
 from inference.models.qwen import QWenLMHeadModel
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 @torch.no_grad()
 def init_random(model: torch.nn.Module, seed: int = 0) -> None:
@@ -127,7 +125,7 @@ class ModelRunner:
         if self.cfg.cuda_graphs:
             max_blocks = -(-max_model_len // self.block_size)
             self.graphs = DecodeGraphs(self.model, self.rotary, min(self.cfg.max_num_seqs, 256), max_blocks,
-                                       self.device, self.model_cfg.vocab_size)
+                                       self.device)
             self.graphs.capture()
 
     # --- one step ------------------------------------------------------------------------------------------
