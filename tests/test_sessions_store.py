@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from sessions_support import make_chat as _chat
 
 from sessions import schema
 from sessions.records import DEFAULT_SETTINGS, SessionError, SessionNotFound, pack_ids, title_from, unpack_ids
@@ -17,14 +18,6 @@ from sessions.store import SessionStore, default_db_path
 def store(tmp_path):
     with SessionStore(tmp_path / "s.db") as s:
         yield s
-
-
-def _chat(store, turns=2, **kw):
-    s = store.create_session(title="chat", model="demo", **kw)
-    for t in range(turns):
-        store.add_message(s.id, "user", f"question {t}", [100 + t, 101 + t])
-        store.add_message(s.id, "assistant", f"answer {t}", [200 + t], stats={"ttft_ms": 5.0 + t})
-    return s
 
 
 # -- schema -------------------------------------------------------------------------------------------

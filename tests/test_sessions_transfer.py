@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from sessions_support import make_chat as _chat
 
 from sessions.records import SessionError
 from sessions.store import SessionStore
@@ -14,14 +15,6 @@ from sessions.store import SessionStore
 def store(tmp_path):
     with SessionStore(tmp_path / "s.db") as s:
         yield s
-
-
-def _chat(store, turns=2, **kw):
-    s = store.create_session(title="chat", model="demo", **kw)
-    for t in range(turns):
-        store.add_message(s.id, "user", f"question {t}", [100 + t, 101 + t])
-        store.add_message(s.id, "assistant", f"answer {t}", [200 + t], stats={"ttft_ms": 5.0 + t})
-    return s
 
 
 def test_export_import_round_trip(tmp_path, store):

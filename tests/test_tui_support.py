@@ -3,14 +3,13 @@ tiny checkpoint, an app factory, and a poller for pilot tests."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from inference.launcher import probe
+import test_server_helpers as server_helpers
+from test_server_helpers import stop_server  # noqa: F401 (the app tests import it from here)
+
 from sessions import SessionStore
 from tui.app import ChatApp
 from tui.engine_link import EngineOptions
@@ -19,40 +18,19 @@ from tui.widgets.message import MessageBox
 from tui.widgets.message_view import MessageView
 from tui.widgets.prompt_input import PromptInput
 
-SERVER_ARGS = ("--device", "cpu", "--dtype", "float32", "--num-kv-blocks", "512")
+SERVER_ARGS = ("--num-kv-blocks", "512")  # on top of the server tests' CPU float32 arguments
 SIZE = (110, 36)
 
 
 def start_server(model, sock: Path, log: Path, timeout: float = 90.0) -> subprocess.Popen:
     """`python -m inference serve` on `sock`, waited for until ready; its output goes to `log`."""
-    cmd = [sys.executable, "-m", "inference", "serve", "--model", str(model), *SERVER_ARGS, "--socket", str(sock)]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        health = probe(sock, timeout=2.0) if sock.exists() else None
-        if health and health["status"] == "ready":
-            return proc
-        time.sleep(0.1)
-    stop_server(proc)
-    raise AssertionError(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    return proc.returncode
+    proc = server_helpers.start_server(model, sock, *SERVER_ARGS, log=log)
+    try:
+        server_helpers.wait_ready(sock, proc, log, timeout)
+    except AssertionError:
+        stop_server(proc)
+        raise
+    return proc
 
 
 def make_app(db: Path, sock: Path | None = None, model: str = "demo", **kw) -> ChatApp:
