@@ -8,7 +8,8 @@ and broadcasts the op, every rank does it on its own files, and a load only uses
 rank read intact (`min_across_ranks`).
 
 Saving: when a request finishes, its newly committed blocks are copied out of the cache before the
-next schedule can evict them, and a writer thread writes the files (tmp file + rename). Each file's
+next schedule can evict them, and a writer thread writes the files (tmp file + rename). The writer
+holds off while a step with a prefill runs (`quiet`), so a new turn's first token never waits on it. Each file's
 metadata holds a CRC32 of each tensor's bytes; a file that does not parse or verify is deleted and
 never used, so its tokens are recomputed. A size cap evicts the least recently used files (access time
 is the file's mtime, refreshed on every hit, so the order survives restarts); see kv_disk_store.py.
@@ -17,6 +18,7 @@ is the file's mtime, refreshed on every hit, so the order survives restarts); se
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
 from inference import distributed as dist
@@ -87,6 +89,18 @@ class DiskTier:
         return n
 
     # --- every rank ----------------------------------------------------------------------------------------
+    @contextmanager
+    def quiet(self, active: bool = True):
+        """While active, the writer thread starts no new file (it waits MAX_PAUSE_S at most per file)."""
+        if not active:
+            yield
+            return
+        self.store.may_write.clear()
+        try:
+            yield
+        finally:
+            self.store.may_write.set()
+
     def save_local(self, pairs, touched) -> None:
         self.store.touch(touched)
         for bid, h in pairs:

@@ -29,6 +29,7 @@ FORMAT = "qwen-chat-kv-1"
 SUFFIX = ".safetensors"
 MAX_BACKLOG_BYTES = 2 << 30  # copied out but not yet written; saves beyond this are dropped (a cache may skip)
 STALE_TMP_S = 3600.0  # temp files this old are leftovers of a killed writer
+MAX_PAUSE_S = 0.5  # a paused writer waits at most this long per file (writes must not starve)
 ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
@@ -79,6 +80,8 @@ class KVDiskStore:
         self._scan()
         self.queue: queue.Queue = queue.Queue()
         self.closed = False
+        self.may_write = threading.Event()  # cleared while a prefill runs: first tokens come before disk writes
+        self.may_write.set()
         self.writer = threading.Thread(target=self._write_loop, name=f"kv-disk-writer-rank{rank}", daemon=True)
         self.writer.start()
         atexit.register(self.close)
@@ -196,6 +199,7 @@ class KVDiskStore:
             try:
                 if item is None:
                     return
+                self.may_write.wait(MAX_PAUSE_S)
                 try:
                     self._write(*item)
                 except Exception as e:  # disk full, permissions: the block is just not on disk

@@ -3,6 +3,7 @@ ranks run `worker_loop` and follow the plans rank 0 broadcasts."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import itertools
@@ -163,12 +164,17 @@ class LLMEngine:
                 self.lookahead.pending = None
             return outputs
         plan, last_rows = self._plan(batch)
-        logits = self.lookahead.take(batch) if self.lookahead else None
-        if logits is None:
-            dist.broadcast_object(("step", plan))
-            logits = self.runner.run(plan)
-        tokens = self.lookahead.tokens(batch, plan, logits) if self.lookahead else None
-        return outputs + self._postprocess(batch, plan, logits, last_rows, tokens)
+        with self._quiet_disk(plan):  # a prefill's first token does not wait on disk writes
+            logits = self.lookahead.take(batch) if self.lookahead else None
+            if logits is None:
+                dist.broadcast_object(("step", plan))
+                logits = self.runner.run(plan)
+            tokens = self.lookahead.tokens(batch, plan, logits) if self.lookahead else None
+            return outputs + self._postprocess(batch, plan, logits, last_rows, tokens)
+
+    def _quiet_disk(self, plan: StepPlan):
+        return self.kv_disk.quiet(plan.num_decodes < len(plan.q_lens)) if self.kv_disk is not None \
+            else contextlib.nullcontext()
 
     def _plan(self, batch: list[tuple[Sequence, int]]):
         ids, pos, rows, last_rows = [], [], [], []
@@ -279,7 +285,8 @@ class LLMEngine:
         while True:
             op, payload = dist.broadcast_object(None)
             if op == "step":
-                self.runner.run(payload)
+                with self._quiet_disk(payload):
+                    self.runner.run(payload)
             elif op in ("kv_save", "kv_load"):
                 self.kv_disk.handle(op, payload)
             elif op == "stop":
