@@ -11,10 +11,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
-# Not cuDNN: it builds an execution plan for every new sequence length (tens of ms per new prompt
-# length on an H100), which every chat turn would pay. Flash / memory-efficient kernels have no such step.
+# cuDNN's kernel is the fastest on Hopper, but it builds an execution plan for every new shape (tens of
+# ms on an H100), which every chat turn would pay at a new prompt length. So long prompts go through it
+# padded to a bucket (causal_cudnn); everything else uses flash / memory-efficient kernels (no plans).
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+CUDNN_MIN_LEN = 1024
+CUDNN_BUCKET = 256
 
 
 @dataclass
@@ -62,9 +66,25 @@ def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_
     return torch.einsum("bhl,blhd->bhd", probs, v.float()).to(q.dtype)
 
 
+def causal_cudnn(q, k, v, scale):
+    """Causal attention of [n, H, D] through cuDNN with the length padded up to a multiple of CUDNN_BUCKET:
+    padded rows come last, and causally no real query sees them, so the first n outputs are exact. The
+    padding bounds the number of execution plans cuDNN builds (one per bucket, once per process)."""
+    n = q.shape[0]
+    pad = -n % CUDNN_BUCKET
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+    qt, kt, vt = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, *SDPA_BACKENDS]):
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+    return out[0, :, :n].transpose(0, 1)
+
+
 def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, prefix_free, scale):
     """One sequence's chunk: q/k/v [n, H, D] of the new tokens; context = cached prefix + chunk."""
     n = q.shape[0]
+    if prefix_free and q.is_cuda and n >= CUDNN_MIN_LEN and q.dtype != torch.float32:
+        return causal_cudnn(q, k, v, scale)
     if prefix_free:
         kk, vv = k, v
     else:
@@ -73,10 +93,8 @@ def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, prefix_fr
     with sdpa_kernel(SDPA_BACKENDS):
         if kk.shape[0] == n:
             out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
-        else:
-            qpos = torch.arange(ctx_len - n, ctx_len, device=q.device)
-            mask = torch.arange(ctx_len, device=q.device)[None, :] <= qpos[:, None]
-            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+        else:  # the chunk's queries are the last n of ctx_len positions: causal from the lower right
+            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=causal_lower_right(n, ctx_len), scale=scale)
     return out[0].transpose(0, 1)
 
 
