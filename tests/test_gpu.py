@@ -60,6 +60,37 @@ def test_fused_kernels_match_torch():
     assert rel(silu_mul(gu), torch.nn.functional.silu(gate) * up) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n, k, bias, gated", [(12288, 4096, True, False), (4099, 11008, False, False),
+                                               (11008, 4096, False, True), (37, 200, True, False)])
+def test_gemv_matches_torch(dtype, n, k, bias, gated):
+    from inference.kernels.gemv import gemv
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    w = torch.randn(2 * n if gated else n, k + 8, device="cuda", dtype=dtype, generator=g)[:, :k]  # row stride > k
+    b = torch.randn(n, device="cuda", dtype=dtype, generator=g) if bias else None
+    x = torch.randn(1, k, device="cuda", dtype=dtype, generator=g)
+    y = gemv(x, w, b, gated=gated)
+    ref = x.double() @ w.double().T + (b.double() if bias else 0)
+    if gated:
+        gate, up = ref.chunk(2, -1)
+        ref = torch.nn.functional.silu(gate) * up
+    assert y.shape == (1, n) and not y.isnan().any()
+    assert rel(y, ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("n", [1024, 1500, 4096])
+def test_cudnn_prefill_padding_is_exact(n):
+    from inference.layers.attention import causal_cudnn
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    q, k, v = (torch.randn(n, 8, 128, device="cuda", dtype=torch.float16, generator=g) for _ in range(3))
+    out = causal_cudnn(q, k, v, 128**-0.5)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        *(t.double().transpose(0, 1) for t in (q, k, v)), is_causal=True, scale=128**-0.5).transpose(0, 1)
+    assert out.shape == q.shape and rel(out, ref) < 1e-2
+
+
 def _engine(model, dtype, graphs=True):
     from inference.config import EngineConfig
     from inference.engine.llm_engine import LLMEngine

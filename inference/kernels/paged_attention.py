@@ -100,14 +100,15 @@ _SMS: dict[int, int] = {}
 
 
 def num_splits(q: torch.Tensor) -> int:
-    """Enough (sequence, head, split) programs to fill the GPU: about 4 per multiprocessor."""
+    """About 16 (sequence, head, split) programs per multiprocessor, as a power of two in 2..8 (measured
+    on an H100 with bench/kernel_probe.py: 8 at batch 1, 2-4 at batch 16, 2 at batch 64 were fastest)."""
     if not q.is_cuda:
         return 1
     dev = q.device.index or 0
     if dev not in _SMS:
         _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
-    want = 4 * _SMS[dev] // max(q.shape[0] * q.shape[1], 1)
-    return 1 if want < 2 else min(16, triton.next_power_of_2(want) // 2 or 1)
+    want = 16 * _SMS[dev] // max(q.shape[0] * q.shape[1], 1)
+    return max(2, min(8, 1 << max(want, 1).bit_length() - 1))
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, splits=None):

@@ -11,6 +11,7 @@ from torch import nn
 
 from inference.distributed import all_reduce, get_rank, get_world_size
 from inference.errors import UserError
+from inference.kernels import use_triton
 
 
 def _check(name: str, got, want) -> None:
@@ -44,6 +45,10 @@ class LinearBase(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_method is not None:
             return self.quant_method.apply(self, x)
+        if x.shape[0] == 1 and use_triton(x):  # batch-1 decode: a Triton GEMV streams the weight faster
+            from inference.kernels.gemv import gemv  # noqa: PLC0415
+
+            return gemv(x, self.weight, self.bias)
         return nn.functional.linear(x, self.weight, self.bias)
 
 

@@ -51,6 +51,10 @@ class QWenMLP(nn.Module):
         self.c_proj = RowParallelLinear(cfg.ffn_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
+        if x.shape[0] == 1 and use_triton(x) and self.w2_w1.quant_method is None:
+            from inference.kernels.gemv import gemv  # noqa: PLC0415
+
+            return self.c_proj(gemv(x, self.w2_w1.weight, gated=True))  # silu(gate) * up in one pass
         gate_up = self.w2_w1(x)
         if use_triton(gate_up):
             from inference.kernels.fused import silu_mul  # noqa: PLC0415
