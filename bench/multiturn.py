@@ -46,13 +46,22 @@ def parse_args(argv):
     p.add_argument("--reply-tokens", type=int, default=64, help="tokens of each reply (fixed length)")
     p.add_argument("--random-weights", choices=sorted(SHAPES), help="random weights of a published shape (GPU)")
     p.add_argument("--repeat", type=int, default=3, help="passes (fresh engines each); medians are reported")
+    p.add_argument("--passes", default="reuse,no_reuse,restart",
+                   help="which passes to run (reuse always runs: it builds the prompts)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--profile-turns", type=lambda v: {int(x) for x in v.split(",")}, default=set(),
+                   help="comma list of turns to profile to the first token (reuse pass, first repeat), to stderr")
     add_engine_args(p)
     a = p.parse_args(argv)
     if a.tp != 1:
         raise UserError("bench/multiturn.py runs one process with several engines in turn: use --tp 1")
     if min(a.turns, a.user_tokens, a.reply_tokens, a.repeat) < 1:
         raise UserError("--turns, --user-tokens, --reply-tokens and --repeat must be positive")
+    a.passes = set(a.passes.split(",")) | {"reuse"}
+    if not a.passes <= {"reuse", "no_reuse", "restart"}:
+        raise UserError("--passes takes a comma list of reuse, no_reuse, restart")
+    if a.no_kv_disk and "restart" in a.passes:
+        raise UserError("--no-kv-disk leaves nothing on disk for the restart pass: add --passes reuse,no_reuse")
     return a
 
 
@@ -61,6 +70,17 @@ def user_message(tok, turn: int, n: int) -> list[int]:
     text = f"Turn {turn + 1}: please read these notes and answer briefly. "
     text += " ".join(rnd.choice(WORDS) for _ in range(2 * n))
     return tok.encode(text)[:n]
+
+
+def next_prompt(tok, prompt: list[int], reply: list[int], user: list[int]) -> list[int]:
+    """The next turn's ChatML prompt: this prompt + the reply ids + <|im_end|> + the new user block, as
+    `chat_ids` of the whole history gives it (derived with a one-token dummy reply, so random weights'
+    replies may hold ids the tokenizer cannot render, such as the padding rows of the vocabulary)."""
+    one = {"role": "user", "content": "", "token_ids": [16]}
+    a = tok.chat_ids([one])
+    b = tok.chat_ids([one, {"role": "assistant", "content": "", "token_ids": [16]},
+                      {"role": "user", "content": "", "token_ids": user}])
+    return prompt + reply + [tok.im_end_id] + b[len(a) + 2:]
 
 
 def make_engine(a, **overrides):
@@ -82,9 +102,11 @@ def sync(engine) -> None:
         torch.cuda.synchronize()
 
 
-def turn(engine, prompt: list[int], n: int) -> tuple[list[int], float, int]:
-    """(reply ids, TTFT ms, cached tokens) of one greedy request, alone in the engine."""
+def turn(engine, prompt: list[int], n: int, profile: bool = False) -> tuple[list[int], float, int]:
+    """(reply ids, TTFT ms, cached tokens) of one greedy request, alone in the engine; `profile`: print a
+    profile of the time to the first token."""
     sync(engine)
+    prof = start_profile() if profile else None
     t0 = time.perf_counter()
     rid = engine.add_request(prompt, SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True))
     ttft, reply, cached = None, [], 0
@@ -95,9 +117,28 @@ def turn(engine, prompt: list[int], n: int) -> tuple[list[int], float, int]:
             if ttft is None and o.new_token_ids:
                 sync(engine)
                 ttft = (time.perf_counter() - t0) * 1000
+                if prof is not None:
+                    print_profile(prof)
             reply += o.new_token_ids
             cached = o.usage.cached_tokens if o.finished else cached
     return reply, ttft, cached
+
+
+def start_profile():
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
+    prof.__enter__()
+    return prof
+
+
+def print_profile(prof) -> None:
+    """Where the host and the device spent the time to the first token (stderr)."""
+    prof.__exit__(None, None, None)
+    avg = prof.key_averages()
+    print(avg.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50), file=sys.stderr)
+    if torch.cuda.is_available():
+        print(avg.table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50), file=sys.stderr)
 
 
 def warm_up(engine, a) -> None:
@@ -131,18 +172,18 @@ def release(engine) -> None:
 
 def pass_reuse(a, kv_dir, rows, prompts=None):
     """Turn by turn with prefix caching (memory + disk); builds the prompts on the first call."""
-    engine = make_engine(a, enable_prefix_caching=True, kv_disk_dir=kv_dir)
+    engine = make_engine(a, enable_prefix_caching=True, kv_disk_dir=None if a.no_kv_disk else kv_dir)
     warm_up(engine, a)
     build = prompts is None
-    msgs, prompts, history = [], prompts or [], [0]
+    tok, prompts, history, reply = engine.tokenizer, prompts or [], [0], []
     for i, row in enumerate(rows):
         if build:
-            msgs.append({"role": "user", "content": "", "token_ids": user_message(engine.tokenizer, i, a.user_tokens)})
-            prompts.append(engine.tokenizer.chat_ids(msgs))
-        reply, ms, row["reuse_cached"] = turn(engine, prompts[i], a.reply_tokens)
+            user = user_message(tok, i, a.user_tokens)
+            prompts.append(next_prompt(tok, prompts[-1], reply, user) if i else
+                           tok.chat_ids([{"role": "user", "content": "", "token_ids": user}]))
+        reply, ms, row["reuse_cached"] = turn(engine, prompts[i], a.reply_tokens, profile=i + 1 in a.profile_turns)
         row.setdefault("reuse_ms", []).append(ms)
         row["prompt"] = len(prompts[i])
-        msgs.append({"role": "assistant", "content": "", "token_ids": reply})
         history.append(len(prompts[i]) + len(reply))
     label = f"{a.random_weights or Path(a.model).name} {str(engine.dtype).removeprefix('torch.')} on " + (
         torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu")
@@ -183,22 +224,27 @@ def main(argv=None) -> int:
     for r in range(a.repeat):  # fresh engines and a fresh disk store each time; the median is reported
         kv_dir = tempfile.mkdtemp(prefix="qwen-mt-kv-")
         prompts, history, label = pass_reuse(a, kv_dir, rows, prompts)
+        a.profile_turns = set()
         if r == 0:
             print(f"multi-turn TTFT: {label}, {a.turns} turns, {a.user_tokens} user + {a.reply_tokens} reply "
                   f"tokens per turn, block size {a.block_size}, median of {a.repeat}", file=sys.stderr)
-        pass_no_reuse(a, rows, prompts)
-        disk = pass_restart(a, kv_dir, rows, prompts, history)
+        if "no_reuse" in a.passes:
+            pass_no_reuse(a, rows, prompts)
+        disk = pass_restart(a, kv_dir, rows, prompts, history) if "restart" in a.passes else None
         shutil.rmtree(kv_dir, ignore_errors=True)
     for row in rows:
         for k in ("reuse_ms", "no_reuse_ms", "restart_ms"):
-            row[k + "_all"], row[k] = row[k], statistics.median(row[k])
+            if k in row:
+                row[k + "_all"], row[k] = row[k], statistics.median(row[k])
     print_table(rows)
     first, last = rows[0], rows[-1]
-    print(f"\nturn {last['turn']} / turn 1 TTFT with reuse: {last['reuse_ms'] / first['reuse_ms']:.2f}x "
-          f"(without reuse {last['no_reuse_ms'] / first['no_reuse_ms']:.2f}x, after restart "
-          f"{last['restart_ms'] / first['restart_ms']:.2f}x); disk store: {disk['kv_disk_blocks']} blocks, "
-          f"{disk['kv_disk_bytes'] / 2**20:.1f} MiB, {disk['kv_disk_loaded']} loaded, "
-          f"{disk['kv_disk_corrupt']} corrupt")
+    ratios = [f"{name} {last[k] / first[k]:.2f}x" for name, k in (("without reuse", "no_reuse_ms"),
+                                                                  ("after restart", "restart_ms")) if k in last]
+    print(f"\nturn {last['turn']} / turn 1 TTFT with reuse: {last['reuse_ms'] / first['reuse_ms']:.2f}x"
+          + (f" ({', '.join(ratios)})" if ratios else "")
+          + ("" if disk is None else f"; disk store: {disk['kv_disk_blocks']} blocks, "
+             f"{disk['kv_disk_bytes'] / 2**20:.1f} MiB, {disk['kv_disk_loaded']} loaded, "
+             f"{disk['kv_disk_corrupt']} corrupt"))
     if a.json:
         Path(a.json).write_text(json.dumps({"label": label, "rows": rows}, indent=2))
     return 0
@@ -208,6 +254,7 @@ def print_table(rows) -> None:
     cols = [("turn", "turn"), ("prompt", "prompt tok"), ("reuse_cached", "reuse: cached"),
             ("reuse_ms", "reuse: TTFT ms"), ("no_reuse_ms", "no reuse: TTFT ms"),
             ("restart_cached", "restart: cached"), ("restart_ms", "restart (disk): TTFT ms")]
+    cols = [c for c in cols if c[0] in rows[0]]
     cells = [[f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]) for k, _ in cols] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
     print("| " + " | ".join(h.rjust(w) for (_, h), w in zip(cols, widths)) + " |")
