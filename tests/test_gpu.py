@@ -79,6 +79,25 @@ def test_gemv_matches_torch(dtype, n, k, bias, gated):
     assert rel(y, ref) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cached_prefix_prefill_attention_is_lower_right_causal(dtype):
+    from inference.layers.attention import prefill_attention
+
+    g = torch.Generator(device="cuda").manual_seed(6)
+    bs, h, d, ctx, n = 16, 8, 128, 301, 45  # 256 cached tokens, a chunk of 45
+    nb = -(-ctx // bs)
+    kc, vc = (torch.randn(40, bs, h, d, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+    table = torch.randperm(40, device="cuda", generator=g)[:nb]
+    q = torch.randn(n, h, d, device="cuda", dtype=dtype, generator=g)
+    flat_k, flat_v = (c[table].reshape(-1, h, d)[:ctx] for c in (kc, vc))
+    out = prefill_attention(q, flat_k[-n:], flat_v[-n:], kc, vc, table, ctx, False, d**-0.5)
+    mask = torch.arange(ctx, device="cuda")[None, :] <= torch.arange(ctx - n, ctx, device="cuda")[:, None]
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.double().transpose(0, 1), flat_k.double().transpose(0, 1), flat_v.double().transpose(0, 1),
+        attn_mask=mask, scale=d**-0.5).transpose(0, 1)
+    assert rel(out, ref) < 1e-2
+
+
 @pytest.mark.parametrize("n", [1024, 1500, 4096])
 def test_cudnn_prefill_padding_is_exact(n):
     from inference.layers.attention import causal_cudnn

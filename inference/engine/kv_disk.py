@@ -11,20 +11,25 @@ Saving: when a request finishes, its newly committed blocks are copied out of th
 next schedule can evict them, and a writer thread writes the files (tmp file + rename). The writer
 holds off while a step with a prefill runs (`quiet`), so a new turn's first token never waits on it. Each file's
 metadata holds a CRC32 of each tensor's bytes; a file that does not parse or verify is deleted and
-never used, so its tokens are recomputed. A size cap evicts the least recently used files (access time
+never used, so its tokens are recomputed. Loading reads and verifies the files on a few threads and
+writes the intact run of blocks into the cache with one copy. A size cap evicts the least recently used files (access time
 is the file's mtime, refreshed on every hit, so the order survives restarts); see kv_disk_store.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+from safetensors.torch import load as st_load
 
 from inference import distributed as dist
 from inference.engine.kv_disk_store import FORMAT, KVDiskStore
 
 __all__ = ["DiskTier", "KVDiskStore", "open_tier", "store_key"]
+LOAD_THREADS = 8
 
 
 def store_key(model_dir: str | Path, salt: bytes, block_size: int) -> str:
@@ -47,6 +52,7 @@ class DiskTier:
         self.touched: dict[bytes, None] = {}  # rank 0: memory hits, to refresh in the disk LRU order
         self.due = False  # a request finished: save before the next schedule may evict its blocks
         self._spec = None
+        self.pool: ThreadPoolExecutor | None = None
 
     def note_blocks(self, pairs: list[tuple[int, bytes]]) -> None:
         self.pending += pairs
@@ -112,14 +118,16 @@ class DiskTier:
             self.store.put(h, k.contiguous(), v.contiguous())
 
     def load_local(self, pairs) -> int:
+        """Read and verify the files on LOAD_THREADS threads (file reads and CRCs release the GIL), then
+        write the longest intact run of blocks into the cache in one copy."""
         shape, dtype = self.spec()
-        n = 0
-        for bid, h in pairs:
-            kv = self.store.get(h, shape, dtype)
-            if kv is None:
-                break
-            self.runner.write_block(bid, *kv)
-            n += 1
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="kv-disk-load")
+        got = list(self.pool.map(lambda p: self.store.read_verified(p[1], shape, dtype), pairs))
+        n = next((i for i, data in enumerate(got) if data is None), len(got))
+        if n:
+            blocks = [st_load(data) for data in got[:n]]
+            self.runner.write_blocks([bid for bid, _ in pairs[:n]], [t["k"] for t in blocks], [t["v"] for t in blocks])
         return dist.min_across_ranks(n)
 
     def handle(self, op: str, payload) -> None:
@@ -130,6 +138,8 @@ class DiskTier:
             self.load_local(payload)
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
         self.store.close()
 
     def stats(self) -> dict:

@@ -58,6 +58,26 @@ def header_metadata(data: bytes) -> dict:
     return json.loads(data[8:8 + n]).get("__metadata__") or {}
 
 
+def verify(data: bytes, h: bytes, shape: list[int], dtype: str) -> bool:
+    """A block file's header names this hash, format, shape and dtype, and each tensor's bytes match
+    their CRC32."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT or meta.get("hash") != h.hex():
+        return False
+    view, nbytes = memoryview(data), len(data) - 8 - n
+    for name in ("k", "v"):
+        info = header[name]
+        start, end = info["data_offsets"]
+        if info["dtype"] != dtype or info["shape"] != shape or not 0 <= start <= end <= nbytes:
+            return False
+        if crc(view[8 + n + start:8 + n + end]) != meta.get(f"crc_{name}"):
+            return False
+    return header["k"]["data_offsets"][1] - header["k"]["data_offsets"][0] == \
+        header["v"]["data_offsets"][1] - header["v"]["data_offsets"][0] > 0
+
+
 class KVDiskStore:
     """One rank's block files: an index in LRU order, verified reads, and a background writer."""
 
@@ -156,6 +176,15 @@ class KVDiskStore:
     # --- read / write --------------------------------------------------------------------------------------
     def get(self, h: bytes, shape, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The verified block, or None (missing; or corrupt, which also deletes the file)."""
+        data = self.read_verified(h, shape, dtype)
+        if data is None:
+            return None
+        t = st_load(data)
+        return t["k"], t["v"]
+
+    def read_verified(self, h: bytes, shape, dtype) -> bytes | None:
+        """The file's bytes once its header and CRCs check out, else None. No torch op, so the engine may
+        call it from several threads (file reads and CRCs release the GIL)."""
         path = self.path(h)
         try:
             data = path.read_bytes()
@@ -163,21 +192,19 @@ class KVDiskStore:
             self.discard(h, delete=False)
             return None
         try:
-            meta, t = header_metadata(data), st_load(data)
-            k, v = t["k"], t["v"]
-            ok = (meta.get("format") == FORMAT and meta.get("hash") == h.hex() and k.shape == v.shape == shape
-                  and k.dtype == v.dtype == dtype and crc(raw(k)) == meta.get("crc_k")
-                  and crc(raw(v)) == meta.get("crc_v"))
-        except Exception:  # truncated or garbled: anything safetensors or json may raise
+            ok = verify(data, h, list(shape), ST_DTYPES[dtype])
+        except Exception:  # truncated or garbled: anything json may raise
             ok = False
         if not ok:
             log.warning("KV disk cache: %s failed its checksum; deleted, its tokens are recomputed", path)
-            self.counts["corrupt"] += 1
+            with self.lock:
+                self.counts["corrupt"] += 1
             self.discard(h)
             return None
         self.touch([h])
-        self.counts["loaded"] += 1
-        return k, v
+        with self.lock:
+            self.counts["loaded"] += 1
+        return data
 
     def put(self, h: bytes, k: torch.Tensor, v: torch.Tensor) -> bool:
         """Queue one block (CPU tensors the caller no longer touches) for the writer thread."""

@@ -12,6 +12,7 @@ from inference.checkpoint import load_weights
 from inference.config import EngineConfig, ModelConfig
 from inference.distributed import get_rank, get_world_size
 from inference.engine.cuda_graph import DecodeGraphs
+from inference.engine.staging import HostStaging
 from inference.kernels import use_triton
 from inference.layers.attention import AttentionMetadata
 from inference.layers.rotary import RotaryEmbedding, logn_scale
@@ -50,6 +51,7 @@ class ModelRunner:
         self.cfg, self.model_cfg, self.device, self.dtype = cfg, model_cfg, device, dtype
         self.rank, self.world = get_rank(), get_world_size()
         self.block_size = cfg.block_size
+        self.staging = HostStaging(device)
         t0 = time.perf_counter()
         prev = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
@@ -96,9 +98,11 @@ class ModelRunner:
     def read_block(self, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k_cache[:, block_id].contiguous().cpu(), self.v_cache[:, block_id].contiguous().cpu()
 
-    def write_block(self, block_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k_cache[:, block_id].copy_(k)
-        self.v_cache[:, block_id].copy_(v)
+    def write_blocks(self, block_ids: list[int], ks: list[torch.Tensor], vs: list[torch.Tensor]) -> None:
+        """Blocks read back from disk (each as read_block gave it) into the cache, one copy per K and V."""
+        idx = torch.tensor(block_ids, device=self.device)
+        self.k_cache[:, idx] = torch.stack(ks, 1).to(self.device)
+        self.v_cache[:, idx] = torch.stack(vs, 1).to(self.device)
 
     def profile_peak(self) -> int:
         """Peak activation bytes of the largest step (a dummy prefill before the KV cache exists)."""
@@ -135,23 +139,24 @@ class ModelRunner:
         return torch.tensor(flat, dtype=torch.int32).view(len(tables), width)
 
     def prepare(self, plan: StepPlan):
-        dev = self.device
+        """The step's device inputs (one host-to-device copy) and attention metadata; logit-row indices."""
         host = torch.tensor(plan.token_ids + plan.positions, dtype=torch.long)
-        ids, pos = host.to(dev, non_blocking=True).view(2, -1).unbind(0)
-        bt = self.block_table_tensor(plan.block_tables)
+        bt = self.block_table_tensor(plan.block_tables).long()
         seq_of = torch.repeat_interleave(torch.arange(len(plan.q_lens)), torch.tensor(plan.q_lens))
         pos_cpu = host[len(plan.token_ids):]
-        slots = bt[seq_of, pos_cpu // self.block_size].long() * self.block_size + pos_cpu % self.block_size
+        slots = bt[seq_of, pos_cpu // self.block_size] * self.block_size + pos_cpu % self.block_size
+        ids_pos, slots, bt_dev, ctx, rows = self.staging.upload(
+            [host, slots, bt, torch.tensor(plan.ctx_lens), torch.tensor(plan.logit_rows, dtype=torch.long)])
+        ids, pos = ids_pos.view(2, -1).unbind(0)
         meta = AttentionMetadata(
-            slot_mapping=slots.to(dev, non_blocking=True), block_tables=bt.to(dev, non_blocking=True),
-            context_lens=torch.tensor(plan.ctx_lens, dtype=torch.int32).to(dev, non_blocking=True),
+            slot_mapping=slots, block_tables=bt_dev.view(bt.shape), context_lens=ctx,
             q_lens=plan.q_lens, ctx_lens=plan.ctx_lens, num_decodes=plan.num_decodes, max_ctx=max(plan.ctx_lens),
             prefix_free=plan.prefix_free)
         cos, sin = self.rotary.for_tokens(pos, plan.alphas, plan.q_lens, max_pos=max(plan.ctx_lens) - 1)
         logn = None
         if self.model_cfg.use_logn_attn and max(plan.ctx_lens) > self.model_cfg.seq_length:
             logn = logn_scale(pos, self.model_cfg.seq_length)
-        return ids, cos, sin, logn, meta
+        return ids, cos, sin, logn, meta, rows
 
     def _graphable(self, plan: StepPlan) -> bool:
         """Pure decode, rotary base 1 and no logn scaling: the captured graphs compute exactly this."""
@@ -175,7 +180,6 @@ class ModelRunner:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
         if self.graphable(plan):
             return self.run_graph(plan)
-        ids, cos, sin, logn, meta = self.prepare(plan)
+        ids, cos, sin, logn, meta, rows = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)
-        rows = torch.tensor(plan.logit_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))

@@ -90,10 +90,15 @@ def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, prefix_fr
     else:
         kk, vv = gather_context(k_cache, block_table, ctx_len), gather_context(v_cache, block_table, ctx_len)
     qt, kt, vt = q.transpose(0, 1)[None], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None]
+    if kk.shape[0] != n and q.is_cuda and q.dtype != torch.float32:
+        # The chunk's queries are the last n of ctx_len positions. Flash's causal flag means lower-right
+        # alignment when q is shorter than k (what causal_lower_right dispatches to, minus its checks).
+        out = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, True, False, scale=scale)[0]
+        return out[0].transpose(0, 1)
     with sdpa_kernel(SDPA_BACKENDS):
         if kk.shape[0] == n:
             out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
-        else:  # the chunk's queries are the last n of ctx_len positions: causal from the lower right
+        else:  # causal from the lower right
             out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=causal_lower_right(n, ctx_len), scale=scale)
     return out[0].transpose(0, 1)
 
