@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from inference.bench_shapes import SHAPES
@@ -31,6 +32,20 @@ def timed_steps(engine, steps):
         engine.step()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / steps * 1000
+
+
+def print_gaps(prof, top: int = 6) -> None:
+    """Device idle time between consecutive kernels, and the largest gaps with their neighbours."""
+    ks = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    if len(ks) < 2:
+        return
+    gaps = [(b.time_range.start - a.time_range.end, a.name, b.name) for a, b in zip(ks, ks[1:])]
+    span = ks[-1].time_range.end - ks[0].time_range.start
+    idle = sum(g for g, _, _ in gaps if g > 0)
+    print(f"device: {len(ks)} kernels over {span / 1000:.2f} ms, idle between them {idle / 1000:.2f} ms; "
+          f"before the first kernel: see wall minus span")
+    for g, a, b in sorted(gaps, reverse=True)[:top]:
+        print(f"  gap {g:8.1f} us  after {a[:50]}  before {b[:50]}")
 
 
 def scenario(engine, name, prof_rows):
@@ -56,6 +71,7 @@ def scenario(engine, name, prof_rows):
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
             timed_steps(engine, 5)
     print(f"\n=== {name}: {ms:.2f} ms per step (wall) ===")
+    print_gaps(p)
     print(p.key_averages().table(sort_by="cuda_time_total", row_limit=prof_rows, max_name_column_width=60))
 
 
