@@ -244,7 +244,7 @@ def main(argv=None) -> int:
           + (f" ({', '.join(ratios)})" if ratios else "")
           + ("" if disk is None else f"; disk store: {disk['kv_disk_blocks']} blocks, "
              f"{disk['kv_disk_bytes'] / 2**20:.1f} MiB, {disk['kv_disk_loaded']} loaded, "
-             f"{disk['kv_disk_corrupt']} corrupt"))
+             f"{disk['kv_disk_skipped']} left on disk (recomputing was faster), {disk['kv_disk_corrupt']} corrupt"))
     if a.json:
         Path(a.json).write_text(json.dumps({"label": label, "rows": rows}, indent=2))
     return 0

@@ -67,6 +67,25 @@ def test_restart_hits_from_disk_and_answers_as_without_cache(tiny_model, uncache
     engine.shutdown()
 
 
+def test_load_skipped_when_recomputing_was_measured_faster(tiny_model, uncached, populated, tmp_path):
+    root = tmp_path / "kv"
+    shutil.copytree(populated[0], root)
+    p3, r3, _ = uncached[2]
+    engine = make_engine(tiny_model, kv_disk_dir=str(root))
+    tier = engine.kv_disk
+    on_disk = len(engine.block_manager.disk_chain(Sequence("probe", p3, SamplingParams()), tier.store.contains))
+    assert on_disk >= 4 and tier.worth_loading()  # nothing measured yet: load
+    tier.load_s, tier.compute_s = 1.0, 1e-6  # as on a fast GPU with a slow disk: a block loads in 1 s
+    got, usage = run(engine, p3, len(r3))
+    assert got == r3 and usage.cached_tokens == 0
+    stats = engine.stats()
+    assert stats["kv_disk_loaded"] == 0 and stats["kv_disk_skipped"] == on_disk
+    assert tier.compute_s > 1e-6  # the prefill it ran instead was measured
+    tier.load_s, tier.compute_s = 1e-6, 1.0  # and the other way round: loads again
+    assert tier.worth_loading()
+    engine.shutdown()
+
+
 def test_files_are_checksummed_safetensors_named_by_hash(tiny_model, populated):
     root, store = populated
     m = ModelConfig.from_dir(tiny_model)

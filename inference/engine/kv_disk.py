@@ -12,13 +12,16 @@ next schedule can evict them, and a writer thread writes the files (tmp file + r
 holds off while a step with a prefill runs (`quiet`), so a new turn's first token never waits on it. Each file's
 metadata holds a CRC32 of each tensor's bytes; a file that does not parse or verify is deleted and
 never used, so its tokens are recomputed. Loading reads and verifies the files on a few threads and
-writes the intact run of blocks into the cache with one copy. A size cap evicts the least recently used files (access time
+writes the intact run of blocks into the cache with one copy. Rank 0 measures both costs (seconds per
+block loaded, seconds per token prefilled) and skips a load that recomputing would beat: on a fast GPU
+a short history is cheaper to recompute than to read back. A size cap evicts the least recently used files (access time
 is the file's mtime, refreshed on every hit, so the order survives restarts); see kv_disk_store.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +33,11 @@ from inference.engine.kv_disk_store import FORMAT, KVDiskStore
 
 __all__ = ["DiskTier", "KVDiskStore", "open_tier", "store_key"]
 LOAD_THREADS = 8
+MIN_PREFILL_TOKENS = 64
+
+
+def ema(old: float | None, new: float, weight: float = 0.3) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
 
 
 def store_key(model_dir: str | Path, salt: bytes, block_size: int) -> str:
@@ -53,6 +61,9 @@ class DiskTier:
         self.due = False  # a request finished: save before the next schedule may evict its blocks
         self._spec = None
         self.pool: ThreadPoolExecutor | None = None
+        self.load_s: float | None = None  # rank 0: measured seconds to load one block from disk
+        self.compute_s: float | None = None  # rank 0: measured seconds to prefill one token
+        self.skipped = 0  # blocks left on disk because recomputing them was measured to be faster
 
     def note_blocks(self, pairs: list[tuple[int, bytes]]) -> None:
         self.pending += pairs
@@ -85,14 +96,31 @@ class DiskTier:
         hashes = self.bm.disk_chain(seq, self.store.contains)
         if not hashes:
             return 0
+        if not self.worth_loading():
+            self.skipped += len(hashes)
+            return 0
         start = len(seq.block_hashes)
         pairs = list(zip(seq.block_table[start:start + len(hashes)], hashes))
+        t0 = time.perf_counter()
         dist.broadcast_object(("kv_load", pairs))
         n = self.load_local(pairs)
+        self.load_s = ema(self.load_s, (time.perf_counter() - t0) / len(pairs))
         if n < len(pairs):  # unreadable on some rank: forget it here too, the next save rewrites it
             self.store.discard(pairs[n][1])
         self.bm.mark_loaded(seq, hashes[:n])
         return n
+
+    def note_prefill(self, tokens: int, seconds: float) -> None:
+        """The engine's measured prefill cost (steps of at least MIN_PREFILL_TOKENS new prompt tokens)."""
+        if tokens >= MIN_PREFILL_TOKENS:
+            self.compute_s = ema(self.compute_s, seconds / tokens)
+
+    def worth_loading(self) -> bool:
+        """Load from disk unless measurements say recomputing a block is faster (a fast GPU, a slow disk):
+        with neither cost measured yet, load."""
+        if self.load_s is None or self.compute_s is None:
+            return True
+        return self.load_s < self.compute_s * self.bm.block_size
 
     # --- every rank ----------------------------------------------------------------------------------------
     @contextmanager
@@ -143,7 +171,7 @@ class DiskTier:
         self.store.close()
 
     def stats(self) -> dict:
-        return self.store.stats()
+        return {**self.store.stats(), "kv_disk_skipped": self.skipped}
 
 
 def open_tier(root: str, model_dir: Path, salt: bytes, block_size: int, max_gb: float, runner, rank: int

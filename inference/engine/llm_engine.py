@@ -164,13 +164,17 @@ class LLMEngine:
                 self.lookahead.pending = None
             return outputs
         plan, last_rows = self._plan(batch)
+        t0 = time.perf_counter()
         with self._quiet_disk(plan):  # a prefill's first token does not wait on disk writes
             logits = self.lookahead.take(batch) if self.lookahead else None
             if logits is None:
                 dist.broadcast_object(("step", plan))
                 logits = self.runner.run(plan)
             tokens = self.lookahead.tokens(batch, plan, logits) if self.lookahead else None
-            return outputs + self._postprocess(batch, plan, logits, last_rows, tokens)
+            outputs += self._postprocess(batch, plan, logits, last_rows, tokens)
+        if self.kv_disk is not None:  # the disk tier weighs loading against this measured prefill cost
+            self.kv_disk.note_prefill(len(plan.token_ids) - plan.num_decodes, time.perf_counter() - t0)
+        return outputs
 
     def _quiet_disk(self, plan: StepPlan):
         return self.kv_disk.quiet(plan.num_decodes < len(plan.q_lens)) if self.kv_disk is not None \
