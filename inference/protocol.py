@@ -47,8 +47,9 @@ SAMPLING_FIELDS = {  # request field -> (allowed JSON types, description)
     "ignore_eos": ("bool", "true or false"),
 }
 COMMON_FIELDS = ("op", "id", "protocol")
+HISTORY_MODES = ("error", "trim")
 OP_FIELDS = {
-    "generate": ("prompt_ids", "messages", "session", *SAMPLING_FIELDS),
+    "generate": ("prompt_ids", "messages", "session", "history", *SAMPLING_FIELDS),
     "cancel": (),
     "stats": (),
     "health": (),
@@ -74,6 +75,7 @@ class GenerateRequest:
     messages: list[dict] | None
     sampling: dict = field(default_factory=dict)  # keyword arguments of SamplingParams
     session: str | None = None
+    history: str = "error"  # "trim": drop the oldest turns of `messages` when the prompt outgrows the context
     op: str = "generate"
 
     def sampling_params(self) -> SamplingParams:
@@ -255,7 +257,12 @@ def _parse(obj: dict) -> Request:
         session = obj.get("session")
         if session is not None and not (isinstance(session, str) and len(session) <= MAX_ID_CHARS):
             raise ProtocolError(f"'session' must be a string of at most {MAX_ID_CHARS} characters or null")
-        return GenerateRequest(rid, prompt_ids, messages, _check_sampling(obj), session)
+        history = obj.get("history", "error")
+        if history not in HISTORY_MODES:
+            raise ProtocolError(f"'history' must be one of {', '.join(HISTORY_MODES)}, got {history!r}"[:300])
+        if history == "trim" and not has_msgs:
+            raise ProtocolError("'history': 'trim' applies to 'messages' (prompt_ids are used as given)")
+        return GenerateRequest(rid, prompt_ids, messages, _check_sampling(obj), session, history)
     if op == "cancel":
         return CancelRequest(rid)
     if op == "tokenize":

@@ -199,10 +199,55 @@ BAD_REQUESTS = [  # (request, code, words the message must contain)
     ({"op": "generate", "id": "g", "messages": [{"role": "bot", "content": "x"}]}, "bad_request", "role"),
     ({"op": "generate", "id": "g", "messages": [{"role": "user", "content": "x"},
                                                 {"role": "system", "content": "y"}]}, "bad_request", "system"),
+    ({"op": "generate", "id": "g", "messages": CHAT_A, "history": "all"}, "bad_request", "'history' must be one of"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "history": "trim"}, "bad_request", "applies to 'messages'"),
     ({"op": "health", "protocol": 2}, "unsupported_protocol", "protocol 1"),
     ({"op": "tokenize", "text": 5}, "bad_request", "'text' must be a string"),
     ({"op": "cancel"}, "bad_request", "missing 'id'"),
 ]
+
+
+def long_chat(turns: int, tokens: int) -> list[dict]:
+    """A conversation of `turns` user/assistant pairs (each message `tokens` ids) and a new question."""
+    msgs = [{"role": "system", "content": "You are terse."}]
+    for t in range(turns):
+        msgs += [{"role": "user", "content": "", "token_ids": [1000 + t] * tokens},
+                 {"role": "assistant", "content": "", "token_ids": [2000 + t] * tokens}]
+    return msgs + [{"role": "user", "content": "And now?"}]
+
+
+def finish(client: EngineClient, msgs, **kw) -> dict:
+    return list(client.generate(msgs, max_new_tokens=8, **kw))[-1]
+
+
+def test_history_trim_drops_oldest_turns_in_a_stable_chunk(server):
+    with EngineClient(server.path) as c:
+        limit = c.health()["max_model_len"]
+        msgs = long_chat(turns=limit // 200 + 2, tokens=100)  # about 1.2x the window
+        err = finish(c, msgs)
+        assert err["event"] == "error" and err["code"] == "prompt_too_long"
+        done = finish(c, msgs, history="trim")
+        assert done["event"] == "done", done
+        usage = done["usage"]
+        assert usage["dropped_messages"] > 0 and usage["dropped_messages"] % 2 == 0  # whole user/assistant pairs
+        assert usage["prompt_tokens"] <= 0.75 * limit
+        # the next turn drops the same oldest turns, so the kept prefix is reused from the cache
+        nxt = msgs[:-1] + [{"role": "user", "content": "", "token_ids": [3000] * 20},
+                           {"role": "assistant", "content": "", "token_ids": [3001] * 20}] + msgs[-1:]
+        again = finish(c, nxt, history="trim")["usage"]
+        assert again["dropped_messages"] == usage["dropped_messages"]
+        assert again["cached_tokens"] >= usage["prompt_tokens"] - 16 - 20
+        short = finish(c, CHAT_A, history="trim")["usage"]  # fits: nothing dropped, no key
+        assert "dropped_messages" not in short
+
+
+def test_history_trim_keeps_the_newest_message(server):
+    with EngineClient(server.path) as c:
+        limit = c.health()["max_model_len"]
+        msgs = long_chat(turns=2, tokens=10)[:-1] + [{"role": "user", "content": "", "token_ids": [7] * limit}]
+        err = finish(c, msgs, history="trim")
+        assert err["event"] == "error" and err["code"] == "prompt_too_long"
+        assert "every earlier turn left out" in err["message"]
 
 
 def test_bad_requests_get_precise_errors_and_the_connection_stays_usable(server):

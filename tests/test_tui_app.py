@@ -91,6 +91,33 @@ def test_send_streams_tokens_into_the_view_and_stores_exact_token_ids(server, db
     asyncio.run(main())
 
 
+def test_a_chat_that_outgrew_the_context_still_gets_a_reply(server, db):
+    with EngineClient(server.sock) as client:
+        limit = client.health()["max_model_len"]
+    app = make_app(db, server.sock, new=True)
+    sid = app.current_session_id
+    settings_of(db, sid, max_new_tokens=8, temperature=0.0)
+    with SessionStore(db) as store:  # about 1.2x the window of earlier turns, as stored token ids
+        for t in range(limit // 200 + 2):
+            store.add_message(sid, "user", "q", token_ids=[1000 + t] * 100)
+            store.add_message(sid, "assistant", "a", token_ids=[2000 + t] * 100)
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_ready(pilot, app)
+            await type_and_send(pilot, "Still there?")
+            n = 2 * (limit // 200 + 2) + 2
+            await wait_for(pilot, lambda: len(boxes(app)) == n and idle(app), what="the reply")
+            assert boxes(app)[-1].status == "complete"
+            notes = [str(n.message) for n in app._notifications]
+            assert any("outgrew the model's context window" in n for n in notes), notes
+    asyncio.run(main())
+    with SessionStore(db) as store:
+        reply = store.messages(sid)[-1]
+        assert reply.status == "complete" and reply.stats["dropped_messages"] >= 2
+        assert len(store.messages(sid)) == 2 * (limit // 200 + 2) + 2  # nothing was deleted from the chat
+
+
 def test_escape_stops_generation_and_keeps_the_partial_reply(server, db):
     async def main():
         app = make_app(db, server.sock, new=True)

@@ -115,7 +115,7 @@ class ReplyJob:
         last_flush = last_save = time.monotonic()
         try:
             async with self.link.client() as client, aclosing(client.generate(
-                    messages=prompt, session=self.session_id, request_id=self.request_id,
+                    messages=prompt, session=self.session_id, request_id=self.request_id, history="trim",
                     **sampling_from(session))) as events:
                 async for ev in events:
                     if self.stop_requested:
@@ -158,7 +158,8 @@ class ReplyJob:
 
 
 def usage_stats(done_event: dict) -> dict:
-    """The reply stats kept with the message: ttft_ms, decode_tok_s, prompt/cached/completion tokens."""
+    """The reply stats kept with the message: ttft_ms, decode_tok_s, prompt/cached/completion tokens, and
+    dropped_messages when the engine left the oldest turns out to fit its context window."""
     usage = done_event.get("usage") or done_event
-    keys = ("ttft_ms", "decode_tok_s", "prompt_tokens", "cached_tokens", "completion_tokens")
+    keys = ("ttft_ms", "decode_tok_s", "prompt_tokens", "cached_tokens", "completion_tokens", "dropped_messages")
     return {k: usage[k] for k in keys if isinstance(usage.get(k), (int, float))}

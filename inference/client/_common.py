@@ -33,8 +33,8 @@ def _lost(path: str) -> str:
             "see its log file next to the socket")
 
 
-def _generate_request(rid, messages, prompt_ids, session, sampling: dict) -> dict:
-    req = P.request("generate", id=rid, messages=messages, prompt_ids=prompt_ids, session=session,
+def _generate_request(rid, messages, prompt_ids, session, sampling: dict, history: str | None = None) -> dict:
+    req = P.request("generate", id=rid, messages=messages, prompt_ids=prompt_ids, session=session, history=history,
                     **{k: v for k, v in sampling.items() if v is not None})
     P.parse_request(req)  # a bad argument raises ProtocolError (a ValueError) here, not on the server
     return req

@@ -19,6 +19,7 @@ from torch.nn.attention.bias import causal_lower_right
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 CUDNN_MIN_LEN = 1024
 CUDNN_BUCKET = 256
+_direct_flash = [True]  # cleared if this GPU has no flash kernel (then causal_lower_right picks one)
 
 
 @dataclass
@@ -90,11 +91,14 @@ def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, prefix_fr
     else:
         kk, vv = gather_context(k_cache, block_table, ctx_len), gather_context(v_cache, block_table, ctx_len)
     qt, kt, vt = q.transpose(0, 1)[None], kk.transpose(0, 1)[None], vv.transpose(0, 1)[None]
-    if kk.shape[0] != n and q.is_cuda and q.dtype != torch.float32:
+    if kk.shape[0] != n and q.is_cuda and q.dtype != torch.float32 and _direct_flash[0]:
         # The chunk's queries are the last n of ctx_len positions. Flash's causal flag means lower-right
         # alignment when q is shorter than k (what causal_lower_right dispatches to, minus its checks).
-        out = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, True, False, scale=scale)[0]
-        return out[0].transpose(0, 1)
+        try:
+            out = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, True, False, scale=scale)[0]
+            return out[0].transpose(0, 1)
+        except RuntimeError:  # no flash kernel for this GPU or shape: the checked path below from now on
+            _direct_flash[0] = False
     with sdpa_kernel(SDPA_BACKENDS):
         if kk.shape[0] == n:
             out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)

@@ -21,6 +21,7 @@ from inference.errors import UserError
 from inference.model_path import is_demo
 from inference.server.connection import Connection
 from inference.server.engine_loop import EngineLoop, Output
+from inference.server.history import fit_messages
 
 log = logging.getLogger("inference.server")
 EXIT_TIMEOUT = 20.0  # seconds to wait for the engine thread at shutdown before exiting anyway
@@ -33,6 +34,7 @@ class Tracked:
     conn: Connection
     decoder: object
     prompt_tokens: int
+    dropped_messages: int = 0  # oldest turns left out to fit the context ("history": "trim")
     completion_tokens: int = 0
     t0: float = field(default_factory=time.monotonic)
     t_first: float | None = None
@@ -157,13 +159,14 @@ class EngineServer:
                 self._untrack(t)
 
     def _usage(self, t: Tracked, usage: dict | None) -> dict:
+        extra = {"dropped_messages": t.dropped_messages} if t.dropped_messages else {}
         if usage and usage.get("prompt_tokens") is not None:
-            return usage
+            return {**usage, **extra}
         now = time.monotonic()
         ttft = None if t.t_first is None else round((t.t_first - t.t0) * 1000, 1)
         decode = (t.completion_tokens - 1) / (now - t.t_first) if t.t_first and now > t.t_first else None
         return {"prompt_tokens": t.prompt_tokens, "cached_tokens": None, "completion_tokens": t.completion_tokens,
-                "ttft_ms": ttft, "decode_tok_s": None if decode is None else round(decode, 1)}
+                "ttft_ms": ttft, "decode_tok_s": None if decode is None else round(decode, 1), **extra}
 
     def _untrack(self, t: Tracked) -> None:
         self.requests.pop(t.rid, None)
@@ -253,18 +256,25 @@ class EngineServer:
         if req.id in conn.active:
             raise P.ProtocolError(f"request id {req.id!r} is already streaming on this connection; "
                                   "use a new id per request", P.DUPLICATE_ID, req.id)
-        ids = list(req.prompt_ids) if req.prompt_ids is not None else self._chat_ids(req.messages, req.id)
+        params = req.sampling_params()
+        dropped = 0
+        if req.prompt_ids is not None:
+            ids = list(req.prompt_ids)
+        elif req.history == "trim" and self.max_model_len is not None:
+            ids, dropped = fit_messages(lambda m: self._chat_ids(m, req.id), req.messages, self.max_model_len,
+                                        params.max_new_tokens)
+        else:
+            ids = self._chat_ids(req.messages, req.id)
         bad = next((i for i in ids if i >= self.vocab_size), None)
         if bad is not None:
             raise P.ProtocolError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1})",
                                   P.BAD_REQUEST, req.id)
-        params = req.sampling_params()
         if self.max_model_len is not None and len(ids) >= self.max_model_len:
-            raise P.ProtocolError(f"the prompt has {len(ids)} tokens; this engine holds at most "
-                                  f"{self.max_model_len} per sequence: shorten the conversation",
-                                  P.PROMPT_TOO_LONG, req.id)
+            what = "with every earlier turn left out, the prompt" if req.history == "trim" else "the prompt"
+            raise P.ProtocolError(f"{what} has {len(ids)} tokens; this engine holds at most "
+                                  f"{self.max_model_len} per sequence: shorten it", P.PROMPT_TOO_LONG, req.id)
         rid = f"c{conn.number}-{next(self._rids)}"
-        self.requests[rid] = Tracked(rid, req.id, conn, _stream_decoder(self.tokenizer), len(ids))
+        self.requests[rid] = Tracked(rid, req.id, conn, _stream_decoder(self.tokenizer), len(ids), dropped)
         conn.active[req.id] = rid
         self.loop.add(rid, ids, params)
 

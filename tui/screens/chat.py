@@ -242,6 +242,10 @@ class ChatScreen(Screen):
             self.notify(event.error, title="Engine", severity="error", timeout=8)
         if event.status == "interrupted":
             self.notify("Stopped: the partial reply is kept (marked interrupted)")
+        if event.stats.get("dropped_messages"):
+            self.notify(f"This chat outgrew the model's context window: the oldest {event.stats['dropped_messages']} "
+                        "messages were left out of this reply's prompt (they stay in the chat; fork the chat at a "
+                        "later message to start afresh)", title="Context", severity="warning", timeout=10)
         self.app.reply_done(event.stats)
 
     # -- copy -------------------------------------------------------------------------------------
