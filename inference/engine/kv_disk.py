@@ -9,13 +9,15 @@ rank read intact (`min_across_ranks`).
 
 Saving: when a request finishes, its newly committed blocks are copied out of the cache before the
 next schedule can evict them, and a writer thread writes the files (tmp file + rename). The writer
-holds off while a step with a prefill runs (`quiet`), so a new turn's first token never waits on it. Each file's
-metadata holds a CRC32 of each tensor's bytes; a file that does not parse or verify is deleted and
-never used, so its tokens are recomputed. Loading reads and verifies the files on a few threads and
-writes the intact run of blocks into the cache with one copy. Rank 0 measures both costs (seconds per
-block loaded, seconds per token prefilled) and skips a load that recomputing would beat: on a fast GPU
-a short history is cheaper to recompute than to read back. A size cap evicts the least recently used files (access time
-is the file's mtime, refreshed on every hit, so the order survives restarts); see kv_disk_store.py.
+holds off while a step with a prefill runs (`quiet`), so a new turn's first token never waits on it.
+Each file's metadata holds a CRC32 of each tensor's bytes; a file that does not parse or verify is
+deleted and never used, so its tokens are recomputed. A size cap evicts the least recently used files
+(access time is the file's mtime, refreshed on every hit, so the order survives restarts); see
+kv_disk_store.py.
+
+Loading reads and verifies the files on a few threads and writes the intact run of blocks into the
+cache with one copy. Rank 0 measures both costs (seconds per block loaded, per token prefilled) and
+skips a load that recomputing would beat: on a fast GPU a short history is cheaper to recompute.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ class DiskTier:
             self.compute_s = ema(self.compute_s, seconds / tokens)
 
     def worth_loading(self) -> bool:
-        """Load from disk unless measurements say recomputing a block is faster (a fast GPU, a slow disk):
-        with neither cost measured yet, load."""
+        """Load from disk unless measurements say recomputing a block is faster (a fast GPU, a slow disk);
+        until both costs are measured, load."""
         if self.load_s is None or self.compute_s is None:
             return True
         return self.load_s < self.compute_s * self.bm.block_size
