@@ -6,56 +6,30 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from test_quant_msmodelslim import CFG, activation_ranges, export_w8a8, write_dir
+from tp_worker import run_prompts
 
-from inference.config import EngineConfig, SamplingParams
+from inference.config import EngineConfig
 from inference.demo import random_weights, write_checkpoint
 from inference.engine.llm_engine import LLMEngine
 
 PROMPTS = [[9707, 11, 847, 829, 374], [100644, 101889, 99489], list(range(1000, 1040)), [151644, 872, 198]]
-WORKER = textwrap.dedent("""
-    import json, sys
-    import torch
-    from inference.config import EngineConfig, SamplingParams
-    from inference.engine.llm_engine import LLMEngine
-
-    model, quant, prompts, out, tp = sys.argv[1:6]
-    e = LLMEngine(EngineConfig(model=model, device="cpu", dtype="float32", tp=int(tp), num_kv_blocks=128,
-                               quant=quant or None))
-    params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
-    rids = [e.add_request(p, params) for p in json.loads(prompts)]
-    tokens, logits = {r: [] for r in rids}, {}
-    while e.has_unfinished():
-        for o in e.step():
-            tokens[o.request_id] += o.new_token_ids
-            if o.finished:
-                logits[o.request_id] = o.logits
-    torch.save({"tokens": [tokens[r] for r in rids], "logits": torch.stack([logits[r] for r in rids])}, out)
-    e.shutdown()
-""")
 
 
 def generate(model, quant, tp, tmp_path):
     if tp == 1:
         e = LLMEngine(EngineConfig(model=str(model), device="cpu", dtype="float32", num_kv_blocks=128, quant=quant))
-        params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
-        rids = [e.add_request(p, params) for p in PROMPTS]
-        tokens, logits = {r: [] for r in rids}, {}
-        while e.has_unfinished():
-            for o in e.step():
-                tokens[o.request_id] += o.new_token_ids
-                if o.finished:
-                    logits[o.request_id] = o.logits
+        out = run_prompts(e, PROMPTS)
         e.shutdown()
-        return [tokens[r] for r in rids], torch.stack([logits[r] for r in rids])
-    script, out = tmp_path / "worker.py", tmp_path / "out.pt"
-    script.write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}", str(script),
-           str(model), quant or "", json.dumps(PROMPTS), str(out), str(tp)]
+        return out
+    out = tmp_path / "out.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}",
+           str(Path(__file__).with_name("tp_worker.py")), str(model), json.dumps(PROMPTS), str(out), str(tp),
+           quant or ""]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(out)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tp_worker import run_prompts
 
-from inference.config import EngineConfig, SamplingParams
+from inference.config import EngineConfig
 from inference.engine.llm_engine import LLMEngine
 
 HERE = Path(__file__).parent
@@ -29,15 +30,7 @@ def torchrun(n: int, *args: str, timeout: float = 240) -> subprocess.CompletedPr
 @pytest.fixture(scope="module")
 def tp1(tiny_model):
     engine = LLMEngine(EngineConfig(model=str(tiny_model), device="cpu", dtype="float32", num_kv_blocks=128))
-    params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
-    rids = [engine.add_request(p, params) for p in PROMPTS]
-    tokens, logits = {r: [] for r in rids}, {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            tokens[o.request_id] += o.new_token_ids
-            if o.finished:
-                logits[o.request_id] = o.logits
-    return [tokens[r] for r in rids], torch.stack([logits[r] for r in rids])
+    return run_prompts(engine, PROMPTS)
 
 
 @pytest.mark.parametrize("n", [2, 4])

@@ -1,4 +1,8 @@
-"""Run under torchrun by test_tp.py: every rank builds the engine; rank 0 writes tokens and logits."""
+"""Run under torchrun by test_tp.py and test_quant_tp.py: every rank builds the engine; rank 0 writes
+tokens and logits. `run_prompts` is also the tp=1 reference of both tests.
+
+    torchrun ... tp_worker.py MODEL PROMPTS_JSON OUT TP [QUANT]
+"""
 
 import json
 import sys
@@ -9,22 +13,26 @@ from inference.config import EngineConfig, SamplingParams
 from inference.engine.llm_engine import LLMEngine
 
 
-def main(model: str, prompts_json: str, out: str) -> None:
-    prompts = json.loads(prompts_json)
-    engine = LLMEngine(EngineConfig(model=model, device="cpu", dtype="float32", tp=int(sys.argv[4]),
-                                    num_kv_blocks=128))
+def run_prompts(engine: LLMEngine, prompts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+    """12 greedy tokens per prompt and the last step's logits of each, in prompt order."""
     params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
     rids = [engine.add_request(p, params) for p in prompts]
-    tokens = {r: [] for r in rids}
-    logits = {}
+    tokens, logits = {r: [] for r in rids}, {}
     while engine.has_unfinished():
         for o in engine.step():
             tokens[o.request_id] += o.new_token_ids
             if o.finished:
                 logits[o.request_id] = o.logits
-    torch.save({"tokens": [tokens[r] for r in rids], "logits": torch.stack([logits[r] for r in rids])}, out)
+    return [tokens[r] for r in rids], torch.stack([logits[r] for r in rids])
+
+
+def main(model: str, prompts_json: str, out: str, tp: str, quant: str = "") -> None:
+    engine = LLMEngine(EngineConfig(model=model, device="cpu", dtype="float32", tp=int(tp), num_kv_blocks=128,
+                                    quant=quant or None))
+    tokens, logits = run_prompts(engine, json.loads(prompts_json))  # ranks > 0 never get here (worker loop)
+    torch.save({"tokens": tokens, "logits": logits}, out)
     engine.shutdown()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])
