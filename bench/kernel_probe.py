@@ -22,7 +22,8 @@ from triton.testing import do_bench
 
 from inference.kernels.fused import silu_mul
 from inference.kernels.gemv import gemv
-from inference.kernels.paged_attention import paged_decode_attention
+from inference.kernels.paged_attention import CONFIGS, decode_config, num_splits, paged_decode_attention
+from inference.kernels.skinny import skinny_config, skinny_linear
 
 H, FFN, VOCAB, HEADS, DIM = 4096, 11008, 151936, 32, 128
 
@@ -137,36 +138,127 @@ def part_stack(bw, layers):
         print(f"| {name} | {ms:.3f} | {gbs:.0f} | {100 * gbs / bw:.1f} | {1000 / ms:.1f} |")
 
 
-def part_attention(bw, ctx, layers, bs=16):
-    print(f"\nPaged decode attention, {HEADS} heads x {DIM}, context {ctx}, block size {bs}, {layers} layers' caches "
-          "in one CUDA graph:")
-    print("| batch | splits | us per layer | GB/s (K+V) | % of copy bw |")
+def skinny_candidates():
+    wide = [(bn, None, bk, 4, st, sp) for bn in (64, 128) for bk in (128, 256) for st in (3, 4) for sp in (1, 2, 4)]
+    narrow = [(bn, None, bk, 4, st, sp) for bn in (16, 32) for bk in (256, 512) for st in (3, 4) for sp in (1, 2)]
+    return [c for c in wide + narrow if c[0] * c[2] * c[4] <= 64 * 256 * 4]
+
+
+def part_skinny(bw, layers):
+    """Batch 16 and 64: each 7B shape through cuBLAS and the Triton skinny GEMM (default and best
+    candidate), then the whole linear stack in one graph with each."""
+    shapes = [("c_attn", 3 * H, H, True, False), ("attn.c_proj", H, H, False, False),
+              ("w2_w1 (gated)", 2 * FFN, H, False, True), ("mlp.c_proj", H, FFN, False, False),
+              ("lm_head", VOCAB, H, False, False)]
+    best_cfg = {}
+    print("\n| batch | shape | err | cuBLAS us | Triton default us | best us | best (BN, BM, BK, w, st, split) |")
+    print("|---|---|---|---|---|---|---|")
+    for m in (16, 64):
+        for name, n, k, bias, gated in shapes:
+            copies = 8 if n * k * 2 < 4 << 28 else 2
+            ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
+            b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            ref = x.double() @ ws[0].double().T + (b.double() if bias else 0)
+            if gated:
+                g, u = ref.chunk(2, dim=-1)
+                ref = F.silu(g) * u
+            err = rel_err(skinny_linear(x, ws[0], b, gated=gated), ref)
+            t_c = graph_ms(functools.partial(each, cublas_op, x, ws, b, gated)) * 1000 / copies
+            default = skinny_config(m, n // 2 if gated else n, k, x.device, gated)
+            times = {}
+            for cand in [default] + skinny_candidates():
+                cfg = (cand[0], default[1], *cand[2:])
+                if cfg in times:
+                    continue
+                try:
+                    op = functools.partial(skinny_op, cfg=cfg)
+                    if rel_err(op(x, ws[0], b, gated), ref) > 1e-2:
+                        print(f"  {name} {cfg}: wrong")
+                        continue
+                    times[cfg] = graph_ms(functools.partial(each, op, x, ws, b, gated)) * 1000 / copies
+                except Exception as e:  # noqa: BLE001 (out of shared memory for a candidate)
+                    print(f"  {name} {cfg}: {type(e).__name__}")
+            best = min(times, key=times.get)
+            best_cfg[(m, name)] = best
+            print(f"| {m} | {name} | {err:.1e} | {t_c:.1f} | {times[default]:.1f} | {times[best]:.1f} | {best} |")
+            del ws
+    L = [dict(qkv=torch.randn(3 * H, H, device="cuda", dtype=torch.float16) * 0.02,
+              qkv_b=torch.randn(3 * H, device="cuda", dtype=torch.float16) * 0.02,
+              o=torch.randn(H, H, device="cuda", dtype=torch.float16) * 0.02,
+              gu=torch.randn(2 * FFN, H, device="cuda", dtype=torch.float16) * 0.02,
+              d=torch.randn(H, FFN, device="cuda", dtype=torch.float16) * 0.02) for _ in range(layers)]
+    head = torch.randn(VOCAB, H, device="cuda", dtype=torch.float16) * 0.02
+    nbytes = sum(t.numel() * 2 for d in L for t in d.values()) + head.numel() * 2
+
+    def stack(m, variant):
+        x = torch.randn(m, H, device="cuda", dtype=torch.float16)
+
+        def lin(h, w, b=None, gated=False, name=""):
+            if variant == "cublas":
+                return cublas_op(h, w, b, gated)
+            return skinny_linear(h, w, b, gated=gated, config=best_cfg[(m, name)] if variant == "best" else None)
+
+        def fn():
+            h = x
+            for d in L:
+                q = lin(h, d["qkv"], d["qkv_b"], name="c_attn")
+                h = lin(q[:, :H], d["o"], name="attn.c_proj")
+                h = lin(lin(h, d["gu"], gated=True, name="w2_w1 (gated)"), d["d"], name="mlp.c_proj")
+            return lin(h, head, name="lm_head")
+        return fn
+
+    print(f"\nLinear stack, {layers} layers + lm_head ({nbytes / 1e9:.2f} GB), one CUDA graph:")
+    print("| batch | variant | ms | GB/s | % of copy bw |")
     print("|---|---|---|---|---|")
-    for batch in (1, 4, 16, 64):
+    for m in (16, 64):
+        for variant in ("cublas", "triton default", "best"):
+            ms = graph_ms(stack(m, variant))
+            gbs = nbytes / ms / 1e6
+            print(f"| {m} | {variant} | {ms:.3f} | {gbs:.0f} | {100 * gbs / bw:.1f} |")
+
+
+def skinny_op(x, w, b, gated, cfg=None):
+    return skinny_linear(x, w, b, gated=gated, config=cfg)
+
+
+def part_attention(bw, ctx, layers, bs=16):
+    print(f"\nPaged decode attention, {HEADS} heads x {DIM}, context {ctx}, block size {bs}, caches of several "
+          "layers in one CUDA graph; every (splits, BLOCK_N/warps/stages) candidate, best first:")
+    print("| batch | chosen: splits, config | chosen us | best: splits, config | best us | best GB/s | % of copy bw |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in (1, 4, 16, 32, 64, 128):
         nb = -(-ctx // bs)
         blocks = batch * nb + 7
+        per_layer = 2 * blocks * bs * HEADS * DIM * 2
+        n_layers = max(2, min(layers, int(8e9 // per_layer)))
         caches = [(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3),
                    torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3))
-                  for _ in range(layers)]
+                  for _ in range(n_layers)]
         table = (torch.randperm(blocks - 7, device="cuda")[:batch * nb].view(batch, nb) + 7).int()
         lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
         q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.float16)
-        nbytes = 2 * batch * ctx * HEADS * DIM * 2 * layers
-        ref = None
-        for splits in (1, 2, 4, 8, 16):
-            out = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=splits)
-            ref = out if ref is None else ref
+        nbytes = 2 * batch * ctx * HEADS * DIM * 2 * n_layers
+        ref = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=1).float()
+        chosen = (num_splits(q), decode_config(batch, num_splits(q)))
+        times = {}
+        for splits in (1, 2, 4, 8):
+            for cfg in CONFIGS:
+                out = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=splits, config=cfg)
+                if rel_err(out, ref) > 1e-3:
+                    print(f"  batch {batch} splits {splits} {cfg}: err {rel_err(out, ref):.1e}")
+                times[(splits, cfg)] = graph_ms(functools.partial(attention_layers, q, caches, table, lens, ctx,
+                                                                  splits, cfg)) * 1000 / n_layers
+        best = min(times, key=times.get)
+        gbs = nbytes / n_layers / times[best] / 1e3
+        print(f"| {batch} | {chosen[0]}, {chosen[1]} | {times[chosen]:.1f} | {best[0]}, {best[1]} | {times[best]:.1f} "
+              f"| {gbs:.0f} | {100 * gbs / bw:.1f} |")
+        del caches
 
-            ms = graph_ms(functools.partial(attention_layers, q, caches, table, lens, ctx, splits))
-            gbs = nbytes / ms / 1e6
-            err = rel_err(out, ref)
-            print(f"| {batch} | {splits} | {ms * 1000 / layers:.1f} | {gbs:.0f} | {100 * gbs / bw:.1f} |"
-                  + (f" err {err:.1e}" if err > 1e-3 else ""))
 
-
-def attention_layers(q, caches, table, lens, ctx, splits):
+def attention_layers(q, caches, table, lens, ctx, splits, cfg=None):
     for kc, vc in caches:
-        paged_decode_attention(q, kc, vc, table, lens, ctx, DIM**-0.5, splits=splits)
+        paged_decode_attention(q, kc, vc, table, lens, ctx, DIM**-0.5, splits=splits, config=cfg)
 
 
 def main() -> None:
@@ -182,6 +274,8 @@ def main() -> None:
         part_shapes(bw)
     if "stack" in parts:
         part_stack(bw, a.layers)
+    if "skinny" in parts:
+        part_skinny(bw, a.layers)
     if "attention" in parts:
         part_attention(bw, a.ctx, a.layers)
     from inference.kernels.gemv import _gemv_kernel  # noqa: PLC0415

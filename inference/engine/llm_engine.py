@@ -222,14 +222,14 @@ class LLMEngine:
         outputs = []
         if not sample_seqs:
             return outputs
-        sample_logits = logits[sample_rows]
-        if tokens is None:
-            tokens = self.sampler(sample_logits, sample_seqs)
-        for seq, tok, row in zip(sample_seqs, tokens, sample_logits):
+        if tokens is None:  # (indexing by a list uploads it and waits for the GPU: not on the lookahead path)
+            rows = logits if sample_rows == list(range(logits.shape[0])) else logits[sample_rows]
+            tokens = self.sampler(rows, sample_seqs)
+        for seq, tok, row in zip(sample_seqs, tokens, sample_rows):
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 if seq.params.logits == "last":
-                    seq.logits_parts = [row.float().cpu()]
+                    seq.logits_parts = [logits[row].float().cpu()]
             seq.last_token_time = now
             reason = None
             if tok in seq.params.stop_token_ids and not seq.params.ignore_eos:

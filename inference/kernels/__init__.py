@@ -22,3 +22,26 @@ def _triton_ok() -> bool:
 def use_triton(x: torch.Tensor) -> bool:
     """True for CUDA tensors when Triton is importable (set QWEN_CHAT_NO_TRITON=1 for the torch paths)."""
     return x.is_cuda and _triton_ok()
+
+
+@functools.cache
+def _skinny_on() -> bool:
+    return os.environ.get("QWEN_CHAT_SKINNY", "1") != "0"
+
+
+def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False
+                ) -> torch.Tensor | None:
+    """Decode-sized matmuls on CUDA through Triton (1 row: a GEMV; 2-64 rows: the skinny tensor-core GEMM);
+    None where cuBLAS should do it (also float32 above 1 row: tensor cores would round it to tf32).
+    gated: `weight` is [gate; up] and the result silu(gate) * up.
+    QWEN_CHAT_SKINNY=0 keeps 2-64 rows on cuBLAS (for A/B benchmarks)."""
+    m = x.shape[0]
+    if not use_triton(x) or m > 64 or (m > 1 and (x.dtype == torch.float32 or not _skinny_on())):
+        return None
+    if m == 1:
+        from inference.kernels.gemv import gemv  # noqa: PLC0415
+
+        return gemv(x, weight, bias, gated=gated)
+    from inference.kernels.skinny import skinny_linear  # noqa: PLC0415
+
+    return skinny_linear(x, weight, bias, gated=gated)

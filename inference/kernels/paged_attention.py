@@ -10,8 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
-           for bn, w, st in ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2))]
+# (BLOCK_N, num_warps, num_stages) candidates; `decode_config` holds the ones measured fastest. Fixed
+# choices rather than autotuning: the engine first runs the kernel while capturing CUDA graphs, on empty
+# contexts, where every candidate looks alike (autotuning there cost 20 % at batch 16 and 64).
+CONFIGS = ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2))
 
 
 @triton.jit
@@ -40,7 +42,6 @@ def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_
     return m_i, l_i, acc
 
 
-@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE"])
 @triton.jit
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
@@ -55,7 +56,6 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
 
 
-@triton.autotune(configs=CONFIGS, key=["HEAD_DIM", "BLOCK_SIZE", "SPLITS"])
 @triton.jit
 def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
                                stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
@@ -100,36 +100,50 @@ _SMS: dict[int, int] = {}
 
 
 def num_splits(q: torch.Tensor) -> int:
-    """About 16 (sequence, head, split) programs per multiprocessor, as a power of two in 2..8 (measured
-    on an H100 with bench/kernel_probe.py: 8 at batch 1, 2-4 at batch 16, 2 at batch 64 were fastest)."""
+    """Splits of each context (a power of two, 1..8) for about 4 programs per multiprocessor, at least 2
+    until the (sequence, head) pairs alone give 16 per multiprocessor. Measured on an H100 with
+    bench/kernel_probe.py at context 576: 8 at batch 1, 4 at batch 4, 2 at batch 16-64, 1 at batch 128."""
     if not q.is_cuda:
         return 1
     dev = q.device.index or 0
     if dev not in _SMS:
         _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
-    want = 16 * _SMS[dev] // max(q.shape[0] * q.shape[1], 1)
-    return max(2, min(8, 1 << max(want, 1).bit_length() - 1))
+    pairs = max(q.shape[0] * q.shape[1], 1)
+    if pairs > 16 * _SMS[dev]:
+        return 1
+    want = max(4 * _SMS[dev] // pairs, 2)
+    return min(8, 1 << want.bit_length() - 1)
 
 
-def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, splits=None):
-    """q [B, H, D] -> [B, H, D]; rows with context length 0 (graph padding) give zeros."""
+def decode_config(batch: int, splits: int) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages): (128, 4, 2) was the fastest of CONFIGS at every batch size from 1 to
+    128 on an H100 (bench/kernel_probe.py; up to 16 % faster than (64, 4, 2))."""
+    return 128, 4, 2
+
+
+def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, splits=None,
+                           config=None):
+    """q [B, H, D] -> [B, H, D]; rows with context length 0 (graph padding) give zeros. `splits` and
+    `config` override the measured choices (for tuning)."""
     b, h, d = q.shape
     out = torch.empty_like(q)
     if b == 0:
         return out
     bsz = k_cache.shape[1]
     splits = splits or num_splits(q)
+    block_n, warps, stages = config or decode_config(b, splits)
+    meta = dict(BLOCK_SIZE=bsz, HEAD_DIM=d, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                block_tables.stride(0))
     if splits == 1:
         _paged_decode_kernel[(b, h)](q, k_cache, v_cache, block_tables, context_lens, out, scale, *strides,
-                                     out.stride(0), out.stride(1), BLOCK_SIZE=bsz, HEAD_DIM=d)
+                                     out.stride(0), out.stride(1), **meta)
         return out
     m = torch.empty(b, h, splits, dtype=torch.float32, device=q.device)
     lsum = torch.empty_like(m)
     acc = torch.empty(b, h, splits, d, dtype=torch.float32, device=q.device)
     _paged_decode_split_kernel[(b, h, splits)](q, k_cache, v_cache, block_tables, context_lens, m, lsum, acc, scale,
-                                               *strides, SPLITS=splits, BLOCK_SIZE=bsz, HEAD_DIM=d)
+                                               *strides, SPLITS=splits, **meta)
     _combine_kernel[(b, h)](m, lsum, acc, out, out.stride(0), out.stride(1), SPLITS=splits, HEAD_DIM=d,
                             num_warps=4)
     return out

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from inference.distributed import all_reduce, gather_last_dim, get_rank, get_world_size
-from inference.kernels import use_triton
+from inference.kernels import thin_matmul
 from inference.layers.linear import _check, load_rows
 
 
@@ -39,11 +39,8 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Untied lm_head; full logits end up on rank 0 only (None elsewhere)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor | None:
-        if h.shape[0] == 1 and use_triton(h):
-            from inference.kernels.gemv import gemv  # noqa: PLC0415
-
-            logits = gemv(h, self.weight)
-        else:
+        logits = thin_matmul(h, self.weight)
+        if logits is None:
             logits = nn.functional.linear(h, self.weight)
         if self.tp_size == 1:
             return logits[:, : self.vocab_size]

@@ -11,7 +11,7 @@ from torch import nn
 
 from inference.distributed import all_reduce, get_rank, get_world_size
 from inference.errors import UserError
-from inference.kernels import use_triton
+from inference.kernels import thin_matmul
 
 
 def _check(name: str, got, want) -> None:
@@ -45,11 +45,8 @@ class LinearBase(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_method is not None:
             return self.quant_method.apply(self, x)
-        if x.shape[0] == 1 and use_triton(x):  # batch-1 decode: a Triton GEMV streams the weight faster
-            from inference.kernels.gemv import gemv  # noqa: PLC0415
-
-            return gemv(x, self.weight, self.bias)
-        return nn.functional.linear(x, self.weight, self.bias)
+        y = thin_matmul(x, self.weight, self.bias)  # decode sizes: Triton streams the weight faster
+        return y if y is not None else nn.functional.linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):

@@ -7,7 +7,7 @@ from torch import nn
 
 from inference.config import ModelConfig
 from inference.distributed import get_world_size
-from inference.kernels import use_triton
+from inference.kernels import thin_matmul, use_triton
 from inference.layers.attention import AttentionMetadata, PagedAttention
 from inference.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from inference.layers.layernorm import RMSNorm
@@ -51,10 +51,10 @@ class QWenMLP(nn.Module):
         self.c_proj = RowParallelLinear(cfg.ffn_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        if x.shape[0] == 1 and use_triton(x) and self.w2_w1.quant_method is None:
-            from inference.kernels.gemv import gemv  # noqa: PLC0415
-
-            return self.c_proj(gemv(x, self.w2_w1.weight, gated=True))  # silu(gate) * up in one pass
+        if self.w2_w1.quant_method is None:
+            act = thin_matmul(x, self.w2_w1.weight, gated=True)  # silu(gate) * up in one pass
+            if act is not None:
+                return self.c_proj(act)
         gate_up = self.w2_w1(x)
         if use_triton(gate_up):
             from inference.kernels.fused import silu_mul  # noqa: PLC0415

@@ -1,0 +1,145 @@
+"""Decode matmuls for a few tokens (2..64 rows) as Triton tensor-core GEMMs: y = x W^T (+ b), or
+silu(x W_gate^T) * (x W_up^T) from the fused [gate; up] weight in one pass.
+
+A decode step at batch 16 or 64 still streams every weight once, so it is bound by memory, like batch 1.
+The weight tile is the left MMA operand ("swap AB": y^T = W x^T), so a tile is 64-128 weight rows by the
+16-64 tokens, and the tokens' activations, a few hundred KB, stay in L2. Where the output has too few
+tiles to fill the GPU, K is split and `_reduce_kernel` sums the float32 partials in a fixed order (so
+results do not change from run to run) and applies the bias and SiLU gate.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_M = 64  # above this cuBLAS (the GEMMs are no longer thin)
+
+
+@triton.jit
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, stride_ys,
+                   HAS_BIAS: tl.constexpr, GATED: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows_w = (offs_n % N).to(tl.int64)
+    rows_x = (offs_m % M).to(tl.int64)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t0 = pid_k * per_split
+    t1 = tl.minimum(t0 + per_split, k_tiles)
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (t0 * BLOCK_K + offs_k)[None, :]
+    x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (t0 * BLOCK_K + offs_k)[:, None]
+    up_off = N * stride_wn
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for t in range(t0, t1):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptrs)
+            if GATED:
+                w_up = tl.load(w_ptrs + up_off)
+        else:
+            k_ok = t * BLOCK_K + offs_k < K
+            x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+            if GATED:
+                w_up = tl.load(w_ptrs + up_off, mask=k_ok[None, :], other=0.0)
+        acc = tl.dot(w, x, acc)
+        if GATED:
+            acc_up = tl.dot(w_up, x, acc_up)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    mask = (offs_n < N)[:, None] & (offs_m < M)[None, :]
+    y_ptrs = y_ptr + pid_k * stride_ys + offs_m[None, :].to(tl.int64) * stride_ym + offs_n[:, None]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows_w).to(tl.float32)[:, None]
+        if GATED:
+            acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:  # float32 partials; the gated form keeps gate and up side by side ([.., N] and [.., N:2N])
+        tl.store(y_ptrs, acc, mask=mask)
+        if GATED:
+            tl.store(y_ptrs + N, acc_up, mask=mask)
+
+
+@triton.jit
+def _reduce_kernel(ws_ptr, b_ptr, y_ptr, N, stride_s, stride_wm, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   GATED: tl.constexpr, BLOCK: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < N
+    base = ws_ptr + m * stride_wm + cols
+    acc = tl.load(base, mask=ok, other=0.0)
+    if GATED:
+        up = tl.load(base + N, mask=ok, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(base + s * stride_s, mask=ok, other=0.0)
+        if GATED:
+            up += tl.load(base + s * stride_s + N, mask=ok, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    if GATED:
+        acc = acc / (1.0 + tl.exp(-acc)) * up
+    tl.store(y_ptr + m * N + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@functools.cache
+def _num_sms(index: int) -> int:
+    if not torch.cuda.is_available():  # the Triton interpreter on the CPU
+        return 4
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = False
+                  ) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_M, BLOCK_K, num_warps, num_stages, SPLIT_K), from a sweep over the 7B decode shapes
+    at 16 and 64 tokens on an H100 (bench/kernel_probe.py --parts skinny); K is also split where the
+    output has fewer tiles than a quarter of the multiprocessors."""
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64
+    if n >= 32768:  # lm_head
+        bn, bk, stages, split = 128, 128, 4 if bm == 16 else 3, 1
+    elif k > 2 * n:  # a tall K (mlp.c_proj)
+        bn, bk, stages, split = 64, 128, 4, 2
+    elif n <= 4096:  # attn.c_proj
+        bn, bk, stages, split = (64, 256, 4, 1) if bm == 16 else (64, 128, 4, 2)
+    elif bm == 16:  # c_attn, gate/up
+        bn, bk, stages, split = 128, 128, 3 if gated else 4, 1
+    else:
+        bn, bk, stages, split = 64, 128, 4 if gated else 3, 1
+    sms = _num_sms(device.index or 0)
+    while triton.cdiv(n, bn) * triton.cdiv(m, bm) * split < sms // 4 and split < 8 and triton.cdiv(k, bk) >= 4 * split:
+        split *= 2
+    return bn, bm, bk, 4, stages, split
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
+                  config=None) -> torch.Tensor:
+    """x [M, K], weight [N, K] -> [M, N]; gated: weight is [gate; up] of 2N rows and the result is
+    silu(x gate^T) * (x up^T), [M, N]. `config` overrides `skinny_config` (tuning)."""
+    if gated and bias is not None:
+        raise ValueError("skinny_linear: a gated weight takes no bias")
+    x = x.contiguous()
+    m, k = x.shape
+    n = weight.shape[0] // 2 if gated else weight.shape[0]
+    bn, bm, bk, warps, stages, split = config or skinny_config(m, n, k, x.device, gated)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    out = y if split == 1 else torch.empty(split, m, 2 * n if gated else n, dtype=torch.float32, device=x.device)
+    _skinny_kernel[(triton.cdiv(n, bn), split, triton.cdiv(m, bm))](
+        x, weight, bias if bias is not None else weight, out, m, n, k, x.stride(0), weight.stride(0),
+        out.stride(-2), out.stride(0) if split > 1 else 0, HAS_BIAS=bias is not None, GATED=gated, SPLIT_K=split,
+        EVEN_K=k % bk == 0, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    if split > 1:
+        block = 1024
+        _reduce_kernel[(m, triton.cdiv(n, block))](
+            out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), SPLIT_K=split,
+            HAS_BIAS=bias is not None, GATED=gated, BLOCK=block, num_warps=4)
+    return y
