@@ -141,7 +141,8 @@ def part_stack(bw, layers):
 def skinny_candidates():
     wide = [(bn, None, bk, 4, st, sp) for bn in (64, 128) for bk in (128, 256) for st in (3, 4) for sp in (1, 2, 4)]
     narrow = [(bn, None, bk, 4, st, sp) for bn in (16, 32) for bk in (256, 512) for st in (3, 4) for sp in (1, 2)]
-    return [c for c in wide + narrow if c[0] * c[2] * c[4] <= 64 * 256 * 4]
+    eight = [(bn, None, 128, 8, st, sp) for bn in (64, 128) for st in (3, 4) for sp in (1, 2)]
+    return [c for c in wide + narrow + eight if c[0] * c[2] * c[4] <= 64 * 256 * 4]
 
 
 def part_skinny(bw, layers):

@@ -102,6 +102,19 @@ def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config):
     assert rel(y, ref) < (2e-3 if dtype == torch.float16 else 8e-3)
 
 
+def test_skinny_gemm_sheds_pipeline_stages_that_do_not_fit():
+    from inference.kernels.skinny import _FITS, skinny_linear
+
+    g = torch.Generator(device="cuda").manual_seed(11)
+    w = torch.randn(2 * 2752, 4096, device="cuda", dtype=torch.float16, generator=g) / 64
+    x = torch.randn(16, 4096, device="cuda", dtype=torch.float16, generator=g)
+    config = (128, 16, 256, 4, 6, 1)  # 6 stages of two 128 x 256 weight tiles: far over the shared memory
+    y = skinny_linear(x, w, gated=True, config=config)
+    gate, up = (x.double() @ w.double().T).chunk(2, -1)
+    assert rel(y, torch.nn.functional.silu(gate) * up) < 2e-3
+    assert 1 <= _FITS[(*config, True)] < 6
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cached_prefix_prefill_attention_is_lower_right_causal(dtype):
     from inference.layers.attention import prefill_attention

@@ -45,3 +45,16 @@ def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     from inference.kernels.skinny import skinny_linear  # noqa: PLC0415
 
     return skinny_linear(x, weight, bias, gated=gated)
+
+
+@functools.cache
+def _pdl_device(index: int) -> bool:
+    return os.environ.get("QWEN_CHAT_PDL", "1") != "0" and torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl(x: torch.Tensor) -> bool:
+    """Programmatic dependent launch for the decode kernels (Hopper and newer): each kernel is launched
+    while the one before it drains and waits (`griddepcontrol.wait`) before touching memory, so the ~1 us
+    launch gap between consecutive small kernels overlaps work. Every such kernel waits first, so a kernel
+    two or more back has always finished too. QWEN_CHAT_PDL=0 turns it off (for A/B benchmarks)."""
+    return x.is_cuda and _pdl_device(x.device.index or 0)

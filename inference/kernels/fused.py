@@ -6,10 +6,15 @@ import torch
 import triton
 import triton.language as tl
 
+from inference.kernels import pdl
+
 
 @triton.jit
 def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps, HAS_RES: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
@@ -31,14 +36,18 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     out = torch.empty_like(x)
     res_out = torch.empty_like(x) if residual is not None else x
     _add_rmsnorm_kernel[(t,)](x, residual if residual is not None else x, weight, out, res_out, n, eps,
-                              HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n), num_warps=8)
+                              HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n), num_warps=8, PDL=pdl(x),
+                              launch_pdl=pdl(x))
     return out, res_out
 
 
 @triton.jit
 def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr, k_out_ptr, k_cache_ptr,
                        v_cache_ptr, num_heads, stride_cb, stride_cs, stride_ch, BLOCK_SIZE: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, HAS_LOGN: tl.constexpr, STORE: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, HAS_LOGN: tl.constexpr, STORE: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
@@ -92,12 +101,15 @@ def rope_and_store(qkv, cos, sin, logn, k_cache, v_cache, slot_mapping, num_head
         qkv, cos, sin, logn if logn is not None else cos, slot_mapping, q, k,
         k_cache if store else q, v_cache if store else q, num_heads, *strides,
         BLOCK_SIZE=k_cache.shape[1] if store else 1, HEAD_DIM=head_dim, HAS_LOGN=logn is not None, STORE=store,
-        num_warps=1)
+        num_warps=1, PDL=pdl(qkv), launch_pdl=pdl(qkv))
     return q, k
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n
@@ -113,5 +125,5 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     n = two_n // 2
     out = torch.empty(t, n, dtype=x.dtype, device=x.device)
     block = 1024
-    _silu_mul_kernel[(t, triton.cdiv(n, block))](x, out, n, BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(t, triton.cdiv(n, block))](x, out, n, BLOCK=block, num_warps=4, PDL=pdl(x), launch_pdl=pdl(x))
     return out

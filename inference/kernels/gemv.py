@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from inference.kernels import pdl
+
 _BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
 # The configs that won somewhere on an H100 (bench/kernel_probe.py); fewer configs, a shorter first start.
 CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -26,7 +28,10 @@ CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages
 @triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_w, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-                 EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     rows = tl.where(rmask, rows, 0).to(tl.int64)
@@ -69,6 +74,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _gemv_kernel[grid](x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
-                       HAS_BIAS=bias is not None, GATED=gated)
+                       HAS_BIAS=bias is not None, GATED=gated, PDL=pdl(x), launch_pdl=pdl(x))
     return y
 

@@ -10,10 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
+from inference.kernels import pdl
+
 # (BLOCK_N, num_warps, num_stages) candidates; `decode_config` holds the ones measured fastest. Fixed
 # choices rather than autotuning: the engine first runs the kernel while capturing CUDA graphs, on empty
 # contexts, where every candidate looks alike (autotuning there cost 20 % at batch 16 and 64).
-CONFIGS = ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2))
+CONFIGS = ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2), (128, 4, 3), (256, 8, 2),
+           (256, 4, 2))
 
 
 @triton.jit
@@ -45,7 +48,10 @@ def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_
 @triton.jit
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
-                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     ctx = tl.load(ctx_ptr + b)
@@ -60,8 +66,11 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
 def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
                                stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
                                SPLITS: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                               BLOCK_N: tl.constexpr):
+                               BLOCK_N: tl.constexpr, PDL: tl.constexpr):
     """Flash-decoding: split `sp` of the context; partial max, sum and unnormalised output."""
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
@@ -80,7 +89,10 @@ def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_pt
 
 @triton.jit
 def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ob, stride_oh, SPLITS: tl.constexpr,
-                    HEAD_DIM: tl.constexpr):
+                    HEAD_DIM: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     row = (b * tl.num_programs(1) + h) * SPLITS
@@ -132,7 +144,9 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_
     bsz = k_cache.shape[1]
     splits = splits or num_splits(q)
     block_n, warps, stages = config or decode_config(b, splits)
-    meta = dict(BLOCK_SIZE=bsz, HEAD_DIM=d, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    on = pdl(q)
+    meta = dict(BLOCK_SIZE=bsz, HEAD_DIM=d, BLOCK_N=block_n, num_warps=warps, num_stages=stages, PDL=on,
+                launch_pdl=on)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                block_tables.stride(0))
     if splits == 1:
@@ -145,5 +159,5 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_
     _paged_decode_split_kernel[(b, h, splits)](q, k_cache, v_cache, block_tables, context_lens, m, lsum, acc, scale,
                                                *strides, SPLITS=splits, **meta)
     _combine_kernel[(b, h)](m, lsum, acc, out, out.stride(0), out.stride(1), SPLITS=splits, HEAD_DIM=d,
-                            num_warps=4)
+                            num_warps=4, PDL=on, launch_pdl=on)
     return out

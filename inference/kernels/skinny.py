@@ -15,14 +15,21 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
-MAX_M = 64  # above this cuBLAS (the GEMMs are no longer thin)
+from inference.kernels import pdl
+
+_FITS: dict[tuple, int] = {}  # configs whose pipeline did not fit in shared memory -> the stages that did
+SMEM_BYTES = 220 * 1024  # the pipelined tiles of one program stay under this (Hopper: 227 KB per block)
 
 
 @triton.jit
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, stride_ys,
                    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -73,7 +80,10 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, st
 
 @triton.jit
 def _reduce_kernel(ws_ptr, b_ptr, y_ptr, N, stride_s, stride_wm, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   GATED: tl.constexpr, BLOCK: tl.constexpr):
+                   GATED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     m = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
@@ -115,6 +125,8 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
         bn, bk, stages, split = 128, 128, 3 if gated else 4, 1
     else:
         bn, bk, stages, split = 64, 128, 4 if gated else 3, 1
+    while stages > 2 and ((2 if gated else 1) * bn + bm) * bk * 2 * stages > SMEM_BYTES:  # gated: 2 weight tiles
+        stages -= 1
     sms = _num_sms(device.index or 0)
     while triton.cdiv(n, bn) * triton.cdiv(m, bm) * split < sms // 4 and split < 8 and triton.cdiv(k, bk) >= 4 * split:
         split *= 2
@@ -131,15 +143,26 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     m, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     bn, bm, bk, warps, stages, split = config or skinny_config(m, n, k, x.device, gated)
+    on = pdl(x)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     out = y if split == 1 else torch.empty(split, m, 2 * n if gated else n, dtype=torch.float32, device=x.device)
-    _skinny_kernel[(triton.cdiv(n, bn), split, triton.cdiv(m, bm))](
-        x, weight, bias if bias is not None else weight, out, m, n, k, x.stride(0), weight.stride(0),
-        out.stride(-2), out.stride(0) if split > 1 else 0, HAS_BIAS=bias is not None, GATED=gated, SPLIT_K=split,
-        EVEN_K=k % bk == 0, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    key = (bn, bm, bk, warps, stages, split, gated)
+    stages = _FITS.get(key, stages)
+    while True:
+        try:
+            _skinny_kernel[(triton.cdiv(n, bn), split, triton.cdiv(m, bm))](
+                x, weight, bias if bias is not None else weight, out, m, n, k, x.stride(0), weight.stride(0),
+                out.stride(-2), out.stride(0) if split > 1 else 0, HAS_BIAS=bias is not None, GATED=gated,
+                SPLIT_K=split, EVEN_K=k % bk == 0, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, num_warps=warps,
+                num_stages=stages, PDL=on, launch_pdl=on)
+            break
+        except OutOfResources:  # this GPU has less shared memory than the estimate allowed for
+            if stages <= 1:
+                raise
+            stages = _FITS[key] = stages - 1
     if split > 1:
         block = 1024
         _reduce_kernel[(m, triton.cdiv(n, block))](
             out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), SPLIT_K=split,
-            HAS_BIAS=bias is not None, GATED=gated, BLOCK=block, num_warps=4)
+            HAS_BIAS=bias is not None, GATED=gated, BLOCK=block, num_warps=4, PDL=on, launch_pdl=on)
     return y
