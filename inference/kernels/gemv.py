@@ -4,8 +4,8 @@ At batch 1 a decode step is a stream of weight bytes. Each program owns BLOCK_N 
 in BLOCK_K chunks with an fp32 accumulator; the gated form reads the gate and up rows of the fused
 [gate; up] weight in the same program, so SiLU-and-multiply needs no extra kernel or round trip. On an
 H100 the 7B linear stack takes 4.9-5.0 ms this way against 5.5 ms through cuBLAS (bench/kernel_probe.py).
-Above batch 1 cuBLAS stays: a Triton tensor-core version was 3 % faster alone and not measurably faster
-in the engine. Tuned configs are cached on disk by Triton (`cache_results`).
+Batches of 2-64 rows go through `skinny.py` (tensor cores). Tuned configs are cached on disk by Triton
+(`cache_results`).
 """
 
 from __future__ import annotations
