@@ -122,7 +122,7 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
     elif n <= 4096:  # attn.c_proj
         bn, bk, stages, split = (64, 256, 4, 1) if bm == 16 else (64, 128, 4, 2)
     elif bm == 16:  # c_attn, gate/up
-        bn, bk, stages, split = (32, 256, 4, 1) if gated else (64, 128, 3, 1)
+        bn, bk, stages, split = 128, 128, 3 if gated else 4, 1
     else:
         bn, bk, stages, split = 64, 128, 4 if gated else 3, 1
     while stages > 2 and ((2 if gated else 1) * bn + bm) * bk * 2 * stages > SMEM_BYTES:  # gated: 2 weight tiles
