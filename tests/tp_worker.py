@@ -5,6 +5,7 @@ tokens and logits. `run_prompts` is also the tp=1 reference of both tests.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -32,6 +33,9 @@ def main(model: str, prompts_json: str, out: str, tp: str, quant: str = "") -> N
     tokens, logits = run_prompts(engine, json.loads(prompts_json))  # ranks > 0 never get here (worker loop)
     torch.save({"tokens": tokens, "logits": logits}, out)
     engine.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as the CLI does under torchrun: gloo's threads can abort interpreter teardown (SIGABRT)
 
 
 if __name__ == "__main__":
