@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole GPU sweep in one device call: GPU tests, then the engine benchmark with the transformers
-# baseline. Usage (on the GPU machine, repo root): bash bench/gpu_sweep.sh [OUT_DIR]
+# The whole GPU sweep in one device call: GPU tests, the engine benchmark with the transformers baseline,
+# then A/B runs of a toggle. Usage (on the GPU machine, repo root): bash bench/gpu_sweep.sh [OUT_DIR]
+# Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, AB="VAR=0" (the first-token cases run
+# again with VAR=0, then as they are), TEST_TIMEOUT, BENCH_TIMEOUT.
 set -uo pipefail
 OUT=${1:-${OUT:-/tmp/qwen-bench}}
 mkdir -p "$OUT"
@@ -8,12 +10,21 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv,noheader
 python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py ${GPU_TESTS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+  xdist=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu $xdist -p no:cacheprovider tests/test_gpu.py ${GPU_TESTS:-} \
+    2>&1 | tee "$OUT/gpu_tests.log" | tail -8
 fi
-timeout ${BENCH_TIMEOUT:-420} python3 -m inference bench --random-weights 7b --dtype float16 --device cuda \
-  --cases "${CASES:-1:512:128,16:512:128,64:512:64}" --ttft-lens 4096 --max-num-batched-tokens 8192 \
-  --max-num-seqs 64 --max-model-len 8192 ${BASELINE:---baseline hf --baseline-batch-sizes 1,16} \
-  --out "$OUT/bench_7b.csv" 2>&1 | tee "$OUT/bench.log" | tail -20
+BENCH="python3 -m inference bench --random-weights 7b --dtype float16 --device cuda --max-num-batched-tokens 8192
+  --max-num-seqs 64 --max-model-len 8192"  # 7b random weights, fp16 (word-split on purpose)
+timeout "${BENCH_TIMEOUT:-420}" $BENCH --cases "${CASES:-1:512:128,16:512:128,64:512:64}" --ttft-lens 4096 \
+  ${BASELINE:---baseline hf --baseline-batch-sizes 1,16} --out "$OUT/bench_7b.csv" 2>&1 | tee "$OUT/bench.log" | tail -12
+if [ -n "${AB:-}" ]; then
+  for setting in "$AB" ""; do
+    echo "== A/B: ${setting:-as is} =="
+    env $setting timeout 120 $BENCH --cases 1:64:4 --ttft-lens 2048,4096 2>&1 | tee -a "$OUT/ab.log" | grep ttft
+  done
+fi
+grep -h "passed\|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -2

@@ -115,6 +115,26 @@ def test_skinny_gemm_sheds_pipeline_stages_that_do_not_fit():
     assert 1 <= _FITS[(*config, True)] < 6
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [16, 100, 4096])
+def test_row_parallel_linear_adds_the_residual(dtype, rows):
+    """Prefill sizes add the residual in the matmul's epilogue (nothing left to add); decode sizes hand it
+    back. Either way output + what is left equals residual + x W^T."""
+    from inference.layers.linear import RowParallelLinear
+
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    with torch.device("cuda"):
+        lin = RowParallelLinear(1024, 512).to(dtype)
+    lin.weight.data.normal_(0, 0.03, generator=g)
+    x = torch.randn(rows, 1024, device="cuda", dtype=dtype, generator=g)
+    res = torch.randn(rows, 512, device="cuda", dtype=dtype, generator=g)
+    ref = res.double() + x.double() @ lin.weight.double().T
+    out, rest = lin(x, res.clone())
+    assert (rest is None) == (rows > 64)
+    total = out.double() + (rest.double() if rest is not None else 0)
+    assert rel(total, ref) < (1e-5 if dtype == torch.float32 else 5e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cached_prefix_prefill_attention_is_lower_right_causal(dtype):
     from inference.layers.attention import prefill_attention

@@ -48,6 +48,19 @@ def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 @functools.cache
+def _fuse_residual_on() -> bool:
+    return os.environ.get("QWEN_CHAT_FUSE_RESIDUAL", "1") != "0"
+
+
+def fuse_residual(x: torch.Tensor) -> bool:
+    """Prefill-sized row-parallel matmuls on CUDA add the residual in cuBLAS's epilogue (the matmul reads
+    it, the next norm no longer does): one pass over the hidden state fewer per norm. Decode sizes (at
+    most 64 rows) go through Triton (`thin_matmul`) and keep the fused add+RMSNorm.
+    QWEN_CHAT_FUSE_RESIDUAL=0 turns it off (for A/B benchmarks)."""
+    return x.shape[0] > 64 and use_triton(x) and _fuse_residual_on()
+
+
+@functools.cache
 def _pdl_device(index: int) -> bool:
     return os.environ.get("QWEN_CHAT_PDL", "1") != "0" and torch.cuda.get_device_capability(index)[0] >= 9
 

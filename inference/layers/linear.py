@@ -11,7 +11,7 @@ from torch import nn
 
 from inference.distributed import all_reduce, get_rank, get_world_size
 from inference.errors import UserError
-from inference.kernels import thin_matmul
+from inference.kernels import fuse_residual, thin_matmul
 
 
 def _check(name: str, got, want) -> None:
@@ -114,5 +114,13 @@ class RowParallelLinear(LinearBase):
         n = param.shape[1]
         param.data.copy_(src[:, self.tp_rank * n:(self.tp_rank + 1) * n])
 
-    def forward(self, x):
-        return all_reduce(self.matmul(x))
+    def forward(self, x, residual: torch.Tensor | None = None):
+        """All-reduced x W^T. With `residual`: (out, rest). At prefill sizes on CUDA the residual is added
+        in the matmul's epilogue (in place; rank 0 only, so the all-reduce adds it once) and rest is None;
+        otherwise rest is `residual`, for the next norm to add."""
+        if residual is None:
+            return all_reduce(self.matmul(x))
+        if self.quant_method is None and self.bias is None and fuse_residual(x):
+            y = residual.addmm_(x, self.weight.t()) if self.tp_rank == 0 else x @ self.weight.t()
+            return all_reduce(y), None
+        return all_reduce(self.matmul(x)), residual

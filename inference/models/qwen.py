@@ -26,7 +26,8 @@ class QWenAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.head_dim)
         self.full_rotary = cfg.rotary_dim == cfg.head_dim
 
-    def forward(self, x, cos, sin, logn, meta: AttentionMetadata):
+    def forward(self, x, residual, cos, sin, logn, meta: AttentionMetadata):
+        """(output, residual still to add): see RowParallelLinear.forward."""
         qkv = self.c_attn(x)
         v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, 2]
         if self.full_rotary and use_triton(x):  # one kernel: rotary, logn, K/V into the cache
@@ -34,13 +35,13 @@ class QWenAttention(nn.Module):
 
             q, k = rope_and_store(qkv, cos, sin, logn, self.attn.k_cache, self.attn.v_cache, meta.slot_mapping,
                                   self.num_heads, self.head_dim)
-            return self.c_proj(self.attn(q, k, v, meta, stored=True).reshape(x.shape[0], -1))
+            return self.c_proj(self.attn(q, k, v, meta, stored=True).reshape(x.shape[0], -1), residual)
         q, k = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, :2].unbind(1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if logn is not None:
             q = (q.float() * logn[:, None, None]).to(q.dtype)
         o = self.attn(q, k, v.contiguous(), meta)
-        return self.c_proj(o.reshape(x.shape[0], -1))
+        return self.c_proj(o.reshape(x.shape[0], -1), residual)
 
 
 class QWenMLP(nn.Module):
@@ -50,18 +51,19 @@ class QWenMLP(nn.Module):
         self.w2_w1 = MergedColumnParallelLinear(cfg.hidden_size, [cfg.ffn_size, cfg.ffn_size])
         self.c_proj = RowParallelLinear(cfg.ffn_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, residual):
+        """(output, residual still to add): see RowParallelLinear.forward."""
         if self.w2_w1.quant_method is None:
             act = thin_matmul(x, self.w2_w1.weight, gated=True)  # silu(gate) * up in one pass
             if act is not None:
-                return self.c_proj(act)
+                return self.c_proj(act, residual)
         gate_up = self.w2_w1(x)
         if use_triton(gate_up):
             from inference.kernels.fused import silu_mul  # noqa: PLC0415
 
-            return self.c_proj(silu_mul(gate_up))
+            return self.c_proj(silu_mul(gate_up), residual)
         gate, up = gate_up.chunk(2, dim=-1)
-        return self.c_proj(up * nn.functional.silu(gate))
+        return self.c_proj(up * nn.functional.silu(gate), residual)
 
 
 class QWenBlock(nn.Module):
@@ -73,10 +75,11 @@ class QWenBlock(nn.Module):
         self.mlp = QWenMLP(cfg)
 
     def forward(self, x, residual, cos, sin, logn, meta):
+        """residual None: x already holds it (the matmul before added it)."""
         h, residual = self.ln_1(x, residual)
-        h = self.attn(h, cos, sin, logn, meta)
+        h, residual = self.attn(h, residual, cos, sin, logn, meta)
         h, residual = self.ln_2(h, residual)
-        return self.mlp(h), residual
+        return self.mlp(h, residual)
 
 
 class QWenModel(nn.Module):
