@@ -30,6 +30,25 @@ def test_paged_decode_kernel_matches_torch(dtype, splits):
     assert out[4].abs().max().item() == 0.0  # length 0 (graph padding) gives zeros
 
 
+@pytest.mark.parametrize("ctx_lens", [[1000], [3], [700, 1], [16, 2000, 257, 999]])
+def test_paged_decode_kernel_small_batches_use_their_own_tiles(ctx_lens):
+    """Batches of 1-4 take 256-token tiles and fewer splits (decode_config / num_splits): same answers."""
+    from inference.kernels.paged_attention import decode_config, num_splits, paged_decode_attention
+    from inference.layers.attention import decode_attention_torch
+
+    g = torch.Generator(device="cuda").manual_seed(len(ctx_lens))
+    nb, bs, h, d, b = 600, 16, 32, 128, len(ctx_lens)
+    kc, vc = (torch.randn(nb, h, bs, d, device="cuda", dtype=torch.float16, generator=g).transpose(1, 2)
+              for _ in range(2))  # the engine's head-major layout
+    ctx = torch.tensor(ctx_lens, dtype=torch.int32, device="cuda")
+    bt = torch.randperm(nb, device="cuda", generator=g)[: b * 128].view(b, 128).to(torch.int32)
+    q = torch.randn(b, h, d, device="cuda", dtype=torch.float16, generator=g)
+    assert decode_config(b, num_splits(q))[0] == 256 and num_splits(q) >= 2
+    out = paged_decode_attention(q, kc, vc, bt, ctx, max(ctx_lens), d**-0.5)
+    ref = decode_attention_torch(q.double(), kc.double(), vc.double(), bt, ctx, max(ctx_lens), d**-0.5)
+    assert rel(out, ref) < 1e-2 and not out.isnan().any()
+
+
 def test_fused_kernels_match_torch():
     from inference.kernels.fused import add_rmsnorm, rope_and_store, silu_mul
     from inference.layers.rotary import RotaryEmbedding, apply_rotary

@@ -112,9 +112,10 @@ _SMS: dict[int, int] = {}
 
 
 def num_splits(q: torch.Tensor) -> int:
-    """Splits of each context (a power of two, 1..8) for about 4 programs per multiprocessor, at least 2
-    until the (sequence, head) pairs alone give 16 per multiprocessor. Measured on an H100 with
-    bench/kernel_probe.py at context 576: 8 at batch 1, 4 at batch 4, 2 at batch 16-64, 1 at batch 128."""
+    """Splits of each context (a power of two, 1..8): about one program per multiprocessor, at least 2
+    until the (sequence, head) pairs alone give 16 per multiprocessor. Measured with bench/kernel_probe.py
+    at context 576 on an H200 (132 multiprocessors): 4 splits at batch 1 (8.4 us against 13.0 with 8),
+    2 at batch 4 (18.3 against 22.2 with 4), 2 at batch 16-64, 1 at batch 128."""
     if not q.is_cuda:
         return 1
     dev = q.device.index or 0
@@ -123,14 +124,17 @@ def num_splits(q: torch.Tensor) -> int:
     pairs = max(q.shape[0] * q.shape[1], 1)
     if pairs > 16 * _SMS[dev]:
         return 1
-    want = max(4 * _SMS[dev] // pairs, 2)
+    want = max(_SMS[dev] // pairs, 2)
     return min(8, 1 << want.bit_length() - 1)
 
 
 def decode_config(batch: int, splits: int) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages): (128, 4, 2) was the fastest of CONFIGS, or within 0.2 us of it, at
-    every batch size from 16 to 128 on an H100 (bench/kernel_probe.py; up to 16 % faster than (64, 4, 2));
-    at 1-4 the sweeps disagreed."""
+    """(BLOCK_N, num_warps, num_stages): 256-token tiles at batch 1-4 (8 warps at batch 1), the winners of
+    every CONFIGS candidate there on an H200 (at batch 1 on an H100 in one sweep of three); (128, 4, 2)
+    from 16 up: the fastest, or within 0.2 us of it, at every batch from 16 to 128 on an H100 (up to 16 %
+    faster than (64, 4, 2)) and within 1 us on an H200."""
+    if batch <= 4:
+        return (256, 8, 2) if batch == 1 else (256, 4, 2)
     return 128, 4, 2
 
 
