@@ -24,6 +24,9 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and _triton_ok()
 
 
+THIN_MAX_ROWS = 64  # decode sizes: up to this many rows, matmuls go through thin_matmul's Triton kernels
+
+
 @functools.cache
 def _skinny_on() -> bool:
     return os.environ.get("QWEN_CHAT_SKINNY", "1") != "0"
@@ -36,7 +39,7 @@ def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     gated: `weight` is [gate; up] and the result silu(gate) * up.
     QWEN_CHAT_SKINNY=0 keeps 2-64 rows on cuBLAS (for A/B benchmarks)."""
     m = x.shape[0]
-    if not use_triton(x) or m > 64 or (m > 1 and (x.dtype == torch.float32 or not _skinny_on())):
+    if not use_triton(x) or m > THIN_MAX_ROWS or (m > 1 and (x.dtype == torch.float32 or not _skinny_on())):
         return None
     if m == 1:
         from inference.kernels.gemv import gemv  # noqa: PLC0415
@@ -55,9 +58,9 @@ def _fuse_residual_on() -> bool:
 def fuse_residual(x: torch.Tensor) -> bool:
     """Prefill-sized row-parallel matmuls on CUDA add the residual in cuBLAS's epilogue (the matmul reads
     it, the next norm no longer does): one pass over the hidden state fewer per norm. Decode sizes (at
-    most 64 rows) go through Triton (`thin_matmul`) and keep the fused add+RMSNorm.
+    most THIN_MAX_ROWS rows) go through Triton (`thin_matmul`) and keep the fused add+RMSNorm.
     QWEN_CHAT_FUSE_RESIDUAL=0 turns it off (for A/B benchmarks)."""
-    return x.shape[0] > 64 and use_triton(x) and _fuse_residual_on()
+    return x.shape[0] > THIN_MAX_ROWS and use_triton(x) and _fuse_residual_on()
 
 
 @functools.cache

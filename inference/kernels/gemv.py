@@ -19,7 +19,8 @@ import triton.language as tl
 from inference.kernels import pdl
 
 _BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
-# The configs that won somewhere on an H100 (bench/kernel_probe.py); fewer configs, a shorter first start.
+# The configs that won somewhere on an H100 (first four) or an H200 (2 x 2048, 8 warps: four of five 7B
+# shapes) in bench/kernel_probe.py, and their neighbours; fewer configs, a shorter first start.
 CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
            for bn, bk, w, s in ((4, 512, 4, 3), (2, 1024, 4, 3), (8, 512, 4, 3), (4, 1024, 8, 2),
                                 (8, 1024, 8, 3), (16, 512, 8, 3), (4, 512, 4, 5), (8, 256, 4, 6), (2, 2048, 8, 3),
