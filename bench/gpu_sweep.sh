@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU sweep in one device call: GPU tests, the engine benchmark with the transformers baseline,
 # then A/B runs of a toggle. Usage (on the GPU machine, repo root): bash bench/gpu_sweep.sh [OUT_DIR]
-# Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, AB="VAR=0" (the first-token cases run
-# again with VAR=0, then as they are), TEST_TIMEOUT, BENCH_TIMEOUT.
+# Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, AB="VAR=0" (AB_CASES and the first-token
+# lengths AB_TTFT run again with VAR=0, then as they are), TEST_TIMEOUT, BENCH_TIMEOUT, AB_TIMEOUT.
 set -uo pipefail
 OUT=${1:-${OUT:-/tmp/qwen-bench}}
 mkdir -p "$OUT"
@@ -24,7 +24,8 @@ timeout "${BENCH_TIMEOUT:-420}" $BENCH --cases "${CASES:-1:512:128,16:512:128,64
 if [ -n "${AB:-}" ]; then
   for setting in "$AB" ""; do
     echo "== A/B: ${setting:-as is} =="
-    env $setting timeout 120 $BENCH --cases 1:64:4 --ttft-lens 2048,4096 2>&1 | tee -a "$OUT/ab.log" | grep ttft
+    env $setting timeout "${AB_TIMEOUT:-120}" $BENCH --cases "${AB_CASES:-1:64:4}" --ttft-lens "${AB_TTFT:-2048,4096}" 2>&1 \
+      | tee -a "$OUT/ab.log" | tail -"${AB_TAIL:-4}"
   done
 fi
 grep -h "passed\|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -2
