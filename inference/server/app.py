@@ -22,6 +22,7 @@ from inference.model_path import is_demo
 from inference.server.connection import Connection
 from inference.server.engine_loop import EngineLoop, Output
 from inference.server.history import fit_messages
+from inference.tokenizer import StreamDecoder
 
 log = logging.getLogger("inference.server")
 EXIT_TIMEOUT = 20.0  # seconds to wait for the engine thread at shutdown before exiting anyway
@@ -111,7 +112,7 @@ class EngineServer:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.vocab_size = engine.model_config.vocab_size
-        self.max_model_len = _max_model_len(engine)
+        self.max_model_len = engine.max_model_len
         self.info["demo"] = is_demo(self.cfg.model)  # `--model demo` is built during loading
         for key in ("device", "dtype"):
             value = getattr(engine, key, None)
@@ -260,7 +261,7 @@ class EngineServer:
         dropped = 0
         if req.prompt_ids is not None:
             ids = list(req.prompt_ids)
-        elif req.history == "trim" and self.max_model_len is not None:
+        elif req.history == "trim":
             ids, dropped = fit_messages(lambda m: self._chat_ids(m, req.id), req.messages, self.max_model_len,
                                         params.max_new_tokens)
         else:
@@ -269,12 +270,12 @@ class EngineServer:
         if bad is not None:
             raise P.ProtocolError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1})",
                                   P.BAD_REQUEST, req.id)
-        if self.max_model_len is not None and len(ids) >= self.max_model_len:
+        if len(ids) >= self.max_model_len:
             what = "with every earlier turn left out, the prompt" if req.history == "trim" else "the prompt"
             raise P.ProtocolError(f"{what} has {len(ids)} tokens; this engine holds at most "
                                   f"{self.max_model_len} per sequence: shorten it", P.PROMPT_TOO_LONG, req.id)
         rid = f"c{conn.number}-{next(self._rids)}"
-        self.requests[rid] = Tracked(rid, req.id, conn, _stream_decoder(self.tokenizer), len(ids), dropped)
+        self.requests[rid] = Tracked(rid, req.id, conn, StreamDecoder(self.tokenizer), len(ids), dropped)
         conn.active[req.id] = rid
         self.loop.add(rid, ids, params)
 
@@ -296,20 +297,6 @@ class EngineServer:
         return {"status": self.status, **self.info, "progress": dict(self.progress),
                 "protocol": P.PROTOCOL_VERSION, "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started, 1), "max_model_len": self.max_model_len}
-
-
-def _stream_decoder(tokenizer):
-    from inference.tokenizer import StreamDecoder
-
-    return StreamDecoder(tokenizer)
-
-
-def _max_model_len(engine) -> int | None:
-    for owner in (engine, getattr(engine, "config", None), getattr(engine, "scheduler", None)):
-        value = getattr(owner, "max_model_len", None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 def _error_code(message: str) -> str:
