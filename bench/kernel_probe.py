@@ -22,7 +22,7 @@ from triton.testing import do_bench
 
 from inference.kernels.fused import silu_mul
 from inference.kernels.gemv import gemv
-from inference.kernels.paged_attention import CONFIGS, decode_config, num_splits, paged_decode_attention
+from inference.kernels.paged_attention import CONFIGS, decode_config, num_splits, paged_decode_attention, use_dot
 from inference.kernels.skinny import skinny_config, skinny_linear
 
 H, FFN, VOCAB, HEADS, DIM = 4096, 11008, 151936, 32, 128
@@ -223,12 +223,13 @@ def skinny_op(x, w, b, gated, cfg=None):
     return skinny_linear(x, w, b, gated=gated, config=cfg)
 
 
-def part_attention(bw, ctx, layers, bs=16):
+def part_attention(bw, ctx, layers, batches, bs=16):
     print(f"\nPaged decode attention, {HEADS} heads x {DIM}, context {ctx}, block size {bs}, caches of several "
           "layers in one CUDA graph; every (splits, BLOCK_N/warps/stages) candidate, best first:")
-    print("| batch | chosen: splits, config | chosen us | best: splits, config | best us | best GB/s | % of copy bw |")
-    print("|---|---|---|---|---|---|---|")
-    for batch in (1, 4, 16, 32, 64, 128):
+    print("| batch | chosen: splits, config, dot | chosen us | best CUDA-core form | us | best: splits, config, dot "
+          "| us | best GB/s | % of copy bw |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch in batches:
         nb = -(-ctx // bs)
         blocks = batch * nb + 7
         per_layer = 2 * blocks * bs * HEADS * DIM * 2
@@ -241,25 +242,29 @@ def part_attention(bw, ctx, layers, bs=16):
         q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.float16)
         nbytes = 2 * batch * ctx * HEADS * DIM * 2 * n_layers
         ref = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=1).float()
-        chosen = (num_splits(q), decode_config(batch, num_splits(q)))
+        chosen = (num_splits(q, use_dot(q)), decode_config(batch, num_splits(q, use_dot(q)), use_dot(q)))
         times = {}
         for splits in (1, 2, 4, 8):
             for cfg in CONFIGS:
-                out = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=splits, config=cfg)
-                if rel_err(out, ref) > 1e-3:
-                    print(f"  batch {batch} splits {splits} {cfg}: err {rel_err(out, ref):.1e}")
-                times[(splits, cfg)] = graph_ms(functools.partial(attention_layers, q, caches, table, lens, ctx,
-                                                                  splits, cfg)) * 1000 / n_layers
+                for dot in (False, True):
+                    out = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=splits, config=cfg,
+                                                 dot=dot)
+                    if rel_err(out, ref) > (3e-3 if dot else 1e-3):
+                        print(f"  batch {batch} splits {splits} {cfg} dot {dot}: err {rel_err(out, ref):.1e}")
+                    times[(splits, cfg, dot)] = graph_ms(functools.partial(
+                        attention_layers, q, caches, table, lens, ctx, splits, cfg, dot)) * 1000 / n_layers
+        chosen = (*chosen, use_dot(q))
         best = min(times, key=times.get)
+        cores = min((k for k in times if not k[2]), key=times.get)
         gbs = nbytes / n_layers / times[best] / 1e3
-        print(f"| {batch} | {chosen[0]}, {chosen[1]} | {times[chosen]:.1f} | {best[0]}, {best[1]} | {times[best]:.1f} "
-              f"| {gbs:.0f} | {100 * gbs / bw:.1f} |")
+        print(f"| {batch} | {chosen} | {times[chosen]:.1f} | {cores[0]}, {cores[1]} | {times[cores]:.1f} | {best} "
+              f"| {times[best]:.1f} | {gbs:.0f} | {100 * gbs / bw:.1f} |")
         del caches
 
 
-def attention_layers(q, caches, table, lens, ctx, splits, cfg=None):
+def attention_layers(q, caches, table, lens, ctx, splits, cfg=None, dot=None):
     for kc, vc in caches:
-        paged_decode_attention(q, kc, vc, table, lens, ctx, DIM**-0.5, splits=splits, config=cfg)
+        paged_decode_attention(q, kc, vc, table, lens, ctx, DIM**-0.5, splits=splits, config=cfg, dot=dot)
 
 
 def main() -> None:
@@ -267,6 +272,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--ctx", type=int, default=576)
     p.add_argument("--parts", default="shapes,stack,attention")
+    p.add_argument("--batches", default="1,4,16,32,64,128", help="attention: batch sizes")
     a = p.parse_args()
     bw = copy_bw()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw:.0f} GB/s (read + write)")
@@ -278,7 +284,7 @@ def main() -> None:
     if "skinny" in parts:
         part_skinny(bw, a.layers)
     if "attention" in parts:
-        part_attention(bw, a.ctx, a.layers)
+        part_attention(bw, a.ctx, a.layers, [int(b) for b in a.batches.split(",")])
     from inference.kernels.gemv import _gemv_kernel  # noqa: PLC0415
 
     print("\nAutotune winners (key: config):")

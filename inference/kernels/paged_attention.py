@@ -6,6 +6,9 @@ a tensor, so the kernel can be captured in a CUDA graph with the block table and
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -45,18 +48,56 @@ def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_
     return m_i, l_i, acc
 
 
+
+@triton.jit
+def _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb, stride_ks,
+                stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """`_attend` on tensor cores: the query repeated over 16 rows (the smallest MMA), keys and values fed to
+    the MMAs in the cache's dtype, which lets Triton pipeline their loads through shared memory (cp.async)
+    so the next tile streams in while this one is used; the probabilities are rounded to the cache dtype
+    for P V, as flash attention does. float16 / bfloat16 caches only."""
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d)
+    q16 = tl.broadcast_to(q[None, :], (16, HEAD_DIM))
+    m_i = tl.full([16], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([16], dtype=tl.float32)
+    acc = tl.zeros([16, HEAD_DIM], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        t = start + tl.arange(0, BLOCK_N)
+        mask = t < hi
+        blk = tl.load(bt_ptr + b * stride_bt + t // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
+        off = blk * stride_kb + (t % BLOCK_SIZE) * stride_ks + h * stride_kh
+        k = tl.load(k_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0)
+        s = tl.where(mask[None, :], tl.dot(q16, tl.trans(k)) * scale, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(v_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    row0 = tl.arange(0, 16) == 0  # every row holds the same answer: take the first, exactly
+    return (tl.max(tl.where(row0, m_i, -float("inf")), 0), tl.sum(tl.where(row0, l_i, 0.0), 0),
+            tl.sum(tl.where(row0[:, None], acc, 0.0), 0))
+
+
 @triton.jit
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
-                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+                         DOT: tl.constexpr):
     if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     ctx = tl.load(ctx_ptr + b)
-    _, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, 0, ctx, scale, stride_qb, stride_qh, stride_kb,
-                          stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    if DOT:
+        _, l_i, acc = _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, 0, ctx, scale, stride_qb, stride_qh, stride_kb,
+                                  stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    else:
+        _, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, 0, ctx, scale, stride_qb, stride_qh, stride_kb,
+                              stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
     out = acc / tl.maximum(l_i, 1e-30)
     d = tl.arange(0, HEAD_DIM)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
@@ -66,7 +107,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
 def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
                                stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
                                SPLITS: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                               BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+                               BLOCK_N: tl.constexpr, PDL: tl.constexpr, DOT: tl.constexpr):
     """Flash-decoding: split `sp` of the context; partial max, sum and unnormalised output."""
     if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
         tl.extra.cuda.gdc_wait()
@@ -78,8 +119,12 @@ def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_pt
     chunk = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
     lo = sp * chunk
     hi = tl.minimum(lo + chunk, ctx)
-    m_i, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb,
-                            stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    if DOT:
+        m_i, l_i, acc = _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh,
+                                    stride_kb, stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    else:
+        m_i, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb,
+                                stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
     row = (b * tl.num_programs(1) + h) * SPLITS + sp
     d = tl.arange(0, HEAD_DIM)
     tl.store(m_ptr + row, m_i)
@@ -111,47 +156,66 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ob, stride_oh, SPLITS
 _SMS: dict[int, int] = {}
 
 
-def num_splits(q: torch.Tensor) -> int:
+@functools.cache
+def _dot_device(index: int) -> bool:
+    return os.environ.get("QWEN_CHAT_ATTN_DOT", "1") != "0" and torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def use_dot(q: torch.Tensor) -> bool:
+    """The tensor-core form: batch 5 up, float16 / bfloat16, Ampere or newer (its tiles need 70 KB of shared
+    memory). QWEN_CHAT_ATTN_DOT=0 keeps the CUDA-core form everywhere (A/B)."""
+    return q.shape[0] > 4 and q.dtype != torch.float32 and q.is_cuda and _dot_device(q.device.index or 0)
+
+
+def num_splits(q: torch.Tensor, dot: bool = False) -> int:
     """Splits of each context (a power of two, 1..8): about one program per multiprocessor, at least 2
     until the (sequence, head) pairs alone give 16 per multiprocessor. Measured with bench/kernel_probe.py
     at context 576 on an H200 (132 multiprocessors): 4 splits at batch 1 (8.4 us against 13.0 with 8),
-    2 at batch 4 (18.3 against 22.2 with 4), 2 at batch 16-64, 1 at batch 128."""
+    2 at batch 4 (18.3 against 22.2 with 4), 2 at batch 16-64, 1 at batch 128. The tensor-core form (`dot`)
+    takes 1 from 8 pairs per multiprocessor (in the engine on an H200: batch 64 9.79 -> 9.33 ms a step;
+    batch 16 was faster with 2)."""
     if not q.is_cuda:
         return 1
     dev = q.device.index or 0
     if dev not in _SMS:
         _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
     pairs = max(q.shape[0] * q.shape[1], 1)
-    if pairs > 16 * _SMS[dev]:
+    if pairs > 16 * _SMS[dev] or (dot and pairs >= 8 * _SMS[dev]):
         return 1
     want = max(_SMS[dev] // pairs, 2)
     return min(8, 1 << want.bit_length() - 1)
 
 
-def decode_config(batch: int, splits: int) -> tuple[int, int, int]:
+def decode_config(batch: int, splits: int, dot: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, num_warps, num_stages): 256-token tiles at batch 1-4 (8 warps at batch 1), the winners of
     every CONFIGS candidate there on an H200 (at batch 1 on an H100 in one sweep of three); (128, 4, 2)
     from 16 up: the fastest, or within 0.2 us of it, at every batch from 16 to 128 on an H100 (up to 16 %
-    faster than (64, 4, 2)) and within 1 us on an H200."""
+    faster than (64, 4, 2)) and within 1 us on an H200. The tensor-core form (`dot`, batch 5 up): unsplit,
+    (64, 4, 3) (115 registers, 35 KB of shared memory, four programs per multiprocessor); split, (128, 8, 2)
+    (80 registers, 70 KB). The engine on an H200 took those at batch 64 and 16: 5.61 -> 5.50 ms a step at
+    batch 16 (unsplit 64-token tiles: 5.62, though the kernel alone was faster so)."""
     if batch <= 4:
         return (256, 8, 2) if batch == 1 else (256, 4, 2)
+    if dot:
+        return (64, 4, 3) if splits == 1 else (128, 8, 2)
     return 128, 4, 2
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, splits=None,
-                           config=None):
+                           config=None, dot=None):
     """q [B, H, D] -> [B, H, D]; rows with context length 0 (graph padding) give zeros. `splits` and
-    `config` override the measured choices (for tuning)."""
+    `config` override the measured choices (for tuning), `dot` that of the tensor-core form (`use_dot`)."""
     b, h, d = q.shape
     out = torch.empty_like(q)
     if b == 0:
         return out
     bsz = k_cache.shape[1]
-    splits = splits or num_splits(q)
-    block_n, warps, stages = config or decode_config(b, splits)
+    dot = use_dot(q) if dot is None else dot
+    splits = splits or num_splits(q, dot)
+    block_n, warps, stages = config or decode_config(b, splits, dot)
     on = pdl(q)
     meta = dict(BLOCK_SIZE=bsz, HEAD_DIM=d, BLOCK_N=block_n, num_warps=warps, num_stages=stages, PDL=on,
-                launch_pdl=on)
+                launch_pdl=on, DOT=dot)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                block_tables.stride(0))
     if splits == 1:
