@@ -1,4 +1,5 @@
-"""Paged decode attention: one program per (sequence, head) walks its block table with an online softmax.
+"""Paged decode attention: one program per (sequence, head) walks its block table with an online softmax,
+on CUDA cores at batch 1-4 and on tensor cores above (`use_dot`).
 
 K/V cache layout per layer: [num_blocks, block_size, heads, head_dim]. The context length is read from
 a tensor, so the kernel can be captured in a CUDA graph with the block table and lengths as buffers.
