@@ -242,7 +242,9 @@ def part_attention(bw, ctx, layers, batches, bs=16):
         q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.float16)
         nbytes = 2 * batch * ctx * HEADS * DIM * 2 * n_layers
         ref = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=1).float()
-        chosen = (num_splits(q, use_dot(q)), decode_config(batch, num_splits(q, use_dot(q)), use_dot(q)))
+        engine_dot = use_dot(q)
+        engine_splits = num_splits(q, engine_dot)
+        chosen = (engine_splits, decode_config(batch, engine_splits, engine_dot), engine_dot)
         times = {}
         for splits in (1, 2, 4, 8):
             for cfg in CONFIGS:
@@ -253,7 +255,6 @@ def part_attention(bw, ctx, layers, batches, bs=16):
                         print(f"  batch {batch} splits {splits} {cfg} dot {dot}: err {rel_err(out, ref):.1e}")
                     times[(splits, cfg, dot)] = graph_ms(functools.partial(
                         attention_layers, q, caches, table, lens, ctx, splits, cfg, dot)) * 1000 / n_layers
-        chosen = (*chosen, use_dot(q))
         best = min(times, key=times.get)
         cores = min((k for k in times if not k[2]), key=times.get)
         gbs = nbytes / n_layers / times[best] / 1e3

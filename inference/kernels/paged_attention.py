@@ -24,19 +24,27 @@ CONFIGS = ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4,
 
 
 @triton.jit
-def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb, stride_ks,
-            stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Online softmax of one query head over context tokens [lo, hi): (max, sum, unnormalised output)."""
+def _tile(bt_ptr, b, h, start, hi, stride_kb, stride_ks, stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr,
+          BLOCK_N: tl.constexpr):
+    """Context tokens [start, start + BLOCK_N) of sequence b: (below hi, offsets of head h's K/V rows)."""
+    t = start + tl.arange(0, BLOCK_N)
+    mask = t < hi
+    blk = tl.load(bt_ptr + b * stride_bt + t // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
+    return mask, blk * stride_kb + (t % BLOCK_SIZE) * stride_ks + h * stride_kh
+
+
+@triton.jit
+def _attend_cores(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb, stride_ks,
+                  stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax of one query head over context tokens [lo, hi) on CUDA cores, in float32:
+    (max, sum, unnormalised output)."""
     d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d).to(tl.float32) * scale
     m_i = -float("inf")
     l_i = 0.0
     acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_N):
-        t = start + tl.arange(0, BLOCK_N)
-        mask = t < hi
-        blk = tl.load(bt_ptr + b * stride_bt + t // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
-        off = blk * stride_kb + (t % BLOCK_SIZE) * stride_ks + h * stride_kh
+        mask, off = _tile(bt_ptr, b, h, start, hi, stride_kb, stride_ks, stride_kh, stride_bt, BLOCK_SIZE, BLOCK_N)
         k = tl.load(k_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
         s = tl.where(mask, tl.sum(k * q[None, :], 1), -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, 0))
@@ -49,12 +57,11 @@ def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_
     return m_i, l_i, acc
 
 
-
 @triton.jit
 def _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb, stride_ks,
                 stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    """`_attend` on tensor cores: the query repeated over 16 rows (the smallest MMA), keys and values fed to
-    the MMAs in the cache's dtype, which lets Triton pipeline their loads through shared memory (cp.async)
+    """`_attend_cores` on tensor cores: the query repeated over 16 rows (the smallest MMA), keys and values fed
+    to the MMAs in the cache's dtype, which lets Triton pipeline their loads through shared memory (cp.async)
     so the next tile streams in while this one is used; the probabilities are rounded to the cache dtype
     for P V, as flash attention does. float16 / bfloat16 caches only."""
     d = tl.arange(0, HEAD_DIM)
@@ -64,10 +71,7 @@ def _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, str
     l_i = tl.zeros([16], dtype=tl.float32)
     acc = tl.zeros([16, HEAD_DIM], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_N):
-        t = start + tl.arange(0, BLOCK_N)
-        mask = t < hi
-        blk = tl.load(bt_ptr + b * stride_bt + t // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
-        off = blk * stride_kb + (t % BLOCK_SIZE) * stride_ks + h * stride_kh
+        mask, off = _tile(bt_ptr, b, h, start, hi, stride_kb, stride_ks, stride_kh, stride_bt, BLOCK_SIZE, BLOCK_N)
         k = tl.load(k_ptr + off[:, None] + d[None, :], mask=mask[:, None], other=0.0)
         s = tl.where(mask[None, :], tl.dot(q16, tl.trans(k)) * scale, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -83,6 +87,19 @@ def _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, str
 
 
 @triton.jit
+def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb, stride_ks,
+            stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+            DOT: tl.constexpr):
+    """Online softmax of one query head over context tokens [lo, hi): (max, sum, unnormalised output), on
+    tensor cores (DOT) or CUDA cores."""
+    if DOT:
+        return _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb,
+                           stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    return _attend_cores(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb,
+                         stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+
+
+@triton.jit
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
@@ -93,12 +110,8 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
     b = tl.program_id(0)
     h = tl.program_id(1)
     ctx = tl.load(ctx_ptr + b)
-    if DOT:
-        _, l_i, acc = _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, 0, ctx, scale, stride_qb, stride_qh, stride_kb,
-                                  stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
-    else:
-        _, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, 0, ctx, scale, stride_qb, stride_qh, stride_kb,
-                              stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    _, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, 0, ctx, scale, stride_qb, stride_qh, stride_kb,
+                          stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT)
     out = acc / tl.maximum(l_i, 1e-30)
     d = tl.arange(0, HEAD_DIM)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
@@ -120,12 +133,8 @@ def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_pt
     chunk = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
     lo = sp * chunk
     hi = tl.minimum(lo + chunk, ctx)
-    if DOT:
-        m_i, l_i, acc = _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh,
-                                    stride_kb, stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
-    else:
-        m_i, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb,
-                                stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N)
+    m_i, l_i, acc = _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb,
+                            stride_ks, stride_kh, stride_bt, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT)
     row = (b * tl.num_programs(1) + h) * SPLITS + sp
     d = tl.arange(0, HEAD_DIM)
     tl.store(m_ptr + row, m_i)
