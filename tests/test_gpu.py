@@ -108,8 +108,9 @@ def test_gemv_matches_torch(dtype, n, k, bias, gated):
 @pytest.mark.parametrize(("n", "k", "bias", "gated"), [(4096, 4096, True, False), (1000, 1100, False, True),
                                                         (11008 // 4, 4096, False, True), (4096, 11008, False, False)])
 @pytest.mark.parametrize("config", [None, (64, None, 128, 4, 3, 1), (128, None, 64, 4, 4, 4)])
-def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config):
-    from inference.kernels.skinny import skinny_config, skinny_linear
+@pytest.mark.parametrize("tma", [False, True])
+def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config, tma):
+    from inference.kernels.skinny import skinny_config, skinny_linear, use_tma
 
     g = torch.Generator(device="cuda").manual_seed(m + n + k)
     w = torch.randn(2 * n if gated else n, k + 8, device="cuda", dtype=dtype, generator=g)[:, :k] / k**0.5
@@ -117,7 +118,10 @@ def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config):
     x = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
     if config is not None:  # the BLOCK_M the heuristic picks for m, the rest forced
         config = (config[0], skinny_config(m, n, k, x.device)[1], *config[2:])
-    y = skinny_linear(x, w, b, gated=gated, config=config)
+    if tma:  # the TMA form where this GPU has one and the rows are 16-byte aligned (k = 1100's are not)
+        tma = use_tma(x, w)
+        assert tma == (torch.cuda.get_device_capability()[0] >= 9 and k % 8 == 0)
+    y = skinny_linear(x, w, b, gated=gated, config=config, tma=tma)
     ref = x.double() @ w.double().T + (b.double() if bias else 0)
     if gated:
         gate, up = ref.chunk(2, -1)
@@ -127,7 +131,7 @@ def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config):
 
 
 def test_skinny_gemm_sheds_pipeline_stages_that_do_not_fit():
-    from inference.kernels.skinny import _FITS, skinny_linear
+    from inference.kernels.skinny import _FITS, skinny_linear, use_tma
 
     g = torch.Generator(device="cuda").manual_seed(11)
     w = torch.randn(2 * 2752, 4096, device="cuda", dtype=torch.float16, generator=g) / 64
@@ -136,7 +140,7 @@ def test_skinny_gemm_sheds_pipeline_stages_that_do_not_fit():
     y = skinny_linear(x, w, gated=True, config=config)
     gate, up = (x.double() @ w.double().T).chunk(2, -1)
     assert rel(y, torch.nn.functional.silu(gate) * up) < 2e-3
-    assert 1 <= _FITS[(*config, True)] < 6
+    assert 1 <= _FITS[(*config, True, use_tma(x, w))] < 6
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
