@@ -8,6 +8,8 @@
    SiLU, mlp c_proj; then lm_head) captured in one CUDA graph: cuBLAS (+ the SiLU kernel) vs Triton GEMVs.
    Also cuBLAS at batch 16 and 64 for reference.
 3. Paged decode attention at batch 1/16/64 over `--ctx` tokens, by number of splits: GB/s of K/V read.
+4. (--parts skinny) The batch 16 / 64 matmuls, per shape and as a stack: cuBLAS, the skinny GEMM with
+   per-thread copies and through the TMA, and the stack tuned shape by shape.
 Prints one table per part; the copy bandwidth measured first is the yardstick.
 """
 
@@ -23,7 +25,7 @@ from triton.testing import do_bench
 from inference.kernels.fused import silu_mul
 from inference.kernels.gemv import gemv
 from inference.kernels.paged_attention import CONFIGS, decode_config, num_splits, paged_decode_attention, use_dot
-from inference.kernels.skinny import skinny_config, skinny_linear
+from inference.kernels.skinny import SMEM_BYTES, skinny_config, skinny_linear
 
 H, FFN, VOCAB, HEADS, DIM = 4096, 11008, 151936, 32, 128
 
@@ -101,18 +103,21 @@ def graph_ms(fn, reps=20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def stack_weights(layers):
+    """Random fp16 weights of the 7B linear stack: (per-layer dicts, lm_head, bytes in all)."""
+    def w(*shape):
+        return torch.randn(*shape, device="cuda", dtype=torch.float16) * 0.02
+
+    L = [dict(qkv=w(3 * H, H), qkv_b=w(3 * H), o=w(H, H), gu=w(2 * FFN, H), d=w(H, FFN)) for _ in range(layers)]
+    head = w(VOCAB, H)
+    return L, head, sum(t.numel() * 2 for d in L for t in d.values()) + head.numel() * 2
+
+
 def part_stack(bw, layers):
-    dt = torch.float16
-    L = [dict(qkv=torch.randn(3 * H, H, device="cuda", dtype=dt) * 0.02,
-              qkv_b=torch.randn(3 * H, device="cuda", dtype=dt) * 0.02,
-              o=torch.randn(H, H, device="cuda", dtype=dt) * 0.02,
-              gu=torch.randn(2 * FFN, H, device="cuda", dtype=dt) * 0.02,
-              d=torch.randn(H, FFN, device="cuda", dtype=dt) * 0.02) for _ in range(layers)]
-    head = torch.randn(VOCAB, H, device="cuda", dtype=dt) * 0.02
-    nbytes = sum(t.numel() * 2 for d in L for t in d.values()) + head.numel() * 2
+    L, head, nbytes = stack_weights(layers)
 
     def stack(batch, triton, layers=L, head=head):
-        x = torch.randn(batch, H, device="cuda", dtype=dt)
+        x = torch.randn(batch, H, device="cuda", dtype=torch.float16)
 
         def fn():
             h = x
@@ -138,24 +143,31 @@ def part_stack(bw, layers):
         print(f"| {name} | {ms:.3f} | {gbs:.0f} | {100 * gbs / bw:.1f} | {1000 / ms:.1f} |")
 
 
-def skinny_candidates():
-    wide = [(bn, None, bk, 4, st, sp) for bn in (64, 128) for bk in (128, 256) for st in (3, 4) for sp in (1, 2, 4)]
-    narrow = [(bn, None, bk, 4, st, sp) for bn in (16, 32) for bk in (256, 512) for st in (3, 4) for sp in (1, 2)]
-    eight = [(bn, None, 128, 8, st, sp) for bn in (64, 128) for st in (3, 4) for sp in (1, 2)]
-    return [c for c in wide + narrow + eight if c[0] * c[2] * c[4] <= 64 * 256 * 4]
+SHAPES = [("c_attn", 3 * H, H, True, False), ("attn.c_proj", H, H, False, False),
+          ("w2_w1 (gated)", 2 * FFN, H, False, True), ("mlp.c_proj", H, FFN, False, False),
+          ("lm_head", VOCAB, H, False, False)]
+
+
+def skinny_candidates(m, n, k, gated):
+    """Tiles to try for one shape: (BN, BM, BK, warps, stages, split), BM the heuristic's, the deepest
+    pipeline that fits and two stages less; K split in two as well where the output has few tiles."""
+    bm = skinny_config(m, n, k, torch.device("cuda"), gated)[1]
+    out = []
+    for bn, bk in ((64, 128), (128, 128), (128, 64), (64, 256), (64, 64)):
+        deepest = SMEM_BYTES // (((2 if gated else 1) * bn + bm) * bk * 2)
+        for stages in sorted({min(deepest, 10), max(2, min(deepest, 10) - 2)}):
+            out += [(bn, bm, bk, 4, stages, split) for split in ((1, 2) if n <= 4096 else (1,))]
+    return out
 
 
 def part_skinny(bw, layers):
-    """Batch 16 and 64: each 7B shape through cuBLAS and the Triton skinny GEMM (default and best
-    candidate), then the whole linear stack in one graph with each."""
-    shapes = [("c_attn", 3 * H, H, True, False), ("attn.c_proj", H, H, False, False),
-              ("w2_w1 (gated)", 2 * FFN, H, False, True), ("mlp.c_proj", H, FFN, False, False),
-              ("lm_head", VOCAB, H, False, False)]
-    best_cfg = {}
-    print("\n| batch | shape | err | cuBLAS us | Triton default us | best us | best (BN, BM, BK, w, st, split) |")
+    """Batch 16 and 64: each 7B shape alone through cuBLAS and the skinny GEMM (per-thread copies, TMA), then
+    the whole linear stack in one graph: cuBLAS, the two forms, and the stack tuned shape by shape (each
+    shape's candidates tried in the stack, the best kept: a shape alone ranks tiles differently)."""
+    print("\n| batch | shape | err | cuBLAS us | copies us | TMA us | TMA GB/s, % of copy bw |")
     print("|---|---|---|---|---|---|---|")
     for m in (16, 64):
-        for name, n, k, bias, gated in shapes:
+        for name, n, k, bias, gated in SHAPES:
             copies = 8 if n * k * 2 < 4 << 28 else 2
             ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
             b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
@@ -165,40 +177,21 @@ def part_skinny(bw, layers):
                 g, u = ref.chunk(2, dim=-1)
                 ref = F.silu(g) * u
             err = rel_err(skinny_linear(x, ws[0], b, gated=gated), ref)
-            t_c = graph_ms(functools.partial(each, cublas_op, x, ws, b, gated)) * 1000 / copies
-            default = skinny_config(m, n // 2 if gated else n, k, x.device, gated)
-            times = {}
-            for cand in [default] + skinny_candidates():
-                cfg = (cand[0], default[1], *cand[2:])
-                if cfg in times:
-                    continue
-                try:
-                    op = functools.partial(skinny_op, cfg=cfg)
-                    if rel_err(op(x, ws[0], b, gated), ref) > 1e-2:
-                        print(f"  {name} {cfg}: wrong")
-                        continue
-                    times[cfg] = graph_ms(functools.partial(each, op, x, ws, b, gated)) * 1000 / copies
-                except Exception as e:  # noqa: BLE001 (out of shared memory for a candidate)
-                    print(f"  {name} {cfg}: {type(e).__name__}")
-            best = min(times, key=times.get)
-            best_cfg[(m, name)] = best
-            print(f"| {m} | {name} | {err:.1e} | {t_c:.1f} | {times[default]:.1f} | {times[best]:.1f} | {best} |")
+            us = [graph_ms(functools.partial(each, op, x, ws, b, gated)) * 1000 / copies
+                  for op in (cublas_op, functools.partial(skinny_op, tma=False), skinny_op)]
+            gbs = n * k * 2 / us[2] / 1e3
+            print(f"| {m} | {name} | {err:.1e} | " + " | ".join(f"{t:.1f}" for t in us) + f" | {gbs:.0f}, "
+                  f"{100 * gbs / bw:.1f} |")
             del ws
-    L = [dict(qkv=torch.randn(3 * H, H, device="cuda", dtype=torch.float16) * 0.02,
-              qkv_b=torch.randn(3 * H, device="cuda", dtype=torch.float16) * 0.02,
-              o=torch.randn(H, H, device="cuda", dtype=torch.float16) * 0.02,
-              gu=torch.randn(2 * FFN, H, device="cuda", dtype=torch.float16) * 0.02,
-              d=torch.randn(H, FFN, device="cuda", dtype=torch.float16) * 0.02) for _ in range(layers)]
-    head = torch.randn(VOCAB, H, device="cuda", dtype=torch.float16) * 0.02
-    nbytes = sum(t.numel() * 2 for d in L for t in d.values()) + head.numel() * 2
+    L, head, nbytes = stack_weights(layers)
 
-    def stack(m, variant):
+    def stack(m, variant, cfgs=None):
         x = torch.randn(m, H, device="cuda", dtype=torch.float16)
 
         def lin(h, w, b=None, gated=False, name=""):
             if variant == "cublas":
                 return cublas_op(h, w, b, gated)
-            return skinny_linear(h, w, b, gated=gated, config=best_cfg[(m, name)] if variant == "best" else None)
+            return skinny_linear(h, w, b, gated=gated, config=(cfgs or {}).get(name), tma=variant != "copies")
 
         def fn():
             h = x
@@ -207,20 +200,36 @@ def part_skinny(bw, layers):
                 h = lin(q[:, :H], d["o"], name="attn.c_proj")
                 h = lin(lin(h, d["gu"], gated=True, name="w2_w1 (gated)"), d["d"], name="mlp.c_proj")
             return lin(h, head, name="lm_head")
-        return fn
+        return graph_ms(fn)
 
     print(f"\nLinear stack, {layers} layers + lm_head ({nbytes / 1e9:.2f} GB), one CUDA graph:")
     print("| batch | variant | ms | GB/s | % of copy bw |")
     print("|---|---|---|---|---|")
+
+    def row(m, variant, ms):
+        print(f"| {m} | {variant} | {ms:.3f} | {nbytes / ms / 1e6:.0f} | {nbytes / ms / 1e4 / bw:.1f} |")
+
     for m in (16, 64):
-        for variant in ("cublas", "triton default", "best"):
-            ms = graph_ms(stack(m, variant))
-            gbs = nbytes / ms / 1e6
-            print(f"| {m} | {variant} | {ms:.3f} | {gbs:.0f} | {100 * gbs / bw:.1f} |")
+        for variant in ("cublas", "copies", "TMA"):
+            row(m, variant, stack(m, variant))
+        dev = torch.device("cuda")
+        cfgs = {name: skinny_config(m, n // 2 if gated else n, k, dev, gated) for name, n, k, _, gated in SHAPES}
+        best = stack(m, "TMA", cfgs)
+        for name, n, k, _, gated in SHAPES[:4]:  # lm_head streams at the copy bandwidth already
+            for cand in skinny_candidates(m, n // 2 if gated else n, k, gated):
+                try:
+                    ms = stack(m, "TMA", {**cfgs, name: cand})
+                except Exception as e:  # noqa: BLE001 (out of shared memory)
+                    print(f"  {name} {cand}: {type(e).__name__}")
+                    continue
+                if ms < best:
+                    best, cfgs[name] = ms, cand
+        row(m, "TMA, tuned in the stack", best)
+        print(f"  tuned at batch {m}: " + ", ".join(f"{name} {cfg}" for name, cfg in cfgs.items()))
 
 
-def skinny_op(x, w, b, gated, cfg=None):
-    return skinny_linear(x, w, b, gated=gated, config=cfg)
+def skinny_op(x, w, b, gated, cfg=None, tma=None):
+    return skinny_linear(x, w, b, gated=gated, config=cfg, tma=tma)
 
 
 def part_attention(bw, ctx, layers, batches, bs=16):
