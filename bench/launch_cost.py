@@ -10,11 +10,11 @@ takes off.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
 from bench.kernel_probe import copy_bw, graph_ms
+from inference.kernels import pdl
 from inference.kernels.skinny import skinny_linear
 
 
@@ -25,11 +25,10 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4096)
     a = p.parse_args()
     bw = copy_bw()
-    pdl = os.environ.get("QWEN_CHAT_PDL", "1") != "0"
-    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw:.0f} GB/s; batch {a.batch}, K {a.k}, PDL {pdl}")
+    x = torch.randn(a.batch, a.k, device="cuda", dtype=torch.float16)
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw:.0f} GB/s; batch {a.batch}, K {a.k}, PDL {pdl(x)}")
     print("| rows | MB a launch | us a launch | GB/s |")
     print("|---|---|---|---|")
-    x = torch.randn(a.batch, a.k, device="cuda", dtype=torch.float16)
     points = []
     for n in (int(r) for r in a.rows.split(",")):
         ws = [torch.randn(n, a.k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(32)]

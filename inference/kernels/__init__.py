@@ -64,8 +64,10 @@ def fuse_residual(x: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _pdl_device(index: int) -> bool:
-    return os.environ.get("QWEN_CHAT_PDL", "1") != "0" and torch.cuda.get_device_capability(index)[0] >= 9
+def device_feature(var: str, index: int, min_major: int) -> bool:
+    """A kernel feature on CUDA device `index`: its compute capability is at least `min_major`.x and the
+    environment variable `var` is not "0" (the A/B switch of each feature)."""
+    return os.environ.get(var, "1") != "0" and torch.cuda.get_device_capability(index)[0] >= min_major
 
 
 def pdl(x: torch.Tensor) -> bool:
@@ -73,4 +75,4 @@ def pdl(x: torch.Tensor) -> bool:
     while the one before it drains and waits (`griddepcontrol.wait`) before touching memory, so the ~1 us
     launch gap between consecutive small kernels overlaps work. Every such kernel waits first, so a kernel
     two or more back has always finished too. QWEN_CHAT_PDL=0 turns it off (for A/B benchmarks)."""
-    return x.is_cuda and _pdl_device(x.device.index or 0)
+    return x.is_cuda and device_feature("QWEN_CHAT_PDL", x.device.index or 0, 9)

@@ -7,14 +7,11 @@ a tensor, so the kernel can be captured in a CUDA graph with the block table and
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from inference.kernels import pdl
+from inference.kernels import device_feature, pdl
 
 # (BLOCK_N, num_warps, num_stages) candidates; `decode_config` holds the ones measured fastest. Fixed
 # choices rather than autotuning: the engine first runs the kernel while capturing CUDA graphs, on empty
@@ -166,15 +163,11 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ob, stride_oh, SPLITS
 _SMS: dict[int, int] = {}
 
 
-@functools.cache
-def _dot_device(index: int) -> bool:
-    return os.environ.get("QWEN_CHAT_ATTN_DOT", "1") != "0" and torch.cuda.get_device_capability(index)[0] >= 8
-
-
 def use_dot(q: torch.Tensor) -> bool:
     """The tensor-core form: batch 5 up, float16 / bfloat16, Ampere or newer (its tiles need 70 KB of shared
     memory). QWEN_CHAT_ATTN_DOT=0 keeps the CUDA-core form everywhere (A/B)."""
-    return q.shape[0] > 4 and q.dtype != torch.float32 and q.is_cuda and _dot_device(q.device.index or 0)
+    return (q.shape[0] > 4 and q.dtype != torch.float32 and q.is_cuda
+            and device_feature("QWEN_CHAT_ATTN_DOT", q.device.index or 0, 8))
 
 
 def num_splits(q: torch.Tensor, dot: bool = False) -> int:

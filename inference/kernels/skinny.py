@@ -13,7 +13,6 @@ through the TMA (`_skinny_tma_kernel`): on an H200 the 7B linear stack at batch 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -21,7 +20,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from inference.kernels import pdl
+from inference.kernels import device_feature, pdl
 
 _FITS: dict[tuple, int] = {}  # configs whose pipeline did not fit in shared memory -> the stages that did
 SMEM_BYTES = 220 * 1024  # the pipelined tiles of one program stay under this (Hopper: 227 KB per block)
@@ -143,16 +142,11 @@ def _reduce_kernel(ws_ptr, b_ptr, y_ptr, N, stride_s, stride_wm, SPLIT_K: tl.con
     tl.store(y_ptr + m * N + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-@functools.cache
-def _tma_device(index: int) -> bool:
-    return os.environ.get("QWEN_CHAT_TMA", "1") != "0" and torch.cuda.get_device_capability(index)[0] >= 9
-
-
 def use_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Tiles through the TMA (Hopper and newer) where both operands meet its 16-byte alignment of base and
     row stride. QWEN_CHAT_TMA=0 keeps the per-thread copies (for A/B benchmarks)."""
     el = x.element_size()
-    return (x.is_cuda and _tma_device(x.device.index or 0)
+    return (x.is_cuda and device_feature("QWEN_CHAT_TMA", x.device.index or 0, 9)
             and all(t.data_ptr() % 16 == 0 and t.stride(0) * el % 16 == 0 and t.stride(1) == 1 for t in (x, weight)))
 
 
