@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from inference.bench_shapes import SHAPES
 from inference.config import EngineConfig, SamplingParams
@@ -29,21 +29,28 @@ def timed_steps(engine, steps):
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(steps):
-        engine.step()
+        with record_function("engine.step"):
+            engine.step()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / steps * 1000
 
 
 def print_gaps(prof, top: int = 6) -> None:
-    """Device idle time between consecutive kernels, and the largest gaps with their neighbours."""
+    """Device idle time between consecutive kernels, and the largest gaps with their neighbours; for one
+    step, the host time of `engine.step` before its first kernel starts and after its last one ends."""
     ks = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
     if len(ks) < 2:
         return
     gaps = [(b.time_range.start - a.time_range.end, a.name, b.name) for a, b in zip(ks, ks[1:])]
     span = ks[-1].time_range.end - ks[0].time_range.start
     idle = sum(g for g, _, _ in gaps if g > 0)
-    print(f"device: {len(ks)} kernels over {span / 1000:.2f} ms, idle between them {idle / 1000:.2f} ms; "
-          f"before the first kernel: see wall minus span")
+    steps = [e for e in prof.events() if e.name == "engine.step" and e.device_type == DeviceType.CPU]
+    edges = ""
+    if len(steps) == 1:
+        st = steps[0].time_range
+        edges = (f"; engine.step: {(ks[0].time_range.start - st.start) / 1000:.2f} ms before the first kernel, "
+                 f"{(st.end - ks[-1].time_range.end) / 1000:.2f} ms after the last")
+    print(f"device: {len(ks)} kernels over {span / 1000:.2f} ms, idle between them {idle / 1000:.2f} ms{edges}")
     for g, a, b in sorted(gaps, reverse=True)[:top]:
         print(f"  gap {g:8.1f} us  after {a[:50]}  before {b[:50]}")
 
