@@ -62,7 +62,8 @@ class DecodeGraphs:
     def run(self, token_ids, positions, slots, ctx_lens, block_tables: torch.Tensor,
             ids_device: torch.Tensor | None = None) -> torch.Tensor:
         """Replay for these decode rows; `ids_device` (the previous step's tokens, still on the GPU)
-        replaces `token_ids`. Returns the logits rows (a view of the graph's output buffer)."""
+        replaces `token_ids`. Returns the logits rows (a view of the graph's output buffer; None on ranks
+        other than 0)."""
         n = len(token_ids)
         bs = next(b for b in self.buckets if b >= n)
         pad = bs - n
@@ -77,4 +78,5 @@ class DecodeGraphs:
         host_bt[:n, :w].copy_(block_tables)
         self.block_tables[:n, :w].copy_(host_bt[:n, :w], non_blocking=True)
         self.graphs[bs].replay()
-        return self.outputs[bs][:n]
+        out = self.outputs[bs]  # None on ranks > 0 of tensor parallelism (the logits are gathered to rank 0)
+        return None if out is None else out[:n]
