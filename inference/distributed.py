@@ -60,10 +60,14 @@ def gather_last_dim(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def shutdown() -> None:
-    """Every rank calls this after rank 0's stop message: a barrier first, so no rank tears down early."""
+    """Every rank calls this after rank 0's stop message: a barrier first, so no rank tears down early.
+    Only a gloo job destroys its groups: destroying NCCL groups whose collectives were captured in CUDA
+    graphs hangs (pytorch/pytorch#115388; seen on two H200s at tp 2), and every caller ends its process
+    right after this (os._exit), which releases the communicators anyway."""
     if dist.is_initialized():
         dist.barrier(group=_cpu_group)
-        dist.destroy_process_group()
+        if dist.get_backend() == "gloo":
+            dist.destroy_process_group()
 
 
 def min_across_ranks(value: int) -> int:
