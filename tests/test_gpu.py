@@ -263,3 +263,21 @@ def test_steady_decode_never_waits_on_the_gpu(tiny_model):
             assert len(e.step()) == 3
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (tensor parallelism over NCCL)")
+def test_tp2_on_two_gpus_follows_tp1_and_exits():
+    """bench/tp_check.py on the demo shape: tp 2 (torchrun, NCCL, CUDA graphs on both ranks) against tp 1 in
+    bf16. The last logits' argmax agree and differ by bf16 rounding only, and both jobs end (a hang at
+    teardown fails through the timeout)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "bench/tp_check.py", "--shape", "demo", "--tps", "1,2"], cwd=root,
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| 2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "100 %" and float(cells[4]) < 5e-2, row
