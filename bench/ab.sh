@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of an environment toggle on the engine benchmark, alternating (off, on, off, on) in one call:
-#   bash bench/ab.sh "QWEN_CHAT_FIXUP=0" [CASES] [TTFT_LENS] [ROUNDS]
+#   bash bench/ab.sh "QWEN_CHAT_TMA=0" [CASES] [TTFT_LENS] [ROUNDS]
 # Prints each run's table rows (per-token time and first token) with the setting they ran under.
 set -uo pipefail
 toggle=$1; cases=${2:-16:512:128,64:512:64}; ttft=${3:-4096}; rounds=${4:-2}

@@ -21,11 +21,7 @@ BENCH="python3 -m inference bench --random-weights 7b --dtype float16 --device c
   --max-num-seqs 64 --max-model-len 8192"  # 7b random weights, fp16 (word-split on purpose)
 timeout "${BENCH_TIMEOUT:-420}" $BENCH --cases "${CASES:-1:512:128,16:512:128,64:512:64}" --ttft-lens 4096 \
   ${BASELINE:---baseline hf --baseline-batch-sizes 1,16} --out "$OUT/bench_7b.csv" 2>&1 | tee "$OUT/bench.log" | tail -12
-if [ -n "${AB:-}" ]; then
-  for setting in "$AB" ""; do
-    echo "== A/B: ${setting:-as is} =="
-    env $setting timeout "${AB_TIMEOUT:-120}" $BENCH --cases "${AB_CASES:-1:64:4}" --ttft-lens "${AB_TTFT:-2048,4096}" 2>&1 \
-      | tee -a "$OUT/ab.log" | tail -"${AB_TAIL:-4}"
-  done
+if [ -n "${AB:-}" ]; then  # one round of bench/ab.sh: the same bench with the toggle, then as is
+  AB_TIMEOUT=${AB_TIMEOUT:-120} bash bench/ab.sh "$AB" "${AB_CASES:-1:64:4}" "${AB_TTFT:-2048,4096}" 1 | tee -a "$OUT/ab.log"
 fi
 grep -h "passed\|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -2

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from inference.bench_shapes import SHAPES
+
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 PROMPT_LENS = (7, 100, 513, 1000)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU (gloo) only to try the script out
@@ -43,21 +45,14 @@ def worker(model: str, out: str) -> None:
     engine = LLMEngine(EngineConfig(model=model, device=DEVICE, dtype="bfloat16", tp=tp, max_num_seqs=8,
                                     max_model_len=2048, enable_prefix_caching=False))
     params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
-    rids = [engine.add_request(p, params) for p in prompts()]  # ranks > 0 stay in the engine's worker loop
-    tokens, logits = {r: [] for r in rids}, {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            tokens[o.request_id] += o.new_token_ids
-            if o.finished:
-                logits[o.request_id] = o.logits
-    torch.save({"tokens": [tokens[r] for r in rids], "logits": torch.stack([logits[r] for r in rids])}, out)
+    tokens, logits = engine.generate_with_logits(prompts(), params)  # ranks > 0 stay in the engine's worker loop
+    torch.save({"tokens": tokens, "logits": logits}, out)
     engine.shutdown()
     sys.stdout.flush()
     os._exit(0)
 
 
 def write_model(shape: str, layers: int | None, root: Path) -> Path:
-    from inference.bench_shapes import SHAPES  # noqa: PLC0415
     from inference.demo import DEMO_CONFIG, random_weights, write_checkpoint  # noqa: PLC0415
 
     cfg = {**SHAPES.get(shape, {}), **({"num_hidden_layers": layers} if layers else {})}  # "demo": the demo's
@@ -88,15 +83,14 @@ def correctness(shape: str, tps: list[int], layers: int | None) -> None:
     print("|---|---|---|---|---|---|")
     for tp in tps[1:]:
         r = results[tp]
-        same = sum(a == b for a, b in zip(r["tokens"], ref["tokens"]))
+        eq = [a == b for a, b in zip(r["tokens"], ref["tokens"])]  # the last logits share a context there
         first = next((f"{i}: {next(j for j, (x, y) in enumerate(zip(a, b)) if x != y)}"
                       for i, (a, b) in enumerate(zip(r["tokens"], ref["tokens"])) if a != b), "none")
-        eq = [a == b for a, b in zip(r["tokens"], ref["tokens"])]  # the last logits share a context there
         rows = torch.tensor(eq) if any(eq) else torch.ones(len(eq), dtype=torch.bool)
         diff = r["logits"].float()[rows] - ref["logits"].float()[rows]
         rel = (diff.norm() / ref["logits"].float()[rows].norm()).item()
         agree = (r["logits"].argmax(-1) == ref["logits"].argmax(-1)).float().mean().item()
-        print(f"| {tp} | {same}/{len(ref['tokens'])} | {first} | {diff.abs().max().item():.4f} | {rel:.2e} "
+        print(f"| {tp} | {sum(eq)}/{len(eq)} | {first} | {diff.abs().max().item():.4f} | {rel:.2e} "
               f"| {100 * agree:.0f} % |")
     print("tokens:", json.dumps({tp: results[tp]["tokens"][0] for tp in tps}))
 
@@ -118,7 +112,7 @@ def main() -> None:
         worker(sys.argv[2], sys.argv[3])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="7b", help="7b, 14b, 72b, or demo (the tiny demo shape)")
+    p.add_argument("--shape", default="7b", choices=[*SHAPES, "demo"], help="demo: the tiny demo shape")
     p.add_argument("--tps", default="1,2")
     p.add_argument("--layers", type=int, default=None, help="fewer layers than the shape has (quicker)")
     p.add_argument("--bench", default="", help='scaling runs, e.g. "14b:1,2;72b:4,8"')

@@ -16,15 +16,8 @@ from inference.engine.llm_engine import LLMEngine
 
 def run_prompts(engine: LLMEngine, prompts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
     """12 greedy tokens per prompt and the last step's logits of each, in prompt order."""
-    params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
-    rids = [engine.add_request(p, params) for p in prompts]
-    tokens, logits = {r: [] for r in rids}, {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            tokens[o.request_id] += o.new_token_ids
-            if o.finished:
-                logits[o.request_id] = o.logits
-    return [tokens[r] for r in rids], torch.stack([logits[r] for r in rids])
+    return engine.generate_with_logits(prompts, SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True,
+                                                               logits="last"))
 
 
 def main(model: str, prompts_json: str, out: str, tp: str, quant: str = "") -> None:

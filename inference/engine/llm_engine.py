@@ -268,13 +268,27 @@ class LLMEngine:
     # --- conveniences ------------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
                  ) -> list[list[int]]:
+        return self._run(prompts, params)[0]
+
+    def generate_with_logits(self, prompts: list[list[int]], params: SamplingParams
+                             ) -> tuple[list[list[int]], torch.Tensor]:
+        """`generate`, plus each request's logits as its finishing output holds them (`params.logits`:
+        "last" gives the last step's row of each, stacked)."""
+        tokens, logits = self._run(prompts, params)
+        return tokens, torch.stack(logits)
+
+    def _run(self, prompts, params) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """Every prompt to completion (rank 0): the new tokens and the finishing output's logits of each."""
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         rids = [self.add_request(p, sp) for p, sp in zip(prompts, plist)]
-        result: dict[str, list[int]] = {r: [] for r in rids}
+        tokens: dict[str, list[int]] = {r: [] for r in rids}
+        logits: dict[str, torch.Tensor | None] = {}
         while self.has_unfinished():
             for out in self.step():
-                result[out.request_id] += out.new_token_ids
-        return [result[r] for r in rids]
+                tokens[out.request_id] += out.new_token_ids
+                if out.finished:
+                    logits[out.request_id] = out.logits
+        return [tokens[r] for r in rids], [logits.get(r) for r in rids]
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
