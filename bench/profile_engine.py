@@ -1,11 +1,13 @@
 """Where a step's time goes on CUDA: wall time per step and the top kernels, for a few scenarios.
 
 python bench/profile_engine.py [--shape 7b] [--scenarios prefill512,decode1,prefill4096,decode64]
+torchrun --nproc_per_node=2 bench/profile_engine.py ...   (tensor parallel: rank 0's kernels, NCCL's included)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -88,13 +90,16 @@ def main():
     ap.add_argument("--scenarios", default="prefill512,decode1,prefill4096,decode64")
     ap.add_argument("--rows", type=int, default=12)
     a = ap.parse_args()
-    d = Path(tempfile.mkdtemp()) / "m"
+    d = Path(tempfile.mkdtemp()) / "m"  # each rank its own copy of the config (no weights: random ones)
     write_checkpoint(d, with_weights=False, **SHAPES[a.shape])
-    engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
+    tp = int(os.environ.get("WORLD_SIZE", 1))  # ranks > 0 stay in the engine's worker loop
+    engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", tp=tp, max_num_seqs=64,
                                     max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
                                     extra={"random_weights": True}))
     for s in a.scenarios.split(","):
         scenario(engine, s, a.rows)
+    engine.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
    GPU) once, then runs a fixed prompt set at each tp in `--tps` (torchrun for tp > 1, NCCL): 12 greedy
    tokens per prompt and the logits of the last step. Prints each tp against tp=1: tokens equal, first
    token that differs, largest |logit difference| and relative difference of the last logits (over the
-   prompts whose tokens agree, where those logits share a context), argmax agreement.
+   prompts whose tokens agree, where those logits share a context), argmax agreement; and whether each
+   tp's decode lookahead (the run repeated without logits) gave its own tokens again.
 2. Scaling (`--bench SHAPE:TPS;...`): the engine benchmark (`python -m inference bench --random-weights
    SHAPE --tp N`) at batch 1 and 16, 512 in / 128 out, with its bandwidth floor per rank.
 NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are set for every process started here).
@@ -15,6 +16,7 @@ NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends are set for every pro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -46,7 +48,9 @@ def worker(model: str, out: str) -> None:
                                     max_model_len=2048, enable_prefix_caching=False))
     params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
     tokens, logits = engine.generate_with_logits(prompts(), params)  # ranks > 0 stay in the engine's worker loop
-    torch.save({"tokens": tokens, "logits": logits}, out)
+    # again without logits: decode then runs ahead (lookahead), which must not change a token
+    fast = engine.generate(prompts(), dataclasses.replace(params, logits="none"))
+    torch.save({"tokens": tokens, "logits": logits, "lookahead_same": fast == tokens}, out)
     engine.shutdown()
     sys.stdout.flush()
     os._exit(0)
@@ -79,8 +83,8 @@ def correctness(shape: str, tps: list[int], layers: int | None) -> None:
     print(f"\n{shape} bf16 ({layers or 'all'} layers), prompts of {PROMPT_LENS} tokens, 12 greedy tokens each; "
           "logit differences over the prompts whose tokens agree:")
     print(f"| tp | tokens equal to tp={tps[0]} | first differing token (prompt: index) | max abs logit diff "
-          "| relative diff | argmax agrees |")
-    print("|---|---|---|---|---|---|")
+          "| relative diff | argmax agrees | lookahead same tokens |")
+    print("|---|---|---|---|---|---|---|")
     for tp in tps[1:]:
         r = results[tp]
         eq = [a == b for a, b in zip(r["tokens"], ref["tokens"])]  # the last logits share a context there
@@ -91,7 +95,8 @@ def correctness(shape: str, tps: list[int], layers: int | None) -> None:
         rel = (diff.norm() / ref["logits"].float()[rows].norm()).item()
         agree = (r["logits"].argmax(-1) == ref["logits"].argmax(-1)).float().mean().item()
         print(f"| {tp} | {sum(eq)}/{len(eq)} | {first} | {diff.abs().max().item():.4f} | {rel:.2e} "
-              f"| {100 * agree:.0f} % |")
+              f"| {100 * agree:.0f} % | {'yes' if r['lookahead_same'] else 'NO'} |")
+    print(f"tp={tps[0]} lookahead same tokens: {'yes' if ref['lookahead_same'] else 'NO'}")
     print("tokens:", json.dumps({tp: results[tp]["tokens"][0] for tp in tps}))
 
 

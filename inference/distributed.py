@@ -49,6 +49,13 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def broadcast_tensor(x: torch.Tensor) -> torch.Tensor:
+    """`x` as rank 0 has it, on every rank (device group; in stream order, the host does not wait)."""
+    if get_world_size() > 1:
+        dist.broadcast(x, src=0)
+    return x
+
+
 def gather_last_dim(x: torch.Tensor) -> torch.Tensor | None:
     """Concatenate each rank's slice along the last dim on rank 0 (None elsewhere)."""
     n = get_world_size()

@@ -268,8 +268,9 @@ def test_steady_decode_never_waits_on_the_gpu(tiny_model):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (tensor parallelism over NCCL)")
 def test_tp2_on_two_gpus_follows_tp1_and_exits():
     """bench/tp_check.py on the demo shape: tp 2 (torchrun, NCCL, CUDA graphs on both ranks) against tp 1 in
-    bf16. The last logits' argmax agree and differ by bf16 rounding only, and both jobs end (a hang at
-    teardown fails through the timeout)."""
+    bf16. The last logits' argmax agree and differ by bf16 rounding only, decode lookahead (every rank
+    replaying the step ahead) gives each tp's tokens again, and both jobs end (a hang at teardown fails
+    through the timeout)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -280,4 +281,5 @@ def test_tp2_on_two_gpus_follows_tp1_and_exits():
     assert r.returncode == 0, r.stderr[-3000:]
     row = next(line for line in r.stdout.splitlines() if line.startswith("| 2 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[5] == "100 %" and float(cells[4]) < 5e-2, row
+    assert cells[5] == "100 %" and float(cells[4]) < 5e-2 and cells[6] == "yes", row
+    assert "tp=1 lookahead same tokens: yes" in r.stdout, r.stdout[-2000:]

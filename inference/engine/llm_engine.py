@@ -20,7 +20,7 @@ from inference.config import EngineConfig, ModelConfig, SamplingParams
 from inference.engine import memory
 from inference.engine.block_manager import BlockManager
 from inference.engine.device import resolve_device, resolve_dtype
-from inference.engine.lookahead import Lookahead
+from inference.engine.lookahead import Lookahead, follow
 from inference.engine.model_runner import ModelRunner, StepPlan
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
@@ -90,7 +90,7 @@ class LLMEngine:
         self.runner.finish_setup(self.max_model_len)
         salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
         gc.freeze()  # the loaded model's objects are permanent: keep them out of collection pauses
-        self.lookahead = Lookahead(self) if self.runner.graphs is not None and dist.get_world_size() == 1 else None
+        self.lookahead = Lookahead(self) if self.runner.graphs is not None else None
         self.kv_disk = None  # disk tier of the prefix cache (every rank has its own files)
         if cfg.kv_disk_dir and cfg.enable_prefix_caching:
             from inference.engine.kv_disk import open_tier  # noqa: PLC0415
@@ -305,6 +305,8 @@ class LLMEngine:
             if op == "step":
                 with self._quiet_disk(payload):
                     self.runner.run(payload)
+            elif op == "ahead":
+                follow(self.runner, payload)
             elif op in ("kv_save", "kv_load"):
                 self.kv_disk.handle(op, payload)
             elif op == "stop":

@@ -1,5 +1,8 @@
-"""Decode lookahead (CUDA graphs, tp 1, greedy): launch step N+1 with step N's tokens while they are still
-on the GPU, then read step N's tokens back. The host's bookkeeping overlaps the GPU instead of idling it.
+"""Decode lookahead (CUDA graphs, greedy): launch step N+1 with step N's tokens while they are still on the
+GPU, then read step N's tokens back. The host's bookkeeping overlaps the GPU instead of idling it.
+
+Under tensor parallelism rank 0 sends the next step's plan as an "ahead" op and broadcasts step N's tokens
+over the device group; every rank then replays step N+1 (`follow` on ranks > 0), all before rank 0 waits.
 
 If the next call's batch is not exactly the one launched ahead (a request finished, was cancelled or
 admitted), the ahead result is dropped; its K/V writes are overwritten in stream order by later steps.
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from inference import distributed as dist
 from inference.engine.model_runner import StepPlan
 from inference.engine.sequence import Sequence
 
@@ -64,6 +68,14 @@ class Lookahead:
                            [list(s.block_table) for s in seqs], [s.ntk_alpha for s in seqs], n, [False] * n,
                            list(range(n)))
             if self.engine.runner.graphable(nxt):
+                dist.broadcast_object(("ahead", nxt))
+                dist.broadcast_tensor(tokens_dev)
                 self.pending = Ahead(seqs, nxt.positions, self.engine.runner.run_graph(nxt, tokens_dev))
         done.synchronize()
         return self.host[:n].tolist()
+
+
+def follow(runner, plan: StepPlan) -> None:
+    """Ranks > 0: replay the step rank 0 launched ahead, on the tokens it broadcasts."""
+    tokens = torch.empty(len(plan.token_ids), dtype=torch.long, device=runner.device)
+    runner.run_graph(plan, dist.broadcast_tensor(tokens))
