@@ -237,6 +237,36 @@ def test_cuda_engine_matches_oracle(tiny_model):
     assert sum(a == b for a, b in zip(toks, want[1][0])) >= 8  # bf16 may drift late in a random model
 
 
+def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeypatch):
+    """A prefill step of at most the largest graph bucket's tokens replays the decode graph with one row per
+    token (ModelRunner.as_rows). float32 greedy tokens equal the oracle's for a fresh prompt, and for a next
+    turn on top of a cached prefix batched with a new prompt; QWEN_CHAT_ROW_PREFILL=0 takes the eager path."""
+    from oracle import hf_greedy, hf_qwen2
+
+    from inference.config import EngineConfig, SamplingParams
+    from inference.engine.llm_engine import LLMEngine
+
+    oracle = hf_qwen2(tiny_model)
+    e = LLMEngine(EngineConfig(model=str(tiny_model), device="cuda", dtype="float32", num_kv_blocks=512,
+                               max_num_seqs=128))
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
+    a, b = list(range(3000, 3100)), [9707, 11, 847, 829, 374]
+    first = e.generate([a], greedy)
+    assert e.runner.row_steps == 1 and first == [hf_greedy(oracle, a, 12)[0]]
+    a2 = a + first[0] + list(range(500, 520))  # turn 2: the history is cached, 20 new tokens and more
+    rids = [e.add_request(p, greedy) for p in (a2, b)]
+    toks, cached = {r: [] for r in rids}, {}
+    while e.has_unfinished():
+        for o in e.step():
+            toks[o.request_id] += o.new_token_ids
+            if o.finished:
+                cached[o.request_id] = o.usage.cached_tokens
+    assert e.runner.row_steps == 2 and cached[rids[0]] >= 96 and cached[rids[1]] == 0
+    assert [toks[r] for r in rids] == [hf_greedy(oracle, a2, 12)[0], hf_greedy(oracle, b, 12)[0]]
+    monkeypatch.setenv("QWEN_CHAT_ROW_PREFILL", "0")
+    assert e.generate([b[::-1]], greedy) == [hf_greedy(oracle, b[::-1], 12)[0]] and e.runner.row_steps == 2
+
+
 def test_graphs_equal_eager(tiny_model):
     from inference.config import SamplingParams
 

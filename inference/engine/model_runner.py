@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,10 @@ from inference.kernels import use_triton
 from inference.layers.attention import AttentionMetadata
 from inference.layers.rotary import RotaryEmbedding, logn_scale
 from inference.models.qwen import QWenLMHeadModel
+
+# A step with prefill whose tokens' summed context lengths (K/V token reads per layer) stay within this runs
+# as decode-graph rows, one per token (`ModelRunner.as_rows`); QWEN_CHAT_ROW_PREFILL=0 turns that off.
+ROW_PREFILL_READS = 32768
 
 
 @torch.no_grad()
@@ -77,6 +82,7 @@ class ModelRunner:
         self.attn_layers = self.model.attention_layers()
         self.num_blocks = 0
         self.graphs = None
+        self.row_steps = 0  # steps with prefill run as decode-graph rows (as_rows)
 
     # --- KV cache ------------------------------------------------------------------------------------------
     def bytes_per_block(self) -> int:
@@ -175,11 +181,35 @@ class ModelRunner:
         return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens,
                                self.block_table_tensor(plan.block_tables), ids_device)
 
+    def as_rows(self, plan: StepPlan) -> StepPlan | None:
+        """A small step with prefill as one decode row per token: its own position, slot and causal context
+        length (position + 1), its sequence's block table. Every row's K/V is stored before any row attends,
+        so the decode kernel computes causal attention, and the step replays a CUDA graph instead of the
+        host launching a dozen kernels a layer. None: no graphs, too many tokens or context reads."""
+        n = len(plan.token_ids)
+        if self.graphs is None or n > self.graphs.max_bs or os.environ.get("QWEN_CHAT_ROW_PREFILL") == "0":
+            return None
+        ctx = [p + 1 for p in plan.positions]
+        if sum(ctx) > ROW_PREFILL_READS:
+            return None
+        per_token = lambda xs: [x for x, q in zip(xs, plan.q_lens) for _ in range(q)]  # noqa: E731
+        rows = StepPlan(plan.token_ids, plan.positions, [1] * n, ctx, per_token(plan.block_tables),
+                        per_token(plan.alphas), n, [False] * n, list(range(n)))
+        return rows if self._graphable(rows) else None
+
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
         if self.graphable(plan):
             return self.run_graph(plan)
+        rows = self.as_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
+        if rows is not None:
+            self.row_steps += 1
+            logits = self.run_graph(rows)  # a view of the graph's output: copy the rows out
+            if logits is None:
+                return None
+            r = plan.logit_rows
+            return logits[r[0]:r[-1] + 1].clone() if r and r == list(range(r[0], r[-1] + 1)) else logits[r]
         ids, cos, sin, logn, meta, rows = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)
         return self.model.compute_logits(hidden.index_select(0, rows))
