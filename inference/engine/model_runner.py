@@ -202,10 +202,10 @@ class ModelRunner:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
         if self.graphable(plan):
             return self.run_graph(plan)
-        rows = self.as_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
-        if rows is not None:
+        row_plan = self.as_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
+        if row_plan is not None:
             self.row_steps += 1
-            logits = self.run_graph(rows)  # a view of the graph's output: copy the rows out
+            logits = self.run_graph(row_plan)  # a view of the graph's output: copy the rows out
             if logits is None:
                 return None
             r = plan.logit_rows
