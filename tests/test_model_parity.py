@@ -137,3 +137,24 @@ def test_prefix_cache_never_reuses_blocks_across_ntk_alpha(tiny_model, formula_r
     rid2 = engine.add_request(again, greedy(1))
     outs = [o for _ in range(100) if engine.has_unfinished() for o in engine.step()]
     assert [o for o in outs if o.finished and o.request_id == rid2][0].usage.cached_tokens == 240 // 16 * 16
+
+
+def test_step_as_decode_rows_gives_the_prefill_logits(tiny_model):
+    """The row form of a step (small prefills replay the CUDA decode graphs so): every token a decode row with
+    its causal context length, run here through the CPU decode path, gives the prefill's logits, for a fresh
+    prompt and for a chunk on top of cached blocks batched with a decoding sequence."""
+    from inference.engine.model_runner import StepPlan, decode_rows
+
+    engine = LLMEngine(EngineConfig(model=str(tiny_model), device="cpu", dtype="float32", num_kv_blocks=32,
+                                    block_size=8))
+    runner = engine.runner
+    a, b = _long_prompt(27, seed=1), _long_prompt(12, seed=2)
+    fresh = StepPlan(a[:20], list(range(20)), [20], [20], [[0, 1, 2]], [1.0], 0, [True], list(range(20)))
+    runner.run(StepPlan(b[:11], list(range(11)), [11], [11], [[4, 5]], [1.0], 0, [True], [10]))
+    mixed = StepPlan([b[11], *a[20:]], [11, *range(20, 27)], [1, 7], [12, 27], [[4, 5], [0, 1, 2, 3]],
+                     [1.0, 1.0], 1, [False, False], list(range(8)))
+    for plan in (fresh, mixed):
+        want = runner.run(plan)
+        rows = decode_rows(plan)
+        assert rows.num_decodes == len(rows.q_lens) == len(plan.token_ids)
+        torch.testing.assert_close(runner.run(rows), want, rtol=1e-4, atol=1e-4)

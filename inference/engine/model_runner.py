@@ -50,6 +50,15 @@ class StepPlan:
     logit_rows: list[int]  # flat token indices whose logits rank 0 needs
 
 
+def decode_rows(plan: StepPlan) -> StepPlan:
+    """The step with every token as a decode row of its own: its position, its slot, context length
+    position + 1 (causal), its sequence's block table; logits for every row."""
+    n = len(plan.token_ids)
+    per_token = lambda xs: [x for x, q in zip(xs, plan.q_lens) for _ in range(q)]  # noqa: E731
+    return StepPlan(plan.token_ids, plan.positions, [1] * n, [p + 1 for p in plan.positions],
+                    per_token(plan.block_tables), per_token(plan.alphas), n, [False] * n, list(range(n)))
+
+
 class ModelRunner:
     def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
                  progress=None):
@@ -189,12 +198,9 @@ class ModelRunner:
         n = len(plan.token_ids)
         if self.graphs is None or n > self.graphs.max_bs or os.environ.get("QWEN_CHAT_ROW_PREFILL") == "0":
             return None
-        ctx = [p + 1 for p in plan.positions]
-        if sum(ctx) > ROW_PREFILL_READS:
+        if sum(p + 1 for p in plan.positions) > ROW_PREFILL_READS:
             return None
-        per_token = lambda xs: [x for x, q in zip(xs, plan.q_lens) for _ in range(q)]  # noqa: E731
-        rows = StepPlan(plan.token_ids, plan.positions, [1] * n, ctx, per_token(plan.block_tables),
-                        per_token(plan.alphas), n, [False] * n, list(range(n)))
+        rows = decode_rows(plan)
         return rows if self._graphable(rows) else None
 
     @torch.inference_mode()
