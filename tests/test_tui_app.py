@@ -26,6 +26,7 @@ from inference.client import EngineClient
 from sessions import SessionStore
 from tui.screens.chat import ChatScreen
 from tui.screens.settings import SettingsScreen
+from tui.widgets.message import MessageBox
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.sidebar import Sidebar
 from tui.widgets.status_bar import StatusBar
@@ -49,20 +50,26 @@ def db(tmp_path):
     return tmp_path / "sessions.db"
 
 
-def test_send_streams_tokens_into_the_view_and_stores_exact_token_ids(server, db):
+def test_send_streams_tokens_into_the_view_and_stores_exact_token_ids(server, db, monkeypatch):
+    shown = []  # the reply's text after each streamed piece (recorded as it happens: a fast reply can end
+    append = MessageBox.append  # before a polling loop would see it)
+
+    async def recording_append(self, text):
+        await append(self, text)
+        shown.append(self.content)
+
+    monkeypatch.setattr(MessageBox, "append", recording_append)
+
     async def main():
         app = make_app(db, server.sock, new=True)
         sid = app.current_session_id
         settings_of(db, sid, max_new_tokens=48, temperature=0.0)
         async with app.run_test(size=SIZE) as pilot:
             await wait_ready(pilot, app)
+            states = set()  # every state the status bar took while the reply streamed
+            app.watch(chat(app).query_one(StatusBar), "state", lambda state: states.add(state), init=False)
             await type_and_send(pilot, "Hello there")
-            shown, states = set(), set()  # what the view showed while the reply streamed
-            while len(boxes(app)) < 2 or not idle(app):
-                if len(boxes(app)) == 2:
-                    shown.add(boxes(app)[1].content)
-                states.add(chat(app).query_one(StatusBar).state)
-                await pilot.pause(0.01)
+            await wait_for(pilot, lambda: len(boxes(app)) == 2 and idle(app), what="the first reply")
             reply = boxes(app)[1]
             assert "generating" in states
             assert reply.status == "complete"
