@@ -198,10 +198,8 @@ class ModelRunner:
         n = len(plan.token_ids)
         if self.graphs is None or n > self.graphs.max_bs or os.environ.get("QWEN_CHAT_ROW_PREFILL") == "0":
             return None
-        if sum(p + 1 for p in plan.positions) > ROW_PREFILL_READS:
-            return None
         rows = decode_rows(plan)
-        return rows if self._graphable(rows) else None
+        return rows if sum(rows.ctx_lens) <= ROW_PREFILL_READS and self._graphable(rows) else None
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:
