@@ -175,15 +175,15 @@ def num_splits(q: torch.Tensor, dot: bool = False) -> int:
     until the (sequence, head) pairs alone give 16 per multiprocessor. Measured with bench/kernel_probe.py
     at context 576 on an H200 (132 multiprocessors): 4 splits at batch 1 (8.4 us against 13.0 with 8),
     2 at batch 4 (18.3 against 22.2 with 4), 2 at batch 16-64, 1 at batch 128. The tensor-core form (`dot`)
-    takes 1 from 8 pairs per multiprocessor (in the engine on an H200: batch 64 9.79 -> 9.33 ms a step;
-    batch 16 was faster with 2)."""
+    takes 1 from 2 pairs per multiprocessor: measured in the engine on an H200 (`bench/ablate.py --attn`),
+    a step at batch 16 took 5.13 ms unsplit against 5.28 with 2 splits, at batch 8 4.69 against 4.63."""
     if not q.is_cuda:
         return 1
     dev = q.device.index or 0
     if dev not in _SMS:
         _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
     pairs = max(q.shape[0] * q.shape[1], 1)
-    if pairs > 16 * _SMS[dev] or (dot and pairs >= 8 * _SMS[dev]):
+    if pairs > 16 * _SMS[dev] or (dot and pairs >= 2 * _SMS[dev]):
         return 1
     want = max(_SMS[dev] // pairs, 2)
     return min(8, 1 << want.bit_length() - 1)
@@ -192,15 +192,16 @@ def num_splits(q: torch.Tensor, dot: bool = False) -> int:
 def decode_config(batch: int, splits: int, dot: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, num_warps, num_stages): 256-token tiles at batch 1-4 (8 warps at batch 1), the winners of
     every CONFIGS candidate there on an H200 (at batch 1 on an H100 in one sweep of three); (128, 4, 2)
-    from 16 up: the fastest, or within 0.2 us of it, at every batch from 16 to 128 on an H100 (up to 16 %
-    faster than (64, 4, 2)) and within 1 us on an H200. The tensor-core form (`dot`, batch 5 up): unsplit,
-    (64, 4, 3) (115 registers, 35 KB of shared memory, four programs per multiprocessor); split, (128, 8, 2)
-    (80 registers, 70 KB). The engine on an H200 took those at batch 64 and 16: 5.61 -> 5.50 ms a step at
-    batch 16 (unsplit 64-token tiles: 5.62, though the kernel alone was faster so)."""
+    from 16 up on CUDA cores: the fastest, or within 0.2 us of it, at every batch from 16 to 128 on an
+    H100. The tensor-core form (`dot`, batch 5 up): (64, 4, 2), split or not. Chosen in the engine, not
+    in isolation: on an H200 (`bench/ablate.py --attn`, 7B, context ~576) a step took 5.13 / 6.35 / 8.88 ms
+    at batch 16 / 32 / 64 with it, against 5.43 / 6.86 / 9.47 with (64, 4, 3), the best of the kernel
+    probe (a layer's attention alone, back to back), and 5.17-5.40 / 6.37-6.86 / 8.97-9.88 with the
+    other candidates."""
     if batch <= 4:
         return (256, 8, 2) if batch == 1 else (256, 4, 2)
     if dot:
-        return (64, 4, 3) if splits == 1 else (128, 8, 2)
+        return 64, 4, 2
     return 128, 4, 2
 
 

@@ -1,0 +1,164 @@
+"""Upper bounds of fusing kernels away: the decode step's time with a class of kernels skipped (wrong
+results, timing only). What a fusion can save at most is the step time it loses when its kernels are gone.
+
+python bench/ablate.py --variant none|norm|rope|splitk|combine|attention|small|matmuls [--batches 16,64]
+    [--attn SPLITS,BLOCK_N,WARPS,STAGES [--attn-from B] [--dot 0|1]] [--attn-pdl 0] [--kv-blocks N]
+    [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K] [--profile]
+
+  norm       the fused residual add + RMSNorm (2 a layer) returns its input
+  rope       rotary + K/V store (1 a layer) returns views of the fused QKV output
+  splitk     skinny GEMMs never split K (no reduce kernels; fewer tiles in flight)
+  combine    decode attention unsplit (no combine kernel)
+  attention  decode attention returns q
+  small      norm + rope + splitk + combine together
+  matmuls    small + attention: only the matmuls (and the step's embedding, lm_head, sampling) are left
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from inference.bench_shapes import SHAPES
+from inference.config import EngineConfig, SamplingParams
+from inference.demo import write_checkpoint
+
+GROUPS = {"small": ["norm", "rope", "splitk", "combine"], "matmuls": ["norm", "rope", "splitk", "combine", "attention"]}
+
+
+def patch(kind: str) -> None:
+    import inference.kernels.fused as fused  # noqa: PLC0415
+    import inference.kernels.paged_attention as pa  # noqa: PLC0415
+    import inference.kernels.skinny as skinny  # noqa: PLC0415
+
+    if kind == "norm":
+        fused.add_rmsnorm = lambda x, residual, weight, eps: (x, x)
+    elif kind == "rope":
+        def rope(qkv, cos, sin, logn, k_cache, v_cache, slot_mapping, num_heads, head_dim):
+            v = qkv.view(qkv.shape[0], 3, num_heads, head_dim)
+            return v[:, 0], v[:, 1]
+        fused.rope_and_store = rope
+    elif kind == "splitk":
+        config = skinny.skinny_config
+        skinny.skinny_config = lambda *a, **k: (*config(*a, **k)[:5], 1)
+    elif kind == "combine":
+        splits = pa.num_splits
+        pa.num_splits = lambda q, dot=False: 1 if q.shape[0] > 4 else splits(q, dot)
+    elif kind == "attention":
+        pa.paged_decode_attention = lambda q, *a, **k: q
+    elif kind != "none":
+        raise ValueError(f"unknown variant {kind}")
+
+
+def patch_attention(attn: str, attn_pdl: bool, start: int = 5, dot: int | None = None) -> None:
+    """Decode attention from batch `start` with fixed splits and tiles (and the tensor-core form or not),
+    and / or without programmatic launch."""
+    import inference.kernels.paged_attention as pa  # noqa: PLC0415
+
+    if attn:
+        sp, *cfg = (int(v) for v in attn.split(","))
+        splits, config, use_dot = pa.num_splits, pa.decode_config, pa.use_dot
+        pa.num_splits = lambda q, dot=False: sp if q.shape[0] >= start else splits(q, dot)
+        pa.decode_config = lambda b, s, dot=False: tuple(cfg) if b >= start else config(b, s, dot)
+        if dot is not None:
+            pa.use_dot = lambda q: bool(dot) if q.shape[0] >= start else use_dot(q)
+    if not attn_pdl:
+        pa.pdl = lambda x: False
+
+
+def step_ms(engine, batch: int, steps: int = 30) -> float:
+    g = torch.Generator().manual_seed(batch)
+    for p in torch.randint(0, 150000, (batch, 512), generator=g).tolist():
+        engine.add_request(p, SamplingParams(max_new_tokens=steps + 80, ignore_eos=True))
+    while any(s.in_prefill or s.num_computed == 0 for s in engine.seqs.values()):
+        engine.step()
+    for _ in range(40):  # context 512 -> ~576, the middle of the 512 / 128 case
+        engine.step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - t) / steps * 1000
+    for rid in list(engine.seqs):
+        engine.abort(rid)
+    engine.step()
+    return ms
+
+
+def patch_skinny(spec: str) -> None:
+    """One class of decode matmul with the given tiles (BLOCK_M stays the token count's)."""
+    import inference.kernels.skinny as skinny  # noqa: PLC0415
+
+    cls, tiles = spec.split("=")
+    bn, bk, stages, split = (int(v) for v in tiles.split(","))
+    config = skinny.skinny_config
+
+    def pick(m, n, k, device, gated=False):
+        got = config(m, n, k, device, gated)
+        kind = ("lm_head" if n >= 32768 else "down" if k > 2 * n else "o" if n <= 4096 else "gate_up" if gated
+                else "qkv")
+        return (bn, got[1], bk, got[3], stages, split) if kind == cls else got
+    skinny.skinny_config = pick
+
+
+def profile_step(engine, batch: int) -> None:
+    import sys  # noqa: PLC0415
+
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from profile_engine import print_gaps  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(batch)
+    for p in torch.randint(0, 150000, (batch, 512), generator=g).tolist():
+        engine.add_request(p, SamplingParams(max_new_tokens=100, ignore_eos=True))
+    for _ in range(60):
+        engine.step()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.step()
+        torch.cuda.synchronize()
+    print_gaps(prof, top=4)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=50))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", default="none")
+    ap.add_argument("--batches", default="16,64")
+    ap.add_argument("--attn", default="")
+    ap.add_argument("--attn-from", type=int, default=5)
+    ap.add_argument("--dot", type=int, default=None)
+    ap.add_argument("--skinny", default="")
+    ap.add_argument("--attn-pdl", type=int, default=1)
+    ap.add_argument("--kv-blocks", type=int, default=None)
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args()
+    for kind in GROUPS.get(a.variant, [a.variant]):
+        patch(kind)
+    patch_attention(a.attn, bool(a.attn_pdl), a.attn_from, a.dot)
+    if a.skinny:
+        patch_skinny(a.skinny)
+    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415  (after the patches)
+
+    d = Path(tempfile.mkdtemp()) / "m"
+    write_checkpoint(d, with_weights=False, **SHAPES["7b"])
+    engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
+                                    max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
+                                    num_kv_blocks=a.kv_blocks, extra={"random_weights": True}))
+    res = [f"{step_ms(engine, int(b)):.3f}" for b in a.batches.split(",")]
+    print(f"ABLATE {a.variant:10s} attn={a.attn or '-'} from={a.attn_from} dot={a.dot} pdl={a.attn_pdl} "
+          f"kv={a.kv_blocks} skinny={a.skinny or '-'} " + " ".join(res), flush=True)
+    if a.profile:
+        profile_step(engine, int(a.batches.split(",")[-1]))
+    engine.shutdown()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
