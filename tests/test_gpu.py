@@ -173,6 +173,32 @@ def test_row_parallel_linear_adds_the_residual(dtype, rows):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows, k, n, split", [(16, 4096, 4096, True), (64, 11008, 4096, True), (9, 512, 4608, False)])
+def test_row_parallel_linear_runs_the_next_norm_in_its_reduce(dtype, rows, k, n, split):
+    """At decode sizes the residual add + RMSNorm after a row-parallel matmul runs in the split-K reduce
+    kernel (7B's c_proj shapes at 16 and 64 rows) or after it (an unsplit shape): bit for bit what the
+    matmul then the norm give, and within rounding of float64."""
+    from inference.kernels.skinny import skinny_config
+    from inference.layers.layernorm import RMSNorm
+    from inference.layers.linear import RowParallelLinear
+
+    g = torch.Generator(device="cuda").manual_seed(rows + k)
+    with torch.device("cuda"):
+        lin, norm = RowParallelLinear(k, n).to(dtype), RMSNorm(n, 1e-6).to(dtype)
+    lin.weight.data.normal_(0, k**-0.5, generator=g)
+    norm.weight.data.uniform_(0.5, 1.5, generator=g)
+    x = torch.randn(rows, k, device="cuda", dtype=dtype, generator=g)
+    res = torch.randn(rows, n, device="cuda", dtype=dtype, generator=g)
+    assert (skinny_config(rows, n, k, x.device)[5] > 1) == split  # 7B's c_proj shapes take the fused kernel
+    h, stream = lin(x, res, norm)
+    h_ref, stream_ref = norm(*lin(x, res))
+    assert torch.equal(h, h_ref) and torch.equal(stream, stream_ref)
+    s = res.double() + x.double() @ lin.weight.double().T
+    want = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.double()
+    assert rel(stream, s) < 5e-3 and rel(h, want) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cached_prefix_prefill_attention_is_lower_right_causal(dtype):
     from inference.layers.attention import prefill_attention
 

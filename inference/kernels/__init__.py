@@ -32,15 +32,22 @@ def _skinny_on() -> bool:
     return os.environ.get("QWEN_CHAT_SKINNY", "1") != "0"
 
 
-def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False
-                ) -> torch.Tensor | None:
+def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
+                norm=None):
     """Decode-sized matmuls on CUDA through Triton (1 row: a GEMV; 2-64 rows: the skinny tensor-core GEMM);
     None where cuBLAS should do it (also float32 above 1 row: tensor cores would round it to tf32).
-    gated: `weight` is [gate; up] and the result silu(gate) * up.
+    gated: `weight` is [gate; up] and the result silu(gate) * up. norm = (residual, norm weight, eps):
+    2-64 rows only, returns (rmsnorm(y + residual), y + residual) (skinny_linear).
     QWEN_CHAT_SKINNY=0 keeps 2-64 rows on cuBLAS (for A/B benchmarks)."""
     m = x.shape[0]
     if not use_triton(x) or m > THIN_MAX_ROWS or (m > 1 and (x.dtype == torch.float32 or not _skinny_on())):
         return None
+    if norm is not None:
+        if m == 1 or not _fuse_norm_on():
+            return None
+        from inference.kernels.skinny import skinny_linear  # noqa: PLC0415
+
+        return skinny_linear(x, weight, norm=norm)
     if m == 1:
         from inference.kernels.gemv import gemv  # noqa: PLC0415
 
@@ -48,6 +55,11 @@ def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     from inference.kernels.skinny import skinny_linear  # noqa: PLC0415
 
     return skinny_linear(x, weight, bias, gated=gated)
+
+
+@functools.cache
+def _fuse_norm_on() -> bool:
+    return os.environ.get("QWEN_CHAT_FUSE_NORM", "1") != "0"
 
 
 @functools.cache

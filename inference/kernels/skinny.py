@@ -142,6 +142,29 @@ def _reduce_kernel(ws_ptr, b_ptr, y_ptr, N, stride_s, stride_wm, SPLIT_K: tl.con
     tl.store(y_ptr + m * N + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _reduce_norm_kernel(ws_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, eps, stride_s, stride_wm,
+                        SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """`_reduce_kernel` for a row-parallel output followed by the residual add + RMSNorm: one program per
+    row sums the partials, then does `_add_rmsnorm_kernel`'s work on that row (same roundings)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    m = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < N
+    base = ws_ptr + m * stride_wm + cols
+    acc = tl.load(base, mask=ok, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(base + s * stride_s, mask=ok, other=0.0)
+    x = acc.to(out_ptr.dtype.element_ty) + tl.load(res_ptr + m * N + cols, mask=ok, other=0.0)
+    tl.store(res_out_ptr + m * N + cols, x, mask=ok)
+    xf = x.to(tl.float32)
+    rms = tl.rsqrt(tl.sum(xf * xf, 0) / N + eps)
+    y = (xf * rms).to(x.dtype)
+    tl.store(out_ptr + m * N + cols, y * tl.load(w_ptr + cols, mask=ok, other=0.0), mask=ok)
+
+
 def use_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Tiles through the TMA (Hopper and newer) where both operands meet its 16-byte alignment of base and
     row stride. QWEN_CHAT_TMA=0 keeps the per-thread copies (for A/B benchmarks)."""
@@ -183,10 +206,13 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
-                  config=None, tma: bool | None = None) -> torch.Tensor:
+                  config=None, tma: bool | None = None, norm=None):
     """x [M, K], weight [N, K] -> [M, N]; gated: weight is [gate; up] of 2N rows and the result is
     silu(x gate^T) * (x up^T), [M, N]. `config` overrides `skinny_config`, `tma` overrides `use_tma`
-    (tuning, tests)."""
+    (tuning, tests). norm = (residual, norm weight, eps): returns (rmsnorm(y + residual) * weight,
+    y + residual) as `add_rmsnorm` does; where K is split, the reduce kernel does it (one kernel fewer)."""
+    if (gated or bias is not None) and norm is not None:
+        raise ValueError("skinny_linear: the fused norm takes a plain weight (no bias, not gated)")
     if gated and bias is not None:
         raise ValueError("skinny_linear: a gated weight takes no bias")
     x = x.contiguous()
@@ -219,6 +245,17 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             if stages <= 1:
                 raise
             stages = _FITS[key] = stages - 1
+    if norm is not None and split == 1:
+        from inference.kernels.fused import add_rmsnorm  # noqa: PLC0415
+
+        return add_rmsnorm(y, *norm)
+    if norm is not None:
+        residual, nw, eps = norm
+        res_out = torch.empty_like(y)
+        h = torch.empty_like(y)
+        _reduce_norm_kernel[(m,)](out, residual.contiguous(), nw, h, res_out, n, eps, out.stride(0), out.stride(1),
+                                  SPLIT_K=split, BLOCK=triton.next_power_of_2(n), num_warps=8, PDL=on, launch_pdl=on)
+        return h, res_out
     if split > 1:
         block = 1024
         _reduce_kernel[(m, triton.cdiv(n, block))](

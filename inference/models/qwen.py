@@ -26,8 +26,8 @@ class QWenAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.head_dim)
         self.full_rotary = cfg.rotary_dim == cfg.head_dim
 
-    def forward(self, x, residual, cos, sin, logn, meta: AttentionMetadata):
-        """(output, residual still to add): see RowParallelLinear.forward."""
+    def forward(self, x, residual, cos, sin, logn, meta: AttentionMetadata, norm: RMSNorm):
+        """(norm(output + residual), output + residual): see RowParallelLinear.forward."""
         qkv = self.c_attn(x)
         v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, 2]
         if self.full_rotary and use_triton(x):  # one kernel: rotary, logn, K/V into the cache
@@ -35,13 +35,13 @@ class QWenAttention(nn.Module):
 
             q, k = rope_and_store(qkv, cos, sin, logn, self.attn.k_cache, self.attn.v_cache, meta.slot_mapping,
                                   self.num_heads, self.head_dim)
-            return self.c_proj(self.attn(q, k, v, meta, stored=True).reshape(x.shape[0], -1), residual)
+            return self.c_proj(self.attn(q, k, v, meta, stored=True).reshape(x.shape[0], -1), residual, norm)
         q, k = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, :2].unbind(1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if logn is not None:
             q = (q.float() * logn[:, None, None]).to(q.dtype)
         o = self.attn(q, k, v.contiguous(), meta)
-        return self.c_proj(o.reshape(x.shape[0], -1), residual)
+        return self.c_proj(o.reshape(x.shape[0], -1), residual, norm)
 
 
 class QWenMLP(nn.Module):
@@ -51,19 +51,19 @@ class QWenMLP(nn.Module):
         self.w2_w1 = MergedColumnParallelLinear(cfg.hidden_size, [cfg.ffn_size, cfg.ffn_size])
         self.c_proj = RowParallelLinear(cfg.ffn_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x, residual):
-        """(output, residual still to add): see RowParallelLinear.forward."""
+    def forward(self, x, residual, norm: RMSNorm):
+        """(norm(output + residual), output + residual): see RowParallelLinear.forward."""
         if self.w2_w1.quant_method is None:
             act = thin_matmul(x, self.w2_w1.weight, gated=True)  # silu(gate) * up in one pass
             if act is not None:
-                return self.c_proj(act, residual)
+                return self.c_proj(act, residual, norm)
         gate_up = self.w2_w1(x)
         if use_triton(gate_up):
             from inference.kernels.fused import silu_mul  # noqa: PLC0415
 
-            return self.c_proj(silu_mul(gate_up), residual)
+            return self.c_proj(silu_mul(gate_up), residual, norm)
         gate, up = gate_up.chunk(2, dim=-1)
-        return self.c_proj(up * nn.functional.silu(gate), residual)
+        return self.c_proj(up * nn.functional.silu(gate), residual, norm)
 
 
 class QWenBlock(nn.Module):
@@ -74,12 +74,12 @@ class QWenBlock(nn.Module):
         self.ln_2 = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
         self.mlp = QWenMLP(cfg)
 
-    def forward(self, x, residual, cos, sin, logn, meta):
-        """residual None: x already holds it (the matmul before added it)."""
-        h, residual = self.ln_1(x, residual)
-        h, residual = self.attn(h, residual, cos, sin, logn, meta)
-        h, residual = self.ln_2(h, residual)
-        return self.mlp(h, residual)
+    def forward(self, h, residual, cos, sin, logn, meta, next_norm: RMSNorm):
+        """h: this block's input already through ln_1, residual: the stream it came from. Returns the same
+        for the next block: (next_norm(stream), stream). Each row-parallel matmul runs the norm after it
+        (fused into its reduce kernel at decode sizes)."""
+        h, residual = self.attn(h, residual, cos, sin, logn, meta, self.ln_2)
+        return self.mlp(h, residual, next_norm)
 
 
 class QWenModel(nn.Module):
@@ -90,10 +90,11 @@ class QWenModel(nn.Module):
         self.ln_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
 
     def forward(self, ids, cos, sin, logn, meta):
-        x, residual = self.wte(ids), None
-        for block in self.h:
-            x, residual = block(x, residual, cos, sin, logn, meta)
-        return self.ln_f(x, residual)[0]
+        h, residual = self.h[0].ln_1(self.wte(ids))
+        norms = [b.ln_1 for b in self.h[1:]] + [self.ln_f]
+        for block, next_norm in zip(self.h, norms):
+            h, residual = block(h, residual, cos, sin, logn, meta, next_norm)
+        return h
 
 
 class QWenLMHeadModel(nn.Module):
