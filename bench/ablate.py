@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from profile_engine import print_gaps, prompts  # bench/ is on the path of a script run from it
 
 from inference.bench_shapes import SHAPES
 from inference.config import EngineConfig, SamplingParams
@@ -72,8 +73,7 @@ def patch_attention(attn: str, attn_pdl: bool, start: int = 5, dot: int | None =
 
 
 def step_ms(engine, batch: int, steps: int = 30) -> float:
-    g = torch.Generator().manual_seed(batch)
-    for p in torch.randint(0, 150000, (batch, 512), generator=g).tolist():
+    for p in prompts(batch, 512, batch):
         engine.add_request(p, SamplingParams(max_new_tokens=steps + 80, ignore_eos=True))
     while any(s.in_prefill or s.num_computed == 0 for s in engine.seqs.values()):
         engine.step()
@@ -108,15 +108,9 @@ def patch_skinny(spec: str) -> None:
 
 
 def profile_step(engine, batch: int) -> None:
-    import sys  # noqa: PLC0415
-
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from profile_engine import print_gaps  # noqa: PLC0415
-
-    g = torch.Generator().manual_seed(batch)
-    for p in torch.randint(0, 150000, (batch, 512), generator=g).tolist():
+    for p in prompts(batch, 512, batch):
         engine.add_request(p, SamplingParams(max_new_tokens=100, ignore_eos=True))
     for _ in range(60):
         engine.step()

@@ -252,10 +252,9 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if norm is not None:
         residual, nw, eps = norm
         res_out = torch.empty_like(y)
-        h = torch.empty_like(y)
-        _reduce_norm_kernel[(m,)](out, residual.contiguous(), nw, h, res_out, n, eps, out.stride(0), out.stride(1),
+        _reduce_norm_kernel[(m,)](out, residual.contiguous(), nw, y, res_out, n, eps, out.stride(0), out.stride(1),
                                   SPLIT_K=split, BLOCK=triton.next_power_of_2(n), num_warps=8, PDL=on, launch_pdl=on)
-        return h, res_out
+        return y, res_out  # y (unused by the split matmul, which wrote the workspace) holds the norm
     if split > 1:
         block = 1024
         _reduce_kernel[(m, triton.cdiv(n, block))](

@@ -11,7 +11,7 @@ from torch import nn
 
 from inference.distributed import all_reduce, get_rank, get_world_size
 from inference.errors import UserError
-from inference.kernels import THIN_MAX_ROWS, fuse_residual, thin_matmul
+from inference.kernels import fuse_residual, thin_matmul
 from inference.layers.layernorm import RMSNorm
 
 
@@ -135,9 +135,10 @@ class RowParallelLinear(LinearBase):
         return all_reduce(self.matmul(x)), residual
 
     def _fused_norm(self, x, residual, norm):
-        """The skinny GEMM with the residual add + RMSNorm in its reduce kernel (2-64 rows on CUDA, one
-        rank, plain weights and norm): one kernel fewer a norm. None where it does not apply."""
+        """The skinny GEMM with the residual add + RMSNorm in its reduce kernel (one rank, plain weights and
+        norm; `thin_matmul` takes the row counts it applies to, 2-64 on CUDA): one kernel fewer a norm.
+        None where it does not apply."""
         if (residual is None or self.tp_size > 1 or self.quant_method is not None or self.bias is not None
-                or type(norm) is not RMSNorm or not 1 < x.shape[0] <= THIN_MAX_ROWS):
+                or type(norm) is not RMSNorm):
             return None
         return thin_matmul(x, self.weight, norm=(residual, norm.weight, norm.eps))
