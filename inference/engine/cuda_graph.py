@@ -26,7 +26,7 @@ class DecodeGraphs:
         # pinned staging, double-buffered: a copy never waits for the GPU, and the buffer of step N is
         # only refilled for step N + 2, after step N's tokens were read back.
         self.host = [torch.zeros(4 * top, dtype=torch.long, pin_memory=True) for _ in range(2)]
-        self.host_bt = [torch.zeros(top, max_blocks, dtype=torch.int32, pin_memory=True) for _ in range(2)]
+        self.host_bt = [torch.zeros(top * max_blocks, dtype=torch.int32, pin_memory=True) for _ in range(2)]
         self.turn = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -69,14 +69,17 @@ class DecodeGraphs:
         pad = bs - n
         host, host_bt = self.host[self.turn], self.host_bt[self.turn]
         self.turn ^= 1
-        host[: 4 * bs].copy_(torch.tensor([*token_ids, *[0] * pad, *positions, *[0] * pad, *slots, *[-1] * pad,
-                                            *ctx_lens, *[0] * pad], dtype=torch.long))
-        self.packed.view(4, self.max_bs)[:, :bs].copy_(host[: 4 * bs].view(4, bs), non_blocking=True)
+        # Host sides contiguous (the packed buffer whole, the block table rows packed): torch stages a strided
+        # host tensor through pageable memory, and that copy waited for the GPU, so the host fell out of step.
+        host.view(4, self.max_bs)[:, :bs].copy_(torch.tensor(
+            [[*token_ids, *[0] * pad], [*positions, *[0] * pad], [*slots, *[-1] * pad], [*ctx_lens, *[0] * pad]]))
+        self.packed.copy_(host, non_blocking=True)
         if ids_device is not None:
             self.ids[:n].copy_(ids_device, non_blocking=True)
         w = block_tables.shape[1]
-        host_bt[:n, :w].copy_(block_tables)
-        self.block_tables[:n, :w].copy_(host_bt[:n, :w], non_blocking=True)
+        staged = host_bt[: n * w].view(n, w)
+        staged.copy_(block_tables)
+        self.block_tables[:n, :w].copy_(staged, non_blocking=True)
         self.graphs[bs].replay()
         out = self.outputs[bs]  # None on ranks > 0 of tensor parallelism (the logits are gathered to rank 0)
         return None if out is None else out[:n]
