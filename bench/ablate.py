@@ -3,7 +3,7 @@ results, timing only). What a fusion can save at most is the step time it loses 
 
 python bench/ablate.py --variant none|norm|rope|splitk|combine|attention|small|matmuls [--batches 16,64]
     [--attn SPLITS,BLOCK_N,WARPS,STAGES [--attn-from B] [--dot 0|1]] [--attn-pdl 0] [--kv-blocks N]
-    [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K] [--profile]
+    [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K] [--block-size N] [--profile]
 
   norm       the fused residual add + RMSNorm (2 a layer) returns its input
   rope       rotary + K/V store (1 a layer) returns views of the fused QKV output
@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--skinny", default="")
     ap.add_argument("--attn-pdl", type=int, default=1)
     ap.add_argument("--kv-blocks", type=int, default=None)
+    ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     for kind in GROUPS.get(a.variant, [a.variant]):
@@ -144,10 +145,10 @@ def main() -> None:
     write_checkpoint(d, with_weights=False, **SHAPES["7b"])
     engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
                                     max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
-                                    num_kv_blocks=a.kv_blocks, extra={"random_weights": True}))
+                                    num_kv_blocks=a.kv_blocks, block_size=a.block_size, extra={"random_weights": True}))
     res = [f"{step_ms(engine, int(b)):.3f}" for b in a.batches.split(",")]
     print(f"ABLATE {a.variant:10s} attn={a.attn or '-'} from={a.attn_from} dot={a.dot} pdl={a.attn_pdl} "
-          f"kv={a.kv_blocks} skinny={a.skinny or '-'} " + " ".join(res), flush=True)
+          f"kv={a.kv_blocks} bs={a.block_size} skinny={a.skinny or '-'} " + " ".join(res), flush=True)
     if a.profile:
         profile_step(engine, int(a.batches.split(",")[-1]))
     engine.shutdown()
