@@ -10,7 +10,6 @@ import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,31 +21,13 @@ from inference.engine.block_manager import BlockManager
 from inference.engine.device import resolve_device, resolve_dtype
 from inference.engine.lookahead import Lookahead, follow
 from inference.engine.model_runner import ModelRunner, StepPlan
+from inference.engine.outputs import RequestOutput, Usage
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
 from inference.errors import UserError
 from inference.layers.sampler import Sampler
 from inference.model_path import demo_dir
 from inference.tokenizer import QwenTokenizer
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    ttft_ms: float
-    decode_tok_s: float
-
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    new_token_ids: list[int]
-    finished: bool
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    logits: torch.Tensor | None = None
 
 
 def fingerprint(model_dir: Path) -> bytes:
