@@ -10,6 +10,21 @@ from inference.kernels import pdl
 
 
 @triton.jit
+def add_rmsnorm_row(x, res_ptr, w_ptr, out_ptr, res_out_ptr, row, cols, mask, n, eps, HAS_RES: tl.constexpr):
+    """Row `row` of n columns, x already loaded (`cols`, `mask`): with HAS_RES, x + residual (rounded to x's
+    dtype) into res_out; then the RMSNorm of that times the weight into out. Shared with skinny.py's
+    split-K reduce, so the fused and the separate norm round alike."""
+    if HAS_RES:
+        x = x + tl.load(res_ptr + row * n + cols, mask=mask, other=0.0)
+        tl.store(res_out_ptr + row * n + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    rms = tl.rsqrt(tl.sum(xf * xf, 0) / n + eps)
+    y = (xf * rms).to(x.dtype)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * n + cols, y * w, mask=mask)
+
+
+@triton.jit
 def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps, HAS_RES: tl.constexpr,
                         BLOCK: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
@@ -19,14 +34,7 @@ def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps, HAS
     cols = tl.arange(0, BLOCK)
     mask = cols < n
     x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0)
-    if HAS_RES:
-        x = x + tl.load(res_ptr + row * n + cols, mask=mask, other=0.0)
-        tl.store(res_out_ptr + row * n + cols, x, mask=mask)
-    xf = x.to(tl.float32)
-    rms = tl.rsqrt(tl.sum(xf * xf, 0) / n + eps)
-    y = (xf * rms).to(x.dtype)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    tl.store(out_ptr + row * n + cols, y * w, mask=mask)
+    add_rmsnorm_row(x, res_ptr, w_ptr, out_ptr, res_out_ptr, row, cols, mask, n, eps, HAS_RES)
 
 
 def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):

@@ -21,6 +21,7 @@ from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from inference.kernels import device_feature, pdl
+from inference.kernels.fused import add_rmsnorm_row
 
 _FITS: dict[tuple, int] = {}  # configs whose pipeline did not fit in shared memory -> the stages that did
 SMEM_BYTES = 220 * 1024  # the pipelined tiles of one program stay under this (Hopper: 227 KB per block)
@@ -146,7 +147,7 @@ def _reduce_kernel(ws_ptr, b_ptr, y_ptr, N, stride_s, stride_wm, SPLIT_K: tl.con
 def _reduce_norm_kernel(ws_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, eps, stride_s, stride_wm,
                         SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """`_reduce_kernel` for a row-parallel output followed by the residual add + RMSNorm: one program per
-    row sums the partials, then does `_add_rmsnorm_kernel`'s work on that row (same roundings)."""
+    row sums the partials, then does `add_rmsnorm`'s work on that row (`add_rmsnorm_row`: same roundings)."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -157,12 +158,7 @@ def _reduce_norm_kernel(ws_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, eps, st
     acc = tl.load(base, mask=ok, other=0.0)
     for s in tl.static_range(1, SPLIT_K):
         acc += tl.load(base + s * stride_s, mask=ok, other=0.0)
-    x = acc.to(out_ptr.dtype.element_ty) + tl.load(res_ptr + m * N + cols, mask=ok, other=0.0)
-    tl.store(res_out_ptr + m * N + cols, x, mask=ok)
-    xf = x.to(tl.float32)
-    rms = tl.rsqrt(tl.sum(xf * xf, 0) / N + eps)
-    y = (xf * rms).to(x.dtype)
-    tl.store(out_ptr + m * N + cols, y * tl.load(w_ptr + cols, mask=ok, other=0.0), mask=ok)
+    add_rmsnorm_row(acc.to(out_ptr.dtype.element_ty), res_ptr, w_ptr, out_ptr, res_out_ptr, m, cols, ok, N, eps, True)
 
 
 def use_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
