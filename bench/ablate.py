@@ -3,7 +3,7 @@ results, timing only). What a fusion can save at most is the step time it loses 
 
 python bench/ablate.py --variant none|norm|rope|splitk|combine|attention|small|matmuls [--batches 16,64]
     [--attn SPLITS,BLOCK_N,WARPS,STAGES [--attn-from B] [--dot 0|1]] [--attn-pdl 0] [--kv-blocks N]
-    [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K] [--block-size N] [--profile]
+    [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K[,WARPS]] [--block-size N] [--profile]
 
   norm       the fused residual add + RMSNorm (2 a layer) returns its input
   rope       rotary + K/V store (1 a layer) returns views of the fused QKV output
@@ -92,18 +92,18 @@ def step_ms(engine, batch: int, steps: int = 30) -> float:
 
 
 def patch_skinny(spec: str) -> None:
-    """One class of decode matmul with the given tiles (BLOCK_M stays the token count's)."""
+    """One class of decode matmul with the given tiles (BLOCK_M stays the token count's) and warps."""
     import inference.kernels.skinny as skinny  # noqa: PLC0415
 
     cls, tiles = spec.split("=")
-    bn, bk, stages, split = (int(v) for v in tiles.split(","))
+    bn, bk, stages, split, *warps = (int(v) for v in tiles.split(","))
     config = skinny.skinny_config
 
     def pick(m, n, k, device, gated=False):
         got = config(m, n, k, device, gated)
         kind = ("lm_head" if n >= 32768 else "down" if k > 2 * n else "o" if n <= 4096 else "gate_up" if gated
                 else "qkv")
-        return (bn, got[1], bk, got[3], stages, split) if kind == cls else got
+        return (bn, got[1], bk, warps[0] if warps else got[3], stages, split) if kind == cls else got
     skinny.skinny_config = pick
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--attn", default="")
     ap.add_argument("--attn-from", type=int, default=5)
     ap.add_argument("--dot", type=int, default=None)
-    ap.add_argument("--skinny", default="")
+    ap.add_argument("--skinny", action="append", default=[], help="repeatable: one matmul class each")
     ap.add_argument("--attn-pdl", type=int, default=1)
     ap.add_argument("--kv-blocks", type=int, default=None)
     ap.add_argument("--block-size", type=int, default=16)
@@ -137,8 +137,8 @@ def main() -> None:
     for kind in GROUPS.get(a.variant, [a.variant]):
         patch(kind)
     patch_attention(a.attn, bool(a.attn_pdl), a.attn_from, a.dot)
-    if a.skinny:
-        patch_skinny(a.skinny)
+    for spec in a.skinny:
+        patch_skinny(spec)
     from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415  (after the patches)
 
     d = Path(tempfile.mkdtemp()) / "m"
@@ -148,7 +148,7 @@ def main() -> None:
                                     num_kv_blocks=a.kv_blocks, block_size=a.block_size, extra={"random_weights": True}))
     res = [f"{step_ms(engine, int(b)):.3f}" for b in a.batches.split(",")]
     print(f"ABLATE {a.variant:10s} attn={a.attn or '-'} from={a.attn_from} dot={a.dot} pdl={a.attn_pdl} "
-          f"kv={a.kv_blocks} bs={a.block_size} skinny={a.skinny or '-'} " + " ".join(res), flush=True)
+          f"kv={a.kv_blocks} bs={a.block_size} skinny={'+'.join(a.skinny) or '-'} " + " ".join(res), flush=True)
     if a.profile:
         profile_step(engine, int(a.batches.split(",")[-1]))
     engine.shutdown()
