@@ -21,7 +21,7 @@ from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from inference.kernels import device_feature, pdl
-from inference.kernels.fused import add_rmsnorm_row
+from inference.kernels.fused import add_rmsnorm, add_rmsnorm_row
 
 _FITS: dict[tuple, int] = {}  # configs whose pipeline did not fit in shared memory -> the stages that did
 SMEM_BYTES = 220 * 1024  # the pipelined tiles of one program stay under this (Hopper: 227 KB per block)
@@ -242,8 +242,6 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                 raise
             stages = _FITS[key] = stages - 1
     if norm is not None and split == 1:
-        from inference.kernels.fused import add_rmsnorm  # noqa: PLC0415
-
         return add_rmsnorm(y, *norm)
     if norm is not None:
         residual, nw, eps = norm
