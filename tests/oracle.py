@@ -16,6 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error of `a` against the reference `b` (Frobenius norms, in float32)."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 def load_all(model_dir: Path) -> dict[str, torch.Tensor]:
     out = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracle import rel
 
 pytestmark = pytest.mark.gpu
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.mark.parametrize("dot", [False, True])
