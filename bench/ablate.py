@@ -1,12 +1,18 @@
 """Upper bounds of fusing kernels away: the decode step's time with a class of kernels skipped (wrong
 results, timing only). What a fusion can save at most is the step time it loses when its kernels are gone.
 
-python bench/ablate.py --variant none|norm|rope|splitk|combine|attention|small|matmuls [--batches 16,64]
+python bench/ablate.py --variant none|norm|rope|reducenorm|splitk|combine|attention|small|matmuls[,...]
+    [--batches 16,64]
     [--attn SPLITS,BLOCK_N,WARPS,STAGES [--attn-from B] [--dot 0|1]] [--attn-pdl 0] [--kv-blocks N]
     [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K[,WARPS]] [--block-size N] [--profile]
+    [--ncu]   (one steady step of the last batch between cudaProfilerStart / Stop, for Nsight Compute:
+               ncu --profile-from-start off --clock-control none ... python bench/ablate.py --ncu; then
+               python bench/ncu_table.py on its CSV)
 
   norm       the fused residual add + RMSNorm (2 a layer) returns its input
   rope       rotary + K/V store (1 a layer) returns views of the fused QKV output
+  reducenorm the split-K reduce + residual add + RMSNorm kernel (2 a layer at batch 16) is not launched
+  embedding  the token embedding by F.embedding (its index_select) instead of indexing (same result)
   splitk     skinny GEMMs never split K (no reduce kernels; fewer tiles in flight)
   combine    decode attention unsplit (no combine kernel)
   attention  decode attention returns q
@@ -44,6 +50,14 @@ def patch(kind: str) -> None:
             v = qkv.view(qkv.shape[0], 3, num_heads, head_dim)
             return v[:, 0], v[:, 1]
         fused.rope_and_store = rope
+    elif kind == "embedding":  # the token embedding through F.embedding again (A/B of the indexing form)
+        from inference.layers.embed_head import VocabParallelEmbedding  # noqa: PLC0415
+        VocabParallelEmbedding.forward = lambda self, ids: torch.nn.functional.embedding(ids, self.weight)
+    elif kind == "reducenorm":
+        class Skip:
+            def __getitem__(self, grid):
+                return lambda *a, **k: None
+        skinny._reduce_norm_kernel = Skip()
     elif kind == "splitk":
         config = skinny.skinny_config
         skinny.skinny_config = lambda *a, **k: (*config(*a, **k)[:5], 1)
@@ -121,6 +135,19 @@ def profile_step(engine, batch: int) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=50))
 
 
+def ncu_step(engine, batch: int) -> None:
+    """One steady decode step at context ~576 inside the profiler range (`ncu --profile-from-start off`)."""
+    for p in prompts(batch, 512, batch):
+        engine.add_request(p, SamplingParams(max_new_tokens=100, ignore_eos=True))
+    for _ in range(60):
+        engine.step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    engine.step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default="none")
@@ -133,8 +160,9 @@ def main() -> None:
     ap.add_argument("--kv-blocks", type=int, default=None)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--ncu", action="store_true")
     a = ap.parse_args()
-    for kind in GROUPS.get(a.variant, [a.variant]):
+    for kind in (k for v in a.variant.split(",") for k in GROUPS.get(v, [v])):
         patch(kind)
     patch_attention(a.attn, bool(a.attn_pdl), a.attn_from, a.dot)
     for spec in a.skinny:
@@ -151,6 +179,8 @@ def main() -> None:
           f"kv={a.kv_blocks} bs={a.block_size} skinny={'+'.join(a.skinny) or '-'} " + " ".join(res), flush=True)
     if a.profile:
         profile_step(engine, int(a.batches.split(",")[-1]))
+    if a.ncu:
+        ncu_step(engine, int(a.batches.split(",")[-1]))
     engine.shutdown()
     os._exit(0)
 

@@ -170,7 +170,8 @@ def test_row_parallel_linear_adds_the_residual(dtype, rows):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rows, k, n, split", [(16, 4096, 4096, True), (64, 11008, 4096, True), (9, 512, 4608, False)])
+@pytest.mark.parametrize("rows, k, n, split", [(16, 4096, 4096, True), (64, 4096, 4096, True), (64, 11008, 4096, True),
+                                              (9, 512, 4608, False)])
 def test_row_parallel_linear_runs_the_next_norm_in_its_reduce(dtype, rows, k, n, split):
     """At decode sizes the residual add + RMSNorm after a row-parallel matmul runs in the split-K reduce
     kernel (7B's c_proj shapes at 16 and 64 rows) or after it (an unsplit shape): bit for bit what the

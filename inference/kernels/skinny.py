@@ -188,9 +188,9 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
     elif k > 2 * n:  # a tall K (mlp.c_proj)
         bn, bk, stages, split = (64, 256, 5, 2) if bm == 16 else (64, 128, 6, 2)
     elif n <= 4096:  # attn.c_proj
-        bn, bk, stages, split = (64, 256, 3, 2) if bm == 16 else (64, 128, 6, 1)
-    elif gated:  # w2_w1: two weight tiles a stage
-        bn, bk, stages, split = 128, 64, 4 if bm == 16 else 5, 1
+        bn, bk, stages, split = (64, 256, 3, 2) if bm == 16 else (64, 128, 6, 2)
+    elif gated:  # w2_w1: two weight tiles a stage; at 9-16 tokens two programs a multiprocessor
+        bn, bk, stages, split = (64, 128, 3, 1) if 8 < m <= 16 else (128, 64, 4 if bm == 16 else 5, 1)
     else:  # c_attn
         bn, bk, stages, split = 128, 128, 4, 1
     while stages > 2 and ((2 if gated else 1) * bn + bm) * bk * 2 * stages > SMEM_BYTES:  # gated: 2 weight tiles
