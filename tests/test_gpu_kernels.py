@@ -225,3 +225,51 @@ def test_cudnn_prefill_padding_is_exact(n):
     ref = torch.nn.functional.scaled_dot_product_attention(
         *(t.double().transpose(0, 1) for t in (q, k, v)), is_causal=True, scale=128**-0.5).transpose(0, 1)
     assert out.shape == q.shape and rel(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [2, 16, 33, 64])
+@pytest.mark.parametrize("logn", [False, True])
+def test_qkv_rope_store_is_c_attn_then_rope_and_store(dtype, m, logn):
+    """The fused c_attn + rotary + K/V store gives the bits of the skinny GEMM then `rope_and_store` (q, the
+    head-major caches, a skipped slot left alone), and is within rounding of float64."""
+    from inference.kernels.fused import rope_and_store
+    from inference.kernels.qkv_rope import qkv_rope_store
+    from inference.kernels.skinny import skinny_linear
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the fused kernel loads its tiles through the TMA (Hopper and newer)")
+    h, d, hidden, nb, bs = 32, 128, 4096, 64, 16
+    g = torch.Generator(device="cuda").manual_seed(m + logn)
+    w = torch.randn(3 * h * d, hidden, device="cuda", dtype=dtype, generator=g) / hidden**0.5
+    b = torch.randn(3 * h * d, device="cuda", dtype=dtype, generator=g) / 4
+    x = torch.randn(m, hidden, device="cuda", dtype=dtype, generator=g)
+    pos = torch.randint(0, 8000, (m,), device="cuda", generator=g)
+    freqs = pos[:, None].float() / 10000 ** (torch.arange(0, d, 2, device="cuda") / d)
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+    ln = torch.rand(m, device="cuda", generator=g) + 0.5 if logn else None
+    slots = torch.randperm(nb * bs, device="cuda", generator=g)[:m]
+    slots[m // 2] = -1
+    caches = [torch.randn(nb, h, bs, d, device="cuda", dtype=dtype, generator=g).transpose(1, 2) for _ in range(2)]
+    k1, v1 = (c.clone() for c in caches)
+    k2, v2 = (c.clone() for c in caches)
+    q1 = qkv_rope_store(x, w, b, cos, sin, ln, k1, v1, slots, h, d)
+    assert q1 is not None
+    q2, _ = rope_and_store(skinny_linear(x, w, b), cos, sin, ln, k2, v2, slots, h, d)
+    assert torch.equal(q1, q2) and torch.equal(k1, k2) and torch.equal(v1, v2)
+    ref = (x.double() @ w.double().T + b.double()).view(m, 3, h, d)
+
+    def rotate(t, rows):
+        t1, t2 = t.chunk(2, -1)
+        return t * cos.double()[rows, None] + torch.cat([-t2, t1], -1) * sin.double()[rows, None]
+
+    q_ref = rotate(ref[:, 0], slice(None)) * (ln.double()[:, None, None] if logn else 1)
+    kept = slots >= 0
+    blk, off = slots[kept] // bs, slots[kept] % bs
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    assert rel(q1, q_ref) < tol and rel(v1[blk, off], ref[kept, 2]) < tol
+    assert rel(k1[blk, off], rotate(ref[kept, 1], kept)) < tol
+    untouched = torch.ones(nb * bs, dtype=torch.bool, device="cuda")
+    untouched[slots[kept]] = False  # every other slot, the skipped token's included, as it was
+    assert torch.equal(k1.flatten(0, 1)[untouched], caches[0].flatten(0, 1)[untouched])
+    assert torch.equal(v1.flatten(0, 1)[untouched], caches[1].flatten(0, 1)[untouched])

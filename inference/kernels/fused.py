@@ -66,18 +66,20 @@ def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr,
     ok = (heads < num_heads)[:, None]
     hid = num_heads * HEAD_DIM
     src = qkv_ptr + t * 3 * hid + heads[:, None] * HEAD_DIM + i
-    c1 = tl.load(cos_ptr + t * HEAD_DIM + i)
-    c2 = tl.load(cos_ptr + t * HEAD_DIM + half + i)
-    s1 = tl.load(sin_ptr + t * HEAD_DIM + i)
-    s2 = tl.load(sin_ptr + t * HEAD_DIM + half + i)
+    c1 = tl.load(cos_ptr + t * HEAD_DIM + i).to(tl.float32)
+    c2 = tl.load(cos_ptr + t * HEAD_DIM + half + i).to(tl.float32)
+    s1 = tl.load(sin_ptr + t * HEAD_DIM + i).to(tl.float32)
+    s2 = tl.load(sin_ptr + t * HEAD_DIM + half + i).to(tl.float32)
     q1 = tl.load(src, mask=ok).to(tl.float32)
     q2 = tl.load(src + half, mask=ok).to(tl.float32)
     k1 = tl.load(src + hid, mask=ok).to(tl.float32)
     k2 = tl.load(src + hid + half, mask=ok).to(tl.float32)
-    qr1 = q1 * c1 - q2 * s1
-    qr2 = q2 * c2 + q1 * s2
-    kr1 = (k1 * c1 - k2 * s1).to(k_out_ptr.dtype.element_ty)
-    kr2 = (k2 * c2 + k1 * s2).to(k_out_ptr.dtype.element_ty)
+    # explicit FMAs: the compiler contracts plain multiply-adds as it likes, and qkv_rope.py's fused
+    # epilogue must round the same way
+    qr1 = tl.fma(q1, c1, -(q2 * s1))
+    qr2 = tl.fma(q2, c2, q1 * s2)
+    kr1 = tl.fma(k1, c1, -(k2 * s1)).to(k_out_ptr.dtype.element_ty)
+    kr2 = tl.fma(k2, c2, k1 * s2).to(k_out_ptr.dtype.element_ty)
     if HAS_LOGN:
         g = tl.load(logn_ptr + t)
         qr1 = qr1.to(q_out_ptr.dtype.element_ty).to(tl.float32) * g

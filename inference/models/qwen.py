@@ -28,6 +28,14 @@ class QWenAttention(nn.Module):
 
     def forward(self, x, residual, cos, sin, logn, meta: AttentionMetadata, norm: RMSNorm):
         """(norm(output + residual), output + residual): see RowParallelLinear.forward."""
+        if self.full_rotary and use_triton(x) and meta.num_decodes == x.shape[0] and self.c_attn.quant_method is None:
+            from inference.kernels.qkv_rope import qkv_rope_store  # noqa: PLC0415
+
+            q = qkv_rope_store(x, self.c_attn.weight, self.c_attn.bias, cos, sin, logn, self.attn.k_cache,
+                               self.attn.v_cache, meta.slot_mapping, self.num_heads, self.head_dim)
+            if q is not None:  # decode rows only: c_attn, rotary and the K/V store in one kernel
+                return self.c_proj(self.attn(q, None, None, meta, stored=True).reshape(x.shape[0], -1), residual,
+                                   norm)
         qkv = self.c_attn(x)
         v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, 2]
         if self.full_rotary and use_triton(x):  # one kernel: rotary, logn, K/V into the cache
