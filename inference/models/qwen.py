@@ -28,28 +28,34 @@ class QWenAttention(nn.Module):
 
     def forward(self, x, residual, cos, sin, logn, meta: AttentionMetadata, norm: RMSNorm):
         """(norm(output + residual), output + residual): see RowParallelLinear.forward."""
-        if self.full_rotary and use_triton(x) and meta.num_decodes == x.shape[0] and self.c_attn.quant_method is None:
+        o = self._attend(x, cos, sin, logn, meta)
+        return self.c_proj(o.reshape(x.shape[0], -1), residual, norm)
+
+    def _attend(self, x, cos, sin, logn, meta: AttentionMetadata) -> torch.Tensor:
+        """Attention output [T, H, D]. On CUDA with every row a decode row (2-64 rows, Hopper): c_attn, rotary
+        and the K/V store in one kernel (qkv_rope); elsewhere on CUDA: c_attn, then one kernel for rotary, logn
+        and the store; on the CPU and NPU: torch."""
+        fast = self.full_rotary and use_triton(x)
+        if fast and meta.num_decodes == x.shape[0] and self.c_attn.quant_method is None:
             from inference.kernels.qkv_rope import qkv_rope_store  # noqa: PLC0415
 
             q = qkv_rope_store(x, self.c_attn.weight, self.c_attn.bias, cos, sin, logn, self.attn.k_cache,
                                self.attn.v_cache, meta.slot_mapping, self.num_heads, self.head_dim)
-            if q is not None:  # decode rows only: c_attn, rotary and the K/V store in one kernel
-                return self.c_proj(self.attn(q, None, None, meta, stored=True).reshape(x.shape[0], -1), residual,
-                                   norm)
+            if q is not None:  # decode rows read K/V from the cache only
+                return self.attn(q, None, None, meta, stored=True)
         qkv = self.c_attn(x)
         v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, 2]
-        if self.full_rotary and use_triton(x):  # one kernel: rotary, logn, K/V into the cache
+        if fast:
             from inference.kernels.fused import rope_and_store  # noqa: PLC0415
 
             q, k = rope_and_store(qkv, cos, sin, logn, self.attn.k_cache, self.attn.v_cache, meta.slot_mapping,
                                   self.num_heads, self.head_dim)
-            return self.c_proj(self.attn(q, k, v, meta, stored=True).reshape(x.shape[0], -1), residual, norm)
+            return self.attn(q, k, v, meta, stored=True)
         q, k = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, :2].unbind(1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if logn is not None:
             q = (q.float() * logn[:, None, None]).to(q.dtype)
-        o = self.attn(q, k, v.contiguous(), meta)
-        return self.c_proj(o.reshape(x.shape[0], -1), residual, norm)
+        return self.attn(q, k, v.contiguous(), meta)
 
 
 class QWenMLP(nn.Module):
