@@ -14,11 +14,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from inference.kernels import device_feature, pdl
-from inference.kernels.skinny import skinny_config, use_tma
+from inference.kernels.skinny import launch_fitted, skinny_config, use_tma
 
 
 @triton.jit
@@ -86,17 +85,15 @@ def qkv_rope_store(x, weight, bias, cos, sin, logn, k_cache, v_cache, slot_mappi
         return None
     q = torch.empty(m, num_heads, head_dim, dtype=x.dtype, device=x.device)
     on = pdl(x)
-    while True:
-        try:
-            _qkv_rope_kernel[(3 * num_heads, triton.cdiv(m, bm))](
-                TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk]),
-                TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), bias, cos, sin,
-                logn if logn is not None else cos, slot_mapping, q, k_cache, v_cache, m, k, num_heads,
-                k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), BLOCK_SIZE=k_cache.shape[1],
-                HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_K=bk, HAS_LOGN=logn is not None, PDL=on, num_warps=warps,
-                num_stages=stages, launch_pdl=on)
-            return q
-        except OutOfResources:  # less shared memory than the tiles assumed
-            if stages <= 2:
-                raise
-            stages -= 1
+
+    def launch(stages):
+        _qkv_rope_kernel[(3 * num_heads, triton.cdiv(m, bm))](
+            TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk]),
+            TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), bias, cos, sin,
+            logn if logn is not None else cos, slot_mapping, q, k_cache, v_cache, m, k, num_heads,
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), BLOCK_SIZE=k_cache.shape[1],
+            HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_K=bk, HAS_LOGN=logn is not None, PDL=on, num_warps=warps,
+            num_stages=stages, launch_pdl=on)
+
+    launch_fitted(("qkv_rope", bn, bm, bk, warps, stages), stages, launch)
+    return q

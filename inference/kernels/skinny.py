@@ -161,6 +161,19 @@ def _reduce_norm_kernel(ws_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, eps, st
     add_rmsnorm_row(acc.to(out_ptr.dtype.element_ty), res_ptr, w_ptr, out_ptr, res_out_ptr, m, cols, ok, N, eps, True)
 
 
+def launch_fitted(key: tuple, stages: int, launch) -> None:
+    """launch(stages), with fewer pipeline stages where this GPU's shared memory does not hold them (down to
+    one); the stages that fit are kept per config in `_FITS`, so later calls go straight to them."""
+    stages = _FITS.get(key, stages)
+    while True:
+        try:
+            return launch(stages)
+        except OutOfResources:  # this GPU has less shared memory than the estimate allowed for
+            if stages <= 1:
+                raise
+            stages = _FITS[key] = stages - 1
+
+
 def use_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Tiles through the TMA (Hopper and newer) where both operands meet its 16-byte alignment of base and
     row stride. QWEN_CHAT_TMA=0 keeps the per-thread copies (for A/B benchmarks)."""
@@ -221,28 +234,23 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     tma = use_tma(x, weight) if tma is None else tma
     out = y if split == 1 else torch.empty(split, m, 2 * n if gated else n, dtype=torch.float32, device=x.device)
-    key = (bn, bm, bk, warps, stages, split, gated, tma)
-    stages = _FITS.get(key, stages)
     grid = (triton.cdiv(n, bn), split, triton.cdiv(m, bm))
     b = bias if bias is not None else weight
     flags = dict(HAS_BIAS=bias is not None, GATED=gated, SPLIT_K=split, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk,
                  num_warps=warps, PDL=on, launch_pdl=on)
-    while True:
-        try:
-            if tma:
-                _skinny_tma_kernel[grid](
-                    TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk]),
-                    TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), b, out, m, n, k,
-                    out.stride(-2), out.stride(0) if split > 1 else 0, num_stages=stages, **flags)
-            else:
-                _skinny_kernel[grid](
-                    x, weight, b, out, m, n, k, x.stride(0), weight.stride(0), out.stride(-2),
-                    out.stride(0) if split > 1 else 0, EVEN_K=k % bk == 0, num_stages=stages, **flags)
-            break
-        except OutOfResources:  # this GPU has less shared memory than the estimate allowed for
-            if stages <= 1:
-                raise
-            stages = _FITS[key] = stages - 1
+
+    def launch(stages):
+        if tma:
+            _skinny_tma_kernel[grid](
+                TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk]),
+                TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), b, out, m, n, k,
+                out.stride(-2), out.stride(0) if split > 1 else 0, num_stages=stages, **flags)
+        else:
+            _skinny_kernel[grid](
+                x, weight, b, out, m, n, k, x.stride(0), weight.stride(0), out.stride(-2),
+                out.stride(0) if split > 1 else 0, EVEN_K=k % bk == 0, num_stages=stages, **flags)
+
+    launch_fitted((bn, bm, bk, warps, stages, split, gated, tma), stages, launch)
     if norm is not None and split == 1:
         return add_rmsnorm(y, *norm)
     if norm is not None:
