@@ -5,6 +5,7 @@ python bench/ablate.py --variant none|norm|rope|reducenorm|splitk|combine|attent
     [--batches 16,64]
     [--attn SPLITS,BLOCK_N,WARPS,STAGES [--attn-from B] [--dot 0|1]] [--attn-pdl 0] [--kv-blocks N]
     [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K[,WARPS]] [--block-size N] [--profile]
+    [--boundary]  (engine step against back-to-back graph replays, and the device timeline between steps)
     [--ncu]   (one steady step of the last batch between cudaProfilerStart / Stop, for Nsight Compute:
                ncu --profile-from-start off --clock-control none ... python bench/ablate.py --ncu; then
                python bench/ncu_table.py on its CSV)
@@ -135,6 +136,69 @@ def profile_step(engine, batch: int) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=50))
 
 
+def _timeline(run, n: int):
+    """CUDA events (kernels and copies) of n calls of run, sorted by start."""
+    from torch.autograd import DeviceType  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            run()
+        torch.cuda.synchronize()
+    return sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+
+
+def boundary(engine, batch: int, steps: int = 30) -> None:
+    """What a step costs beyond its graph: back-to-back replays of the decode graph against engine steps
+    (timed, then profiled: device idle and time by kernel a step, and the timeline across a step's end)."""
+    from collections import defaultdict  # noqa: PLC0415
+
+    for p in prompts(batch, 512, batch):
+        engine.add_request(p, SamplingParams(max_new_tokens=200, ignore_eos=True))
+    for _ in range(60):
+        engine.step()
+    graphs = engine.runner.graphs
+    g = graphs.graphs[next(b for b in graphs.buckets if b >= batch)]
+
+    def timed(run):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            run()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) / steps * 1000
+
+    r1, e1, r2 = timed(g.replay), timed(engine.step), timed(g.replay)
+    print(f"BOUNDARY batch {batch}: replays {r1:.3f} ms, engine steps {e1:.3f} ms, replays after {r2:.3f} ms",
+          flush=True)
+    n = 6
+    sides = {"replay": _timeline(g.replay, n), "engine": _timeline(engine.step, n)}
+    by = {}
+    for side, ev in sides.items():
+        span = (ev[-1].time_range.end - ev[0].time_range.start) / n
+        idle = [(b.time_range.start - max(x.time_range.end for x in ev[: i + 1]), a.name, b.name)
+                for i, (a, b) in enumerate(zip(ev, ev[1:]))]
+        gaps = sorted((gp for gp in idle if gp[0] > 0), reverse=True)
+        print(f"  {side}: {span:.1f} us a step on the device, idle {sum(gp[0] for gp in gaps) / n:.1f} us a step; "
+              "largest: " + ", ".join(f"{gp[0]:.0f} us before {gp[2][:28]}" for gp in gaps[:3]))
+        t = defaultdict(float)
+        for e in ev:
+            t[e.name[:40]] += (e.time_range.end - e.time_range.start) / n
+        by[side] = t
+    for name in sorted(by["engine"], key=lambda k: -by["engine"][k])[:12]:
+        print(f"  {name:40s} replay {by['replay'].get(name, 0.0):8.1f} us  engine {by['engine'][name]:8.1f} us")
+    ev = sides["engine"]
+    big = [i for i, e in enumerate(ev) if "skinny" in e.name and e.time_range.end - e.time_range.start > 240]
+    if big:  # lm_head (~290 us at batch 16) to the next step's first layer
+        t0 = ev[big[0]].time_range.end
+        for e in ev[big[0]: big[0] + 12]:
+            print(f"  {(e.time_range.start - t0):9.1f} us  {e.time_range.end - e.time_range.start:7.1f} us  "
+                  f"{e.name[:80]}")
+    for rid in list(engine.seqs):
+        engine.abort(rid)
+    engine.step()
+
+
 def ncu_step(engine, batch: int) -> None:
     """One steady decode step at context ~576 inside the profiler range (`ncu --profile-from-start off`)."""
     for p in prompts(batch, 512, batch):
@@ -161,6 +225,7 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--ncu", action="store_true")
+    ap.add_argument("--boundary", action="store_true", help="engine step against graph replay, and the timeline")
     a = ap.parse_args()
     for kind in (k for v in a.variant.split(",") for k in GROUPS.get(v, [v])):
         patch(kind)
@@ -179,6 +244,9 @@ def main() -> None:
           f"kv={a.kv_blocks} bs={a.block_size} skinny={'+'.join(a.skinny) or '-'} " + " ".join(res), flush=True)
     if a.profile:
         profile_step(engine, int(a.batches.split(",")[-1]))
+    if a.boundary:
+        for b in a.batches.split(","):
+            boundary(engine, int(b))
     if a.ncu:
         ncu_step(engine, int(a.batches.split(",")[-1]))
     engine.shutdown()
