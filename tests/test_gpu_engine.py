@@ -73,21 +73,27 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
     assert e.generate([b[::-1]], greedy) == [hf_greedy(oracle, b[::-1], 12)[0]] and e.runner.row_steps == 2
 
 
-def test_graphs_equal_eager(tiny_model):
+@pytest.mark.parametrize("mapped", ["1", "0"])
+def test_graphs_equal_eager(tiny_model, monkeypatch, mapped):
+    """The decode graphs (inputs and greedy tokens through pinned memory read and written inside the graph,
+    or copied: QWEN_CHAT_MAPPED_IO=0) give the tokens of the eager path."""
     from inference.config import SamplingParams
 
+    monkeypatch.setenv("QWEN_CHAT_MAPPED_IO", mapped)
     prompts = [[1, 2, 3], list(range(500, 560)), [7] * 33, [42]]
     p = SamplingParams(max_new_tokens=20, temperature=0.0, ignore_eos=True)
     assert _engine(tiny_model, "float16").generate(prompts, p) == \
         _engine(tiny_model, "float16", graphs=False).generate(prompts, p)
 
 
-def test_steady_decode_never_waits_on_the_gpu(tiny_model):
+@pytest.mark.parametrize("mapped", ["1", "0"])
+def test_steady_decode_never_waits_on_the_gpu(tiny_model, monkeypatch, mapped):
     """With CUDA graphs and the lookahead, a decode step makes no blocking CUDA call: the host plans step
     N+1 while the GPU runs step N (a blocking copy in the step loop cost 1.4-1.8 ms per step at 7B), and
-    copies only from pinned memory."""
+    copies only from pinned memory; with mapped step I/O it copies nothing at all."""
     from inference.config import SamplingParams
 
+    monkeypatch.setenv("QWEN_CHAT_MAPPED_IO", mapped)
     e = _engine(tiny_model, "float16")
     for p in ([1, 2, 3], list(range(500, 560)), [7] * 33):
         e.add_request(p, SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True))
@@ -107,7 +113,12 @@ def test_steady_decode_never_waits_on_the_gpu(tiny_model):
             assert len(e.step()) == 3
         torch.cuda.synchronize()
     copies = [ev.name for ev in prof.events() if ev.name.startswith("Memcpy")]
-    assert any("Pinned" in c for c in copies) and not any("Pageable" in c for c in copies), copies
+    assert not any("Pageable" in c for c in copies), copies
+    # Copied I/O: one copy up a step (the inputs, block table included: a second copy and a kernel each stood
+    # between two replays before) and one down (the tokens, which the graph took and left as the next step's
+    # ids). Mapped: none (kernels in the graph read and write pinned memory).
+    want = [0, 0, 0] if mapped == "1" else [3, 3, 0]
+    assert [sum(d in c for c in copies) for d in ("HtoD", "DtoH", "DtoD")] == want, copies
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (tensor parallelism over NCCL)")

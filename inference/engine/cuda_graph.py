@@ -1,11 +1,17 @@
 """Decode steps replayed from CUDA graphs captured per batch-size bucket (nano-vllm style, by hand).
 
-All inputs live in static device buffers; a step copies its ids/positions/slots/lengths (one packed
-copy) and the used part of the block table, then replays. Padded rows have slot -1 and length 0, so
-they neither write the cache nor attend.
+A step's inputs (ids, positions, slots, lengths and the block table at the step's own width, which the
+attention kernel reads from the device) are written into a pinned host slot, and the graph's first kernel
+reads them from there (`inference/kernels/step_io.py`: zero copy). The graph ends with the greedy argmax
+written into the ids, the next step's input, and into a pinned host slot the host reads. So nothing but the
+graph launch stands between two replays; a greedy next step (decode lookahead) sends everything but the
+ids. QWEN_CHAT_MAPPED_IO=0 sends the inputs with one copy before the replay and reads the tokens back
+with another (A/B). Padded rows have slot -1 and length 0, so they neither write the cache nor attend.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -14,33 +20,73 @@ from inference.layers.attention import AttentionMetadata
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 
 
+def read_back(dev: torch.Tensor, host: torch.Tensor):
+    """Queue a copy of `dev` into pinned `host`; returns a function that waits for that copy only and
+    gives the values as a list."""
+    host.copy_(dev, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def read() -> list[int]:
+        done.synchronize()
+        return host.tolist()
+    return read
+
+
 class DecodeGraphs:
     def __init__(self, model, rotary, max_bs: int, max_blocks: int, device):
         self.model, self.rotary, self.device = model, rotary, device
         self.buckets = [b for b in BUCKETS if b <= max_bs] or [1]
         top = self.buckets[-1]
         self.max_bs, self.max_blocks = top, max_blocks
-        self.packed = torch.zeros(4 * top, dtype=torch.long, device=device)
-        self.ids, self.pos, self.slots, self.ctx = self.packed.view(4, top).unbind(0)
-        self.block_tables = torch.zeros(top, max_blocks, dtype=torch.int32, device=device)
-        # pinned staging, double-buffered: a copy never waits for the GPU, and the buffer of step N is
-        # only refilled for step N + 2, after step N's tokens were read back.
-        self.host = [torch.zeros(4 * top, dtype=torch.long, pin_memory=True) for _ in range(2)]
-        self.host_bt = [torch.zeros(top * max_blocks, dtype=torch.int32, pin_memory=True) for _ in range(2)]
-        self.turn = 0
+        self.mapped = os.environ.get("QWEN_CHAT_MAPPED_IO", "1") != "0"
+        # int32 words: a header of int64 ids, positions, slots, lengths (a row of `top` each), then the block
+        # table's width, the rows it holds and whether the ids come from the host; then the block table.
+        self.head = 2 * (4 * top + 3)
+        words = self.head + top * max_blocks + 1 & ~1  # even: both host slots start 8-byte aligned
+        self.dev = torch.zeros(words, dtype=torch.int32, device=device)
+        header = self.dev[: self.head].view(torch.long)
+        self.ids, self.pos, self.slots, self.ctx = header[: 4 * top].view(4, top).unbind(0)
+        self.width = header[4 * top: 4 * top + 1]
+        self.block_tables = self.dev[self.head: self.head + top * max_blocks].view(top, max_blocks)
+        # pinned host slots, two in turn: slot r % 2 is refilled for replay r once replay r - 2 is done
+        self.host_in = torch.zeros(2, words, dtype=torch.int32).pin_memory()
+        self.host_in[:, : self.head].view(torch.long)[:, 2 * top: 3 * top].fill_(-1)  # slots: write nothing
+        self.host_out = torch.zeros(2, top, dtype=torch.long).pin_memory()
+        self.ctr = torch.zeros(1, dtype=torch.long, device=device)  # replays so far (its parity picks the slot)
+        self.count = 0  # the same, on the host
+        self.par = torch.zeros(1, dtype=torch.long, device=device)  # this replay's slot, for its last kernel
+        # QWEN_CHAT_FUSED_ARGMAX=0 (A/B): torch's argmax after lm_head instead of its epilogue's partials
+        self.fused_argmax = os.environ.get("QWEN_CHAT_FUSED_ARGMAX", "1") != "0"
+        self.done: list[torch.cuda.Event | None] = [None, None]
+        self.last: tuple[int, int] | None = None  # (bucket, slot) of the last replay
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
         self.cos_table, self.sin_table = rotary.table(1.0, 1)
 
     def _forward(self, bs: int) -> torch.Tensor:
+        from inference.kernels.step_io import argmax_finish, tokens_out, unpack_inputs  # noqa: PLC0415 (Triton)
+
+        if self.mapped:
+            unpack_inputs(self.host_in, self.dev, self.ctr, self.par, self.max_bs, self.head)
         pos = self.pos[:bs]
         cos, sin = self.cos_table[pos], self.sin_table[pos]
         meta = AttentionMetadata(slot_mapping=self.slots[:bs], block_tables=self.block_tables[:bs],
                                  context_lens=self.ctx[:bs], q_lens=[1] * bs, ctx_lens=[1] * bs, num_decodes=bs,
-                                 max_ctx=1, prefix_free=[False] * bs)
+                                 max_ctx=1, prefix_free=[False] * bs, block_table_width=self.width)
         hidden = self.model(self.ids[:bs], cos, sin, None, meta)
-        return self.model.compute_logits(hidden)
+        # greedy tokens into the ids (the next step's input) and, mapped, into the host slot
+        logits, best = (self.model.compute_logits(hidden, argmax=True) if self.fused_argmax
+                        else (self.model.compute_logits(hidden), None))
+        if best is not None:  # from lm_head's per-tile partials
+            argmax_finish(best, self.ids[:bs], self.host_out if self.mapped else None, self.ctr, self.par)
+            return logits
+        if logits is not None:
+            torch.argmax(logits, -1, out=self.ids[:bs])
+        if self.mapped:
+            tokens_out(self.ids[:bs], self.host_out, self.ctr, self.par)
+        return logits
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -54,6 +100,7 @@ class DecodeGraphs:
             if self.pool is None:
                 self.pool = g.pool()
             self.graphs[bs] = g
+        self.ctr.zero_()  # the warm-ups counted themselves
         torch.cuda.synchronize()
 
     def can_run(self, num_seqs: int, max_ctx: int) -> bool:
@@ -66,20 +113,44 @@ class DecodeGraphs:
         other than 0)."""
         n = len(token_ids)
         bs = next(b for b in self.buckets if b >= n)
-        pad = bs - n
-        host, host_bt = self.host[self.turn], self.host_bt[self.turn]
-        self.turn ^= 1
-        # Host sides contiguous (the packed buffer whole, the block table rows packed): torch stages a strided
-        # host tensor through pageable memory, and that copy waited for the GPU, so the host fell out of step.
-        host.view(4, self.max_bs)[:, :bs].copy_(torch.tensor(
+        pad, top, turn = bs - n, self.max_bs, self.count & 1
+        if self.done[turn] is not None:  # replay r - 2 read this slot, and its tokens were read (long since)
+            self.done[turn].synchronize()
+        host = self.host_in[turn]
+        header = host[: self.head].view(torch.long)
+        header[: 4 * top].view(4, top)[:, :bs].copy_(torch.tensor(
             [[*token_ids, *[0] * pad], [*positions, *[0] * pad], [*slots, *[-1] * pad], [*ctx_lens, *[0] * pad]]))
-        self.packed.copy_(host, non_blocking=True)
-        if ids_device is not None:
+        rows, w = block_tables.shape
+        # The ids are already in place when they are the last replay's greedy tokens (taken in the graph).
+        in_place = ids_device is not None and ids_device.data_ptr() == self.ids.data_ptr()
+        header[4 * top:] = torch.tensor([w, rows, int(ids_device is None)])
+        host[self.head: self.head + rows * w].copy_(block_tables.view(-1))
+        if not self.mapped:
+            lo = 2 * top if in_place else 0
+            self.dev[lo: self.head + rows * w].copy_(host[lo: self.head + rows * w], non_blocking=True)
+        if ids_device is not None and not in_place:
             self.ids[:n].copy_(ids_device, non_blocking=True)
-        w = block_tables.shape[1]
-        staged = host_bt[: n * w].view(n, w)
-        staged.copy_(block_tables)
-        self.block_tables[:n, :w].copy_(staged, non_blocking=True)
         self.graphs[bs].replay()
+        self.done[turn] = torch.cuda.Event()
+        self.done[turn].record()
+        self.count += 1
+        self.last = (bs, turn)
         out = self.outputs[bs]  # None on ranks > 0 of tensor parallelism (the logits are gathered to rank 0)
         return None if out is None else out[:n]
+
+    def greedy_tokens(self, logits: torch.Tensor):
+        """For `logits` that are the last replay's output rows: (their greedy tokens on the GPU, which the
+        graph took into the ids buffer, where the next replay reads them without a copy; a function that
+        returns them as a list: it waits for this replay only). None otherwise."""
+        out = self.outputs.get(self.last[0]) if self.last is not None else None
+        if out is None or logits.data_ptr() != out.data_ptr():
+            return None
+        n, turn = logits.shape[0], self.last[1]
+        dev, host, done = self.ids[:n], self.host_out[turn, :n], self.done[turn]
+        if not self.mapped:
+            return dev, read_back(dev, host)
+
+        def read() -> list[int]:
+            done.synchronize()
+            return host.tolist()
+        return dev, read

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from inference import distributed as dist
+from inference.engine.cuda_graph import read_back
 from inference.engine.model_runner import StepPlan
 from inference.engine.sequence import Sequence
 
@@ -56,10 +57,12 @@ class Lookahead:
         bm = self.engine.block_manager
         seqs = [s for s, _ in batch]
         n = len(seqs)
-        tokens_dev = logits.argmax(-1)
-        self.host[:n].copy_(tokens_dev, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
+        graphs = self.engine.runner.graphs
+        taken = graphs.greedy_tokens(logits) if graphs is not None else None
+        if taken is None:  # not the last replay's rows (not expected): take them here
+            tokens_dev = logits.argmax(-1)
+            taken = tokens_dev, read_back(tokens_dev, self.host[:n])
+        tokens_dev, read = taken
         need = sum(max(0, bm.blocks_needed(len(s) + 1) - len(s.block_table)) for s in seqs)
         if need <= bm.num_free:
             for s in seqs:
@@ -71,8 +74,7 @@ class Lookahead:
                 dist.broadcast_object(("ahead", nxt))
                 dist.broadcast_tensor(tokens_dev)
                 self.pending = Ahead(seqs, nxt.positions, self.engine.runner.run_graph(nxt, tokens_dev))
-        done.synchronize()
-        return self.host[:n].tolist()
+        return read()
 
 
 def follow(runner, plan: StepPlan) -> None:

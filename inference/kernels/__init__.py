@@ -32,6 +32,14 @@ def _skinny_on() -> bool:
     return os.environ.get("QWEN_CHAT_SKINNY", "1") != "0"
 
 
+def thin_kind(x: torch.Tensor) -> str | None:
+    """Which of thin_matmul's kernels takes x: "gemv" (1 row), "skinny" (2-64 rows), or None (cuBLAS)."""
+    m = x.shape[0]
+    if not use_triton(x) or m > THIN_MAX_ROWS or (m > 1 and (x.dtype == torch.float32 or not _skinny_on())):
+        return None
+    return "gemv" if m == 1 else "skinny"
+
+
 def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
                 norm=None):
     """Decode-sized matmuls on CUDA through Triton (1 row: a GEMV; 2-64 rows: the skinny tensor-core GEMM);
@@ -39,16 +47,16 @@ def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     gated: `weight` is [gate; up] and the result silu(gate) * up. norm = (residual, norm weight, eps):
     2-64 rows only, returns (rmsnorm(y + residual), y + residual) (skinny_linear).
     QWEN_CHAT_SKINNY=0 keeps 2-64 rows on cuBLAS (for A/B benchmarks)."""
-    m = x.shape[0]
-    if not use_triton(x) or m > THIN_MAX_ROWS or (m > 1 and (x.dtype == torch.float32 or not _skinny_on())):
+    kind = thin_kind(x)
+    if kind is None:
         return None
     if norm is not None:
-        if m == 1 or not _fuse_norm_on():
+        if kind == "gemv" or not _fuse_norm_on():
             return None
         from inference.kernels.skinny import skinny_linear  # noqa: PLC0415
 
         return skinny_linear(x, weight, norm=norm)
-    if m == 1:
+    if kind == "gemv":
         from inference.kernels.gemv import gemv  # noqa: PLC0415
 
         return gemv(x, weight, bias, gated=gated)

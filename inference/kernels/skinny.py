@@ -28,9 +28,10 @@ SMEM_BYTES = 220 * 1024  # the pipelined tiles of one program stay under this (H
 
 
 @triton.jit
-def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, stride_ys,
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, best_ptr, M, N, K, stride_xm, stride_wn, stride_ym, stride_ys,
                    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+                   ARGMAX: tl.constexpr):
     if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -68,14 +69,14 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, st
             acc_up = tl.dot(w_up, x, acc_up)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
-    _store(acc, acc_up, b_ptr, y_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, pid_m, HAS_BIAS, GATED, SPLIT_K,
-           BLOCK_N, BLOCK_M)
+    _store(acc, acc_up, b_ptr, y_ptr, best_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, pid_m, HAS_BIAS, GATED,
+           SPLIT_K, BLOCK_N, BLOCK_M, ARGMAX)
 
 
 @triton.jit
-def _skinny_tma_kernel(x_desc, w_desc, b_ptr, y_ptr, M, N, K, stride_ym, stride_ys, HAS_BIAS: tl.constexpr,
-                       GATED: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+def _skinny_tma_kernel(x_desc, w_desc, b_ptr, y_ptr, best_ptr, M, N, K, stride_ym, stride_ys,
+                       HAS_BIAS: tl.constexpr, GATED: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, ARGMAX: tl.constexpr):
     """`_skinny_kernel` with its tiles brought in by the Hopper tensor memory accelerator (TMA): one
     instruction per tile instead of a 16-byte copy per thread, zero fill past the edges (no masks)."""
     if PDL:
@@ -95,14 +96,17 @@ def _skinny_tma_kernel(x_desc, w_desc, b_ptr, y_ptr, M, N, K, stride_ym, stride_
         acc = tl.dot(w_desc.load([pid_n * BLOCK_N, t * BLOCK_K]), x.T, acc)
         if GATED:
             acc_up = tl.dot(w_desc.load([N + pid_n * BLOCK_N, t * BLOCK_K]), x.T, acc_up)
-    _store(acc, acc_up, b_ptr, y_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, pid_m, HAS_BIAS, GATED, SPLIT_K,
-           BLOCK_N, BLOCK_M)
+    _store(acc, acc_up, b_ptr, y_ptr, best_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, pid_m, HAS_BIAS, GATED,
+           SPLIT_K, BLOCK_N, BLOCK_M, ARGMAX)
 
 
 @triton.jit
-def _store(acc, acc_up, b_ptr, y_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, pid_m, HAS_BIAS: tl.constexpr,
-           GATED: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The epilogue: y^T tile (+ bias, SiLU gate) into y, or float32 partials of split K into the workspace."""
+def _store(acc, acc_up, b_ptr, y_ptr, best_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, pid_m,
+           HAS_BIAS: tl.constexpr, GATED: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
+           BLOCK_M: tl.constexpr, ARGMAX: tl.constexpr):
+    """The epilogue: y^T tile (+ bias, SiLU gate) into y, or float32 partials of split K into the workspace.
+    ARGMAX (unsplit): also each token's largest value in this tile, as stored, and its first column, into
+    best [M, 2 * tiles] (values, then columns as float32 bits), for `step_io.argmax_finish`."""
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask = (offs_n < N)[:, None] & (offs_m < M)[None, :]
@@ -112,7 +116,16 @@ def _store(acc, acc_up, b_ptr, y_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, 
             acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
         if GATED:
             acc = acc / (1.0 + tl.exp(-acc)) * acc_up
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        out = acc.to(y_ptr.dtype.element_ty)
+        tl.store(y_ptrs, out, mask=mask)
+        if ARGMAX:
+            v = tl.where(mask, out.to(tl.float32), -float("inf"))
+            best = tl.max(v, 0)
+            first = tl.min(tl.where(v == best[None, :], offs_n[:, None], 2147483647), 0)
+            tiles = tl.num_programs(0)
+            row = best_ptr + offs_m.to(tl.int64) * (2 * tiles) + pid_n
+            tl.store(row, best, mask=offs_m < M)
+            tl.store(row + tiles, first.to(tl.float32, bitcast=True), mask=offs_m < M)
     else:  # float32 partials; the gated form keeps gate and up side by side ([.., N] and [.., N:2N])
         tl.store(y_ptrs, acc, mask=mask)
         if GATED:
@@ -217,11 +230,14 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
-                  config=None, tma: bool | None = None, norm=None):
+                  config=None, tma: bool | None = None, norm=None, argmax: bool = False):
     """x [M, K], weight [N, K] -> [M, N]; gated: weight is [gate; up] of 2N rows and the result is
     silu(x gate^T) * (x up^T), [M, N]. `config` overrides `skinny_config`, `tma` overrides `use_tma`
     (tuning, tests). norm = (residual, norm weight, eps): returns (rmsnorm(y + residual) * weight,
-    y + residual) as `add_rmsnorm` does; where K is split, the reduce kernel does it (one kernel fewer)."""
+    y + residual) as `add_rmsnorm` does; where K is split, the reduce kernel does it (one kernel fewer).
+    argmax (unsplit K, no gate): returns (y, best), best [M, 2 * tiles] each tile's largest value of each row
+    and its first column (`step_io.argmax_finish` takes the row's argmax from it); best is None where K is
+    split."""
     if (gated or bias is not None) and norm is not None:
         raise ValueError("skinny_linear: the fused norm takes a plain weight (no bias, not gated)")
     if gated and bias is not None:
@@ -236,21 +252,25 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     out = y if split == 1 else torch.empty(split, m, 2 * n if gated else n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, bn), split, triton.cdiv(m, bm))
     b = bias if bias is not None else weight
+    argmax = argmax and split == 1 and not gated
+    best = torch.empty(m, 2 * grid[0], dtype=torch.float32, device=x.device) if argmax else y
     flags = dict(HAS_BIAS=bias is not None, GATED=gated, SPLIT_K=split, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk,
-                 num_warps=warps, PDL=on, launch_pdl=on)
+                 num_warps=warps, PDL=on, launch_pdl=on, ARGMAX=argmax)
 
     def launch(stages):
         if tma:
             _skinny_tma_kernel[grid](
                 TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk]),
-                TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), b, out, m, n, k,
+                TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), b, out, best, m, n, k,
                 out.stride(-2), out.stride(0) if split > 1 else 0, num_stages=stages, **flags)
         else:
             _skinny_kernel[grid](
-                x, weight, b, out, m, n, k, x.stride(0), weight.stride(0), out.stride(-2),
+                x, weight, b, out, best, m, n, k, x.stride(0), weight.stride(0), out.stride(-2),
                 out.stride(0) if split > 1 else 0, EVEN_K=k % bk == 0, num_stages=stages, **flags)
 
     launch_fitted((bn, bm, bk, warps, stages, split, gated, tma), stages, launch)
+    if argmax:
+        return y, best
     if norm is not None and split == 1:
         return add_rmsnorm(y, *norm)
     if norm is not None:

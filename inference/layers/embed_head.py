@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from inference.distributed import all_reduce, gather_last_dim, get_rank, get_world_size
-from inference.kernels import thin_matmul
+from inference.kernels import thin_kind, thin_matmul
 from inference.layers.linear import _check, load_rows
 
 
@@ -40,11 +40,22 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """Untied lm_head; full logits end up on rank 0 only (None elsewhere)."""
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor | None:
-        logits = thin_matmul(h, self.weight)
-        if logits is None:
-            logits = nn.functional.linear(h, self.weight)
+    def forward(self, h: torch.Tensor, argmax: bool = False):
+        """Logits [rows, vocab] (None on ranks > 0). argmax: (logits, best), where best holds each lm_head
+        tile's largest logit of each row and its column (one rank, 2-64 rows on CUDA:
+        `step_io.argmax_finish` takes the rows' argmax from it), or None."""
+        best = None
+        if argmax and self.tp_size == 1 and thin_kind(h) == "skinny":
+            from inference.kernels.skinny import skinny_linear  # noqa: PLC0415
+
+            logits, best = skinny_linear(h, self.weight, argmax=True)
+        else:
+            logits = thin_matmul(h, self.weight)
+            if logits is None:
+                logits = nn.functional.linear(h, self.weight)
         if self.tp_size == 1:
-            return logits[:, : self.vocab_size]
-        full = gather_last_dim(logits)
-        return None if full is None else full[:, : self.vocab_size]
+            logits = logits[:, : self.vocab_size]
+        else:
+            full = gather_last_dim(logits)
+            logits = None if full is None else full[:, : self.vocab_size]
+        return (logits, best) if argmax else logits

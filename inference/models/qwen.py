@@ -124,8 +124,9 @@ class QWenLMHeadModel(nn.Module):
     def forward(self, ids, cos, sin, logn, meta) -> torch.Tensor:
         return self.transformer(ids, cos, sin, logn, meta)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        return self.lm_head(hidden)
+    def compute_logits(self, hidden: torch.Tensor, argmax: bool = False):
+        """Logits (None on ranks > 0); argmax: (logits, per-tile argmax partials or None) (ParallelLMHead)."""
+        return self.lm_head(hidden, argmax)
 
     def param_for(self, key: str) -> tuple[str, int | None]:
         for src, (dst, shard) in self.packed.items():
