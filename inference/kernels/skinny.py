@@ -235,13 +235,15 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     silu(x gate^T) * (x up^T), [M, N]. `config` overrides `skinny_config`, `tma` overrides `use_tma`
     (tuning, tests). norm = (residual, norm weight, eps): returns (rmsnorm(y + residual) * weight,
     y + residual) as `add_rmsnorm` does; where K is split, the reduce kernel does it (one kernel fewer).
-    argmax (unsplit K, no gate): returns (y, best), best [M, 2 * tiles] each tile's largest value of each row
-    and its first column (`step_io.argmax_finish` takes the row's argmax from it); best is None where K is
-    split."""
+    argmax: returns (y, best), best [M, 2 * tiles] each tile's largest value of each row and its first
+    column (`step_io.argmax_finish` takes the row's argmax from it); best is None where K is split or the
+    weight gated (no such partials there)."""
     if (gated or bias is not None) and norm is not None:
         raise ValueError("skinny_linear: the fused norm takes a plain weight (no bias, not gated)")
     if gated and bias is not None:
         raise ValueError("skinny_linear: a gated weight takes no bias")
+    if argmax and norm is not None:
+        raise ValueError("skinny_linear: the argmax partials are for logits, not a normed output")
     x = x.contiguous()
     m, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
@@ -252,10 +254,10 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     out = y if split == 1 else torch.empty(split, m, 2 * n if gated else n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, bn), split, triton.cdiv(m, bm))
     b = bias if bias is not None else weight
-    argmax = argmax and split == 1 and not gated
-    best = torch.empty(m, 2 * grid[0], dtype=torch.float32, device=x.device) if argmax else y
+    partials = argmax and split == 1 and not gated
+    best = torch.empty(m, 2 * grid[0], dtype=torch.float32, device=x.device) if partials else y
     flags = dict(HAS_BIAS=bias is not None, GATED=gated, SPLIT_K=split, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk,
-                 num_warps=warps, PDL=on, launch_pdl=on, ARGMAX=argmax)
+                 num_warps=warps, PDL=on, launch_pdl=on, ARGMAX=partials)
 
     def launch(stages):
         if tma:
@@ -269,8 +271,6 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                 out.stride(0) if split > 1 else 0, EVEN_K=k % bk == 0, num_stages=stages, **flags)
 
     launch_fitted((bn, bm, bk, warps, stages, split, gated, tma), stages, launch)
-    if argmax:
-        return y, best
     if norm is not None and split == 1:
         return add_rmsnorm(y, *norm)
     if norm is not None:
@@ -284,4 +284,4 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         _reduce_kernel[(m, triton.cdiv(n, block))](
             out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), SPLIT_K=split,
             HAS_BIAS=bias is not None, GATED=gated, BLOCK=block, num_warps=4, PDL=on, launch_pdl=on)
-    return y
+    return (y, best if partials else None) if argmax else y
