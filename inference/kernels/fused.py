@@ -50,6 +50,14 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
 
 
 @triton.jit
+def rotate(x1, x2, c1, c2, s1, s2):
+    """The rotary pair (x1, x2) by (cos, sin) halves, in float32, as explicit FMAs: the compiler contracts
+    plain multiply-adds as it likes, and `_rope_store_kernel` and qkv_rope.py's fused epilogue, which both
+    call this, must give the same bits."""
+    return tl.fma(x1, c1, -(x2 * s1)), tl.fma(x2, c2, x1 * s2)
+
+
+@triton.jit
 def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr, k_out_ptr, k_cache_ptr,
                        v_cache_ptr, num_heads, stride_cb, stride_cs, stride_ch, BLOCK_SIZE: tl.constexpr,
                        HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, HAS_LOGN: tl.constexpr, STORE: tl.constexpr,
@@ -74,12 +82,9 @@ def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr,
     q2 = tl.load(src + half, mask=ok).to(tl.float32)
     k1 = tl.load(src + hid, mask=ok).to(tl.float32)
     k2 = tl.load(src + hid + half, mask=ok).to(tl.float32)
-    # explicit FMAs: the compiler contracts plain multiply-adds as it likes, and qkv_rope.py's fused
-    # epilogue must round the same way
-    qr1 = tl.fma(q1, c1, -(q2 * s1))
-    qr2 = tl.fma(q2, c2, q1 * s2)
-    kr1 = tl.fma(k1, c1, -(k2 * s1)).to(k_out_ptr.dtype.element_ty)
-    kr2 = tl.fma(k2, c2, k1 * s2).to(k_out_ptr.dtype.element_ty)
+    qr1, qr2 = rotate(q1, q2, c1, c2, s1, s2)
+    kr1, kr2 = rotate(k1, k2, c1, c2, s1, s2)
+    kr1, kr2 = kr1.to(k_out_ptr.dtype.element_ty), kr2.to(k_out_ptr.dtype.element_ty)
     if HAS_LOGN:
         g = tl.load(logn_ptr + t)
         qr1 = qr1.to(q_out_ptr.dtype.element_ty).to(tl.float32) * g

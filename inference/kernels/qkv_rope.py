@@ -5,8 +5,8 @@ BLOCK_N = 128 for c_attn), so its epilogue can rotate the head and put it where 
 q into a [T, H, D] tensor, k and v into their cache slots. That removes the rotary kernel from every
 layer (`rope_and_store`: about 2 us a layer in a decode graph). The rotation pairs (d, d + D/2) are rows
 of the tile, split apart in registers. It rounds as the two-kernel path does (c_attn's output rounded
-to the model dtype first; the rotation's multiply-adds written as explicit FMAs in both kernels), so
-the two paths give the same bits. QWEN_CHAT_QKV_ROPE=0 keeps the two kernels (A/B benchmarks).
+to the model dtype first; the rotation is `fused.rotate`, explicit FMAs, in both kernels), so the two
+paths give the same bits. QWEN_CHAT_QKV_ROPE=0 keeps the two kernels (A/B benchmarks).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from inference.kernels import device_feature, pdl
+from inference.kernels.fused import rotate
 from inference.kernels.skinny import launch_fitted, skinny_config, use_tma
 
 
@@ -55,8 +56,7 @@ def _qkv_rope_kernel(x_desc, w_desc, b_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr
         c2 = tl.load(cos_ptr + rows + half, mask=ok[None, :], other=0.0).to(tl.float32)
         s1 = tl.load(sin_ptr + rows, mask=ok[None, :], other=0.0).to(tl.float32)
         s2 = tl.load(sin_ptr + rows + half, mask=ok[None, :], other=0.0).to(tl.float32)
-        r1 = tl.fma(y1, c1, -(y2 * s1))  # as _rope_store_kernel
-        r2 = tl.fma(y2, c2, y1 * s2)
+        r1, r2 = rotate(y1, y2, c1, c2, s1, s2)
         if which == 0:
             if HAS_LOGN:
                 g = tl.load(logn_ptr + m, mask=ok, other=0.0)[None, :]
