@@ -20,17 +20,20 @@ from inference.layers.attention import AttentionMetadata
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 
 
-def read_back(dev: torch.Tensor, host: torch.Tensor):
-    """Queue a copy of `dev` into pinned `host`; returns a function that waits for that copy only and
-    gives the values as a list."""
-    host.copy_(dev, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
-
+def reader(done: torch.cuda.Event, host: torch.Tensor):
+    """A function that waits for `done` only, then gives pinned `host`'s values as a list."""
     def read() -> list[int]:
         done.synchronize()
         return host.tolist()
     return read
+
+
+def read_back(dev: torch.Tensor, host: torch.Tensor):
+    """Queue a copy of `dev` into pinned `host`; returns its `reader`."""
+    host.copy_(dev, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return reader(done, host)
 
 
 class DecodeGraphs:
@@ -59,7 +62,7 @@ class DecodeGraphs:
         # QWEN_CHAT_FUSED_ARGMAX=0 (A/B): torch's argmax after lm_head instead of its epilogue's partials
         self.fused_argmax = os.environ.get("QWEN_CHAT_FUSED_ARGMAX", "1") != "0"
         self.done: list[torch.cuda.Event | None] = [None, None]
-        self.last: tuple[int, int] | None = None  # (bucket, slot) of the last replay
+        self.last: int | None = None  # the bucket of the last replay (its slot: (count - 1) % 2)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
@@ -134,7 +137,7 @@ class DecodeGraphs:
         self.done[turn] = torch.cuda.Event()
         self.done[turn].record()
         self.count += 1
-        self.last = (bs, turn)
+        self.last = bs
         out = self.outputs[bs]  # None on ranks > 0 of tensor parallelism (the logits are gathered to rank 0)
         return None if out is None else out[:n]
 
@@ -142,15 +145,9 @@ class DecodeGraphs:
         """For `logits` that are the last replay's output rows: (their greedy tokens on the GPU, which the
         graph took into the ids buffer, where the next replay reads them without a copy; a function that
         returns them as a list: it waits for this replay only). None otherwise."""
-        out = self.outputs.get(self.last[0]) if self.last is not None else None
+        out = self.outputs.get(self.last) if self.last is not None else None
         if out is None or logits.data_ptr() != out.data_ptr():
             return None
-        n, turn = logits.shape[0], self.last[1]
-        dev, host, done = self.ids[:n], self.host_out[turn, :n], self.done[turn]
-        if not self.mapped:
-            return dev, read_back(dev, host)
-
-        def read() -> list[int]:
-            done.synchronize()
-            return host.tolist()
-        return dev, read
+        n, turn = logits.shape[0], (self.count - 1) & 1
+        dev, host = self.ids[:n], self.host_out[turn, :n]
+        return dev, reader(self.done[turn], host) if self.mapped else read_back(dev, host)

@@ -57,8 +57,7 @@ class Lookahead:
         bm = self.engine.block_manager
         seqs = [s for s, _ in batch]
         n = len(seqs)
-        graphs = self.engine.runner.graphs
-        taken = graphs.greedy_tokens(logits) if graphs is not None else None
+        taken = self.engine.runner.graphs.greedy_tokens(logits)  # eligible: graphable, so graphs exist
         if taken is None:  # not the last replay's rows (not expected): take them here
             tokens_dev = logits.argmax(-1)
             taken = tokens_dev, read_back(tokens_dev, self.host[:n])
