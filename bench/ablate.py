@@ -176,8 +176,10 @@ def boundary(engine, batch: int, steps: int = 30) -> None:
     by = {}
     for side, ev in sides.items():
         span = (ev[-1].time_range.end - ev[0].time_range.start) / n
-        idle = [(b.time_range.start - max(x.time_range.end for x in ev[: i + 1]), a.name, b.name)
-                for i, (a, b) in enumerate(zip(ev, ev[1:]))]
+        idle, busy_until = [], ev[0].time_range.end  # gaps after everything before has ended (kernels overlap)
+        for a, b in zip(ev, ev[1:]):
+            busy_until = max(busy_until, a.time_range.end)
+            idle.append((b.time_range.start - busy_until, a.name, b.name))
         gaps = sorted((gp for gp in idle if gp[0] > 0), reverse=True)
         print(f"  {side}: {span:.1f} us a step on the device, idle {sum(gp[0] for gp in gaps) / n:.1f} us a step; "
               "largest: " + ", ".join(f"{gp[0]:.0f} us before {gp[2][:28]}" for gp in gaps[:3]))
