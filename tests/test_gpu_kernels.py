@@ -276,9 +276,10 @@ def test_qkv_rope_store_is_c_attn_then_rope_and_store(dtype, m, logn):
 
 
 def test_step_io_moves_inputs_and_tokens_through_pinned_slots():
-    """The decode graph's first kernel copies host slot (counter % 2) into the device buffer: the header
-    (the ids only when flagged) and rows x width block-table words, nothing more, and notes the parity; its
-    last one writes the ids into host slot (parity) and counts the replay."""
+    """The decode graph's first kernel copies host slot (counter % 2) into the device buffers: the header
+    (the ids only when flagged) and rows x width block-table words into the rows of the full-width table,
+    nothing more, and notes the parity; its last one writes the ids into host slot (parity) and counts the
+    replay."""
     from inference.kernels.step_io import tokens_out, unpack_inputs
 
     top, head = 4, 2 * (4 * 4 + 3)
@@ -288,22 +289,25 @@ def test_step_io_moves_inputs_and_tokens_through_pinned_slots():
     header[:16] = torch.arange(100, 116)
     header[16:] = torch.tensor([3, 2, 0])  # width 3, 2 rows, the ids stay on the device
     host_in[1, head:] = torch.arange(50, 50 + 4 * 8, dtype=torch.int32)
-    dev = torch.full((words,), 7, dtype=torch.int32, device="cuda")
+    dev = torch.full((head,), 7, dtype=torch.int32, device="cuda")
+    table = torch.full((top, 8), 7, dtype=torch.int32, device="cuda")
     ctr, par = torch.ones(1, dtype=torch.long, device="cuda"), torch.zeros(1, dtype=torch.long, device="cuda")
-    unpack_inputs(host_in, dev, ctr, par, top, head)
+    unpack_inputs(host_in, dev, table, ctr, par, top)
     got = dev.cpu()
-    assert (got[: 2 * top] == 7).all() and (got[head + 6:] == 7).all() and par.item() == 1
-    assert got[2 * top: head].view(torch.long).tolist() == list(range(104, 116)) + [3, 2, 0]
-    assert got[head: head + 6].tolist() == list(range(50, 56))
+    assert (got[: 2 * top] == 7).all() and par.item() == 1
+    assert got[2 * top:].view(torch.long).tolist() == list(range(104, 116)) + [3, 2, 0]
+    want = torch.full((top, 8), 7, dtype=torch.int32)
+    want[0, :3], want[1, :3] = torch.tensor([50, 51, 52]), torch.tensor([53, 54, 55])
+    assert torch.equal(table.cpu(), want)
     header[18] = 1  # now the ids too
-    unpack_inputs(host_in, dev, ctr, par, top, head)
+    unpack_inputs(host_in, dev, table, ctr, par, top)
     assert dev[: 2 * top].view(torch.long).tolist() == [100, 101, 102, 103]
     host_out = torch.zeros(2, top, dtype=torch.long).pin_memory()
     tokens_out(torch.tensor([9, 8, 7], device="cuda"), host_out, ctr, par)
     torch.cuda.synchronize()
     assert host_out.tolist() == [[0] * 4, [9, 8, 7, 0]] and ctr.item() == 2
     host_in[0] = host_in[1]
-    unpack_inputs(host_in, dev, ctr, par, top, head)  # counter 2: slot 0, parity 0
+    unpack_inputs(host_in, dev, table, ctr, par, top)  # counter 2: slot 0, parity 0
     tokens_out(torch.tensor([4, 5, 6], device="cuda"), host_out, ctr, par)
     torch.cuda.synchronize()
     assert host_out.tolist() == [[4, 5, 6, 0], [9, 8, 7, 0]] and ctr.item() == 3 and par.item() == 0

@@ -1,11 +1,11 @@
 """Decode steps replayed from CUDA graphs captured per batch-size bucket (nano-vllm style, by hand).
 
-A step's inputs (ids, positions, slots, lengths and the block table at the step's own width, which the
-attention kernel reads from the device) are written into a pinned host slot, and the graph's first kernel
-reads them from there (`inference/kernels/step_io.py`: zero copy). The graph ends with the greedy argmax
+A step's inputs (ids, positions, slots, lengths and the block table's rows at the step's own width) are
+written into a pinned host slot, and the graph's first kernel reads them from there into the static
+buffers (`inference/kernels/step_io.py`: zero copy). The graph ends with the greedy argmax
 written into the ids, the next step's input, and into a pinned host slot the host reads. So nothing but the
 graph launch stands between two replays; a greedy next step (decode lookahead) sends everything but the
-ids. QWEN_CHAT_MAPPED_IO=0 sends the inputs with one copy before the replay and reads the tokens back
+ids. QWEN_CHAT_MAPPED_IO=0 sends the inputs with copies before the replay and reads the tokens back
 with another (A/B). Padded rows have slot -1 and length 0, so they neither write the cache nor attend.
 """
 
@@ -44,14 +44,13 @@ class DecodeGraphs:
         self.max_bs, self.max_blocks = top, max_blocks
         self.mapped = os.environ.get("QWEN_CHAT_MAPPED_IO", "1") != "0"
         # int32 words: a header of int64 ids, positions, slots, lengths (a row of `top` each), then the block
-        # table's width, the rows it holds and whether the ids come from the host; then the block table.
+        # table's width, the rows it holds and whether the ids come from the host; then the block table's rows.
         self.head = 2 * (4 * top + 3)
         words = self.head + top * max_blocks + 1 & ~1  # even: both host slots start 8-byte aligned
-        self.dev = torch.zeros(words, dtype=torch.int32, device=device)
-        header = self.dev[: self.head].view(torch.long)
+        self.dev = torch.zeros(self.head, dtype=torch.int32, device=device)
+        header = self.dev.view(torch.long)
         self.ids, self.pos, self.slots, self.ctx = header[: 4 * top].view(4, top).unbind(0)
-        self.width = header[4 * top: 4 * top + 1]
-        self.block_tables = self.dev[self.head: self.head + top * max_blocks].view(top, max_blocks)
+        self.block_tables = torch.zeros(top, max_blocks, dtype=torch.int32, device=device)
         # pinned host slots, two in turn: slot r % 2 is refilled for replay r once replay r - 2 is done
         self.host_in = torch.zeros(2, words, dtype=torch.int32).pin_memory()
         self.host_in[:, : self.head].view(torch.long)[:, 2 * top: 3 * top].fill_(-1)  # slots: write nothing
@@ -72,12 +71,12 @@ class DecodeGraphs:
         from inference.kernels.step_io import argmax_finish, tokens_out, unpack_inputs  # noqa: PLC0415 (Triton)
 
         if self.mapped:
-            unpack_inputs(self.host_in, self.dev, self.ctr, self.par, self.max_bs, self.head)
+            unpack_inputs(self.host_in, self.dev, self.block_tables, self.ctr, self.par, self.max_bs)
         pos = self.pos[:bs]
         cos, sin = self.cos_table[pos], self.sin_table[pos]
         meta = AttentionMetadata(slot_mapping=self.slots[:bs], block_tables=self.block_tables[:bs],
                                  context_lens=self.ctx[:bs], q_lens=[1] * bs, ctx_lens=[1] * bs, num_decodes=bs,
-                                 max_ctx=1, prefix_free=[False] * bs, block_table_width=self.width)
+                                 max_ctx=1, prefix_free=[False] * bs)
         hidden = self.model(self.ids[:bs], cos, sin, None, meta)
         # greedy tokens into the ids (the next step's input) and, mapped, into the host slot
         logits, best = (self.model.compute_logits(hidden, argmax=True) if self.fused_argmax
@@ -128,9 +127,9 @@ class DecodeGraphs:
         in_place = ids_device is not None and ids_device.data_ptr() == self.ids.data_ptr()
         header[4 * top:] = torch.tensor([w, rows, int(ids_device is None)])
         host[self.head: self.head + rows * w].copy_(block_tables.view(-1))
-        if not self.mapped:
-            lo = 2 * top if in_place else 0
-            self.dev[lo: self.head + rows * w].copy_(host[lo: self.head + rows * w], non_blocking=True)
+        if not self.mapped:  # the header with one copy, the block table's rows with another (strided)
+            self.dev[2 * top if in_place else 0:].copy_(host[2 * top if in_place else 0: self.head], non_blocking=True)
+            self.block_tables[:rows, :w].copy_(host[self.head: self.head + rows * w].view(rows, w), non_blocking=True)
         if ids_device is not None and not in_place:
             self.ids[:n].copy_(ids_device, non_blocking=True)
         self.graphs[bs].replay()

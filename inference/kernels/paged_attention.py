@@ -100,12 +100,10 @@ def _attend(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
-                         DOT: tl.constexpr, BT_WIDTH_PTR: tl.constexpr):
+                         DOT: tl.constexpr):
     if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if BT_WIDTH_PTR:  # the block table's row stride is read from the device (a graph replay's own width)
-        stride_bt = tl.load(stride_bt)
     b = tl.program_id(0)
     h = tl.program_id(1)
     ctx = tl.load(ctx_ptr + b)
@@ -120,14 +118,11 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
 def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_ptr, acc_ptr, scale,
                                stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt,
                                SPLITS: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                               BLOCK_N: tl.constexpr, PDL: tl.constexpr, DOT: tl.constexpr,
-                               BT_WIDTH_PTR: tl.constexpr):
+                               BLOCK_N: tl.constexpr, PDL: tl.constexpr, DOT: tl.constexpr):
     """Flash-decoding: split `sp` of the context; partial max, sum and unnormalised output."""
     if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if BT_WIDTH_PTR:
-        stride_bt = tl.load(stride_bt)
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
@@ -211,11 +206,9 @@ def decode_config(batch: int, splits: int, dot: bool = False) -> tuple[int, int,
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, splits=None,
-                           config=None, dot=None, bt_width=None):
+                           config=None, dot=None):
     """q [B, H, D] -> [B, H, D]; rows with context length 0 (graph padding) give zeros. `splits` and
-    `config` override the measured choices (for tuning), `dot` that of the tensor-core form (`use_dot`).
-    `bt_width`: a one-element int64 device tensor holding the block table's row stride, read by the kernel
-    instead of `block_tables.stride(0)` (a CUDA graph's block table uploaded at the step's own width)."""
+    `config` override the measured choices (for tuning), `dot` that of the tensor-core form (`use_dot`)."""
     b, h, d = q.shape
     out = torch.empty_like(q)
     if b == 0:
@@ -226,9 +219,9 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_
     block_n, warps, stages = config or decode_config(b, splits, dot)
     on = pdl(q)
     meta = dict(BLOCK_SIZE=bsz, HEAD_DIM=d, BLOCK_N=block_n, num_warps=warps, num_stages=stages, PDL=on,
-                launch_pdl=on, DOT=dot, BT_WIDTH_PTR=bt_width is not None)
+                launch_pdl=on, DOT=dot)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-               block_tables.stride(0) if bt_width is None else bt_width)
+               block_tables.stride(0))
     if splits == 1:
         _paged_decode_kernel[(b, h)](q, k_cache, v_cache, block_tables, context_lens, out, scale, *strides,
                                      out.stride(0), out.stride(1), **meta)

@@ -20,12 +20,13 @@ BT_BLOCK = 256  # block-table words a program loads before it knows how many the
 
 
 @triton.jit
-def _unpack_kernel(src_ptr, dst_ptr, ctr_ptr, par_ptr, SRC_WORDS: tl.constexpr, TOP: tl.constexpr,
-                   HEAD: tl.constexpr, HEAD_BLOCK: tl.constexpr, BT_WORDS: tl.constexpr, BLOCK: tl.constexpr):
-    """int32 words of host slot (counter % 2) into the device buffer: the header (int64 ids, positions,
-    slots, lengths, then width, rows, ids-from-host; the ids only when that flag is set) and rows x width
-    words of the block table after it. Every load that does not need the header's counts is issued
-    with the header's (each is a round trip over PCIe)."""
+def _unpack_kernel(src_ptr, dst_ptr, bt_ptr, ctr_ptr, par_ptr, SRC_WORDS: tl.constexpr, TOP: tl.constexpr,
+                   HEAD: tl.constexpr, HEAD_BLOCK: tl.constexpr, BT_WORDS: tl.constexpr, MAX_BLOCKS: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """int32 words of host slot (counter % 2) into the device buffers: the header (int64 ids, positions,
+    slots, lengths, then width, rows, ids-from-host; the ids only when that flag is set) into dst, and the
+    rows x width block-table words after it into the rows of the full-width table bt. Every load that does
+    not need the header's counts is issued with the header's (each is a round trip over PCIe)."""
     pid = tl.program_id(0)
     c = tl.load(ctr_ptr)
     tl.store(par_ptr, c & 1, mask=pid == 0)
@@ -38,10 +39,11 @@ def _unpack_kernel(src_ptr, dst_ptr, ctr_ptr, par_ptr, SRC_WORDS: tl.constexpr, 
     width, rows, from_host = tl.load(meta), tl.load(meta + 1), tl.load(meta + 2)
     tl.store(dst_ptr + h, head, mask=(h < HEAD) & ((h >= 2 * TOP) | (from_host != 0)))
     total = rows * width
-    tl.store(dst_ptr + HEAD + b, bt, mask=b < total)
+    w = tl.maximum(width, 1)
+    tl.store(bt_ptr + (b // w) * MAX_BLOCKS + b % w, bt, mask=b < total)
     for start in range((tl.num_programs(0) + pid) * BLOCK, total, tl.num_programs(0) * BLOCK):  # long tables
         r = start + tl.arange(0, BLOCK)
-        tl.store(dst_ptr + HEAD + r, tl.load(src + HEAD + r, mask=r < total), mask=r < total)
+        tl.store(bt_ptr + (r // w) * MAX_BLOCKS + r % w, tl.load(src + HEAD + r, mask=r < total), mask=r < total)
 
 
 @triton.jit
@@ -79,12 +81,15 @@ def _argmax_finish_kernel(best_ptr, ids_ptr, out_ptr, ctr_ptr, par_ptr, TILES, T
         tl.store(ctr_ptr, tl.load(ctr_ptr) + 1, mask=m == 0)
 
 
-def unpack_inputs(host_in: torch.Tensor, dev: torch.Tensor, ctr: torch.Tensor, par: torch.Tensor, top: int,
-                  head_words: int) -> None:
-    """host_in: pinned int32 [2, words]; dev: int32 [words] on the GPU; ctr, par: int64 [1] on the GPU."""
-    _unpack_kernel[(PROGRAMS,)](host_in, dev, ctr, par, SRC_WORDS=host_in.shape[1], TOP=top, HEAD=head_words,
-                                HEAD_BLOCK=triton.next_power_of_2(triton.cdiv(head_words, PROGRAMS)),
-                                BT_WORDS=host_in.shape[1] - head_words, BLOCK=BT_BLOCK, num_warps=4)
+def unpack_inputs(host_in: torch.Tensor, dev: torch.Tensor, block_tables: torch.Tensor, ctr: torch.Tensor,
+                  par: torch.Tensor, top: int) -> None:
+    """host_in: pinned int32 [2, words]; dev: the int32 header on the GPU; block_tables: int32 [top, max blocks]
+    on the GPU; ctr, par: int64 [1] on the GPU."""
+    head = dev.shape[0]
+    _unpack_kernel[(PROGRAMS,)](host_in, dev, block_tables, ctr, par, SRC_WORDS=host_in.shape[1], TOP=top, HEAD=head,
+                                HEAD_BLOCK=triton.next_power_of_2(triton.cdiv(head, PROGRAMS)),
+                                BT_WORDS=host_in.shape[1] - head, MAX_BLOCKS=block_tables.shape[1], BLOCK=BT_BLOCK,
+                                num_warps=4)
 
 
 def tokens_out(ids: torch.Tensor, host_out: torch.Tensor, ctr: torch.Tensor, par: torch.Tensor) -> None:

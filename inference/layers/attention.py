@@ -32,7 +32,6 @@ class AttentionMetadata:
     num_decodes: int  # the first num_decodes sequences have one query token each
     max_ctx: int
     prefix_free: list[bool]  # per sequence: no cached context before this chunk
-    block_table_width: torch.Tensor | None = None  # [1] int64 on the device: block_tables' row stride (graphs)
 
     @property
     def num_seqs(self) -> int:
@@ -125,12 +124,7 @@ class PagedAttention(torch.nn.Module):
         if nd:
             args = (q[:nd], self.k_cache, self.v_cache, meta.block_tables[:nd], meta.context_lens[:nd],
                     meta.max_ctx, self.scale)
-            if self.decode_kernel is None:
-                outs.append(decode_attention_torch(*args))
-            elif meta.block_table_width is None:
-                outs.append(self.decode_kernel(*args))
-            else:
-                outs.append(self.decode_kernel(*args, bt_width=meta.block_table_width))
+            outs.append(self.decode_kernel(*args) if self.decode_kernel else decode_attention_torch(*args))
         start = nd
         for i in range(nd, meta.num_seqs):
             n = meta.q_lens[i]
