@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --
 python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   xdist=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu $xdist -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_engine.py ${GPU_TESTS:-} \
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu $xdist -p no:cacheprovider tests/test_gpu_*.py ${GPU_TESTS:-} \
     2>&1 | tee "$OUT/gpu_tests.log" | tail -8
 fi
 BENCH="python3 -m inference bench --random-weights 7b --dtype float16 --device cuda --max-num-batched-tokens 8192
