@@ -5,6 +5,8 @@ python bench/ablate.py --variant none|norm|rope|reducenorm|splitk|combine|attent
     [--batches 16,64]
     [--attn SPLITS,BLOCK_N,WARPS,STAGES [--attn-from B] [--dot 0|1]] [--attn-pdl 0] [--kv-blocks N]
     [--skinny lm_head|down|o|gate_up|qkv=BLOCK_N,BLOCK_K,STAGES,SPLIT_K[,WARPS]] [--block-size N] [--profile]
+    [--gemv BLOCK_N,BLOCK_K,WARPS,STAGES]  (every batch-1 GEMV with these tiles instead of autotuning;
+               without it the autotuner's winners are printed)
     [--boundary]  (engine step against back-to-back graph replays, and the device timeline between steps)
     [--ncu]   (one steady step of the last batch between cudaProfilerStart / Stop, for Nsight Compute:
                ncu --profile-from-start off --clock-control none ... python bench/ablate.py --ncu; then
@@ -122,6 +124,16 @@ def patch_skinny(spec: str) -> None:
     skinny.skinny_config = pick
 
 
+def patch_gemv(spec: str) -> None:
+    """Every batch-1 GEMV with one config: the autotuner, left one candidate, takes it without timing."""
+    import triton  # noqa: PLC0415
+
+    from inference.kernels.gemv import _gemv_kernel  # noqa: PLC0415
+
+    bn, bk, warps, stages = (int(v) for v in spec.split(","))
+    _gemv_kernel.configs = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)]
+
+
 def profile_step(engine, batch: int) -> None:
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
@@ -227,6 +239,7 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--ncu", action="store_true")
+    ap.add_argument("--gemv", default="", help="BLOCK_N,BLOCK_K,WARPS,STAGES for every batch-1 GEMV")
     ap.add_argument("--boundary", action="store_true", help="engine step against graph replay, and the timeline")
     a = ap.parse_args()
     for kind in (k for v in a.variant.split(",") for k in GROUPS.get(v, [v])):
@@ -234,6 +247,8 @@ def main() -> None:
     patch_attention(a.attn, bool(a.attn_pdl), a.attn_from, a.dot)
     for spec in a.skinny:
         patch_skinny(spec)
+    if a.gemv:
+        patch_gemv(a.gemv)
     from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415  (after the patches)
 
     d = Path(tempfile.mkdtemp()) / "m"
@@ -243,7 +258,13 @@ def main() -> None:
                                     num_kv_blocks=a.kv_blocks, block_size=a.block_size, extra={"random_weights": True}))
     res = [f"{step_ms(engine, int(b)):.3f}" for b in a.batches.split(",")]
     print(f"ABLATE {a.variant:10s} attn={a.attn or '-'} from={a.attn_from} dot={a.dot} pdl={a.attn_pdl} "
-          f"kv={a.kv_blocks} bs={a.block_size} skinny={'+'.join(a.skinny) or '-'} " + " ".join(res), flush=True)
+          f"kv={a.kv_blocks} bs={a.block_size} skinny={'+'.join(a.skinny) or '-'} gemv={a.gemv or '-'} "
+          + " ".join(res), flush=True)
+    if not a.gemv and "1" in a.batches.split(","):
+        from inference.kernels.gemv import _gemv_kernel  # noqa: PLC0415
+
+        for key, cfg in _gemv_kernel.cache.items():
+            print(f"GEMV {key[:3]}: {cfg}", flush=True)
     if a.profile:
         profile_step(engine, int(a.batches.split(",")[-1]))
     if a.boundary:

@@ -19,12 +19,14 @@ import triton.language as tl
 from inference.kernels import pdl
 
 _BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
-# The configs that won somewhere on an H100 (first four) or an H200 (2 x 2048, 8 warps: four of five 7B
-# shapes) in bench/kernel_probe.py, and their neighbours; fewer configs, a shorter first start.
-CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-           for bn, bk, w, s in ((4, 512, 4, 3), (2, 1024, 4, 3), (8, 512, 4, 3), (4, 1024, 8, 2),
-                                (8, 1024, 8, 3), (16, 512, 8, 3), (4, 512, 4, 5), (8, 256, 4, 6), (2, 2048, 8, 3),
-                                (16, 256, 4, 4))]
+# Candidates of 2 rows a program only. Timed alone (the autotuner) on one H200, wider-row tiles won c_attn
+# and gate/up, and the engine's batch-1 step took 4.25 ms there against 3.97-4.01 on others; forced on
+# every GEMV inside the step (bench/ablate.py --gemv, another H200) they cost 10-19 %: (4, 512, 4, 3) 4.44,
+# (4, 1024, 8, 2) 4.59, (8, 512, 4, 3) 4.79, (1, 4096, 8, 3) 4.50 ms, against 4.05-4.06 for (2, 2048, 8, 3)
+# or (2, 1024, 4, 4) everywhere and 4.01 for the autotuner's picks ((2, 1024, 4, 3) for c_attn, (2, 2048, 8, 3)
+# for the rest).
+CONFIGS = [triton.Config({"BLOCK_N": 2, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+           for bk, w, s in ((2048, 8, 3), (1024, 4, 3), (1024, 4, 4))]
 
 
 @triton.autotune(configs=CONFIGS, key=["N", "K", "GATED"], do_bench=_BENCH, cache_results=True)
