@@ -21,7 +21,7 @@ from inference.kernels import pdl
 _BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
 # Candidates of 2 rows a program only. Timed alone (the autotuner) on one H200, wider-row tiles won c_attn
 # and gate/up, and the engine's batch-1 step took 4.25 ms there against 3.97-4.01 on others; forced on
-# every GEMV inside the step (bench/ablate.py --gemv, another H200) they cost 10-19 %: (4, 512, 4, 3) 4.44,
+# every GEMV inside the step (bench/ablate.py --gemv, another H200) they cost 11-19 %: (4, 512, 4, 3) 4.44,
 # (4, 1024, 8, 2) 4.59, (8, 512, 4, 3) 4.79, (1, 4096, 8, 3) 4.50 ms, against 4.05-4.06 for (2, 2048, 8, 3)
 # or (2, 1024, 4, 4) everywhere and 4.01 for the autotuner's picks ((2, 1024, 4, 3) for c_attn, (2, 2048, 8, 3)
 # for the rest).
