@@ -32,7 +32,13 @@ import time
 from pathlib import Path
 
 import torch
-from profile_engine import print_gaps, prompts  # bench/ is on the path of a script run from it
+from profile_engine import (  # bench/ is on the path of a script run from it
+    clear,
+    decode_graph,
+    print_gaps,
+    prompts,
+    steady,
+)
 
 from inference.bench_shapes import SHAPES
 from inference.config import EngineConfig, SamplingParams
@@ -102,9 +108,7 @@ def step_ms(engine, batch: int, steps: int = 30) -> float:
         engine.step()
     torch.cuda.synchronize()
     ms = (time.perf_counter() - t) / steps * 1000
-    for rid in list(engine.seqs):
-        engine.abort(rid)
-    engine.step()
+    clear(engine)
     return ms
 
 
@@ -137,10 +141,7 @@ def patch_gemv(spec: str) -> None:
 def profile_step(engine, batch: int) -> None:
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
-    for p in prompts(batch, 512, batch):
-        engine.add_request(p, SamplingParams(max_new_tokens=100, ignore_eos=True))
-    for _ in range(60):
-        engine.step()
+    steady(engine, batch, 100)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         engine.step()
         torch.cuda.synchronize()
@@ -165,12 +166,8 @@ def boundary(engine, batch: int, steps: int = 30) -> None:
     (timed, then profiled: device idle and time by kernel a step, and the timeline across a step's end)."""
     from collections import defaultdict  # noqa: PLC0415
 
-    for p in prompts(batch, 512, batch):
-        engine.add_request(p, SamplingParams(max_new_tokens=200, ignore_eos=True))
-    for _ in range(60):
-        engine.step()
-    graphs = engine.runner.graphs
-    g = graphs.graphs[next(b for b in graphs.buckets if b >= batch)]
+    steady(engine, batch, 200)
+    g = decode_graph(engine, batch)
 
     def timed(run):
         torch.cuda.synchronize()
@@ -208,17 +205,12 @@ def boundary(engine, batch: int, steps: int = 30) -> None:
         for e in ev[big[0]: big[0] + 12]:
             print(f"  {(e.time_range.start - t0):9.1f} us  {e.time_range.end - e.time_range.start:7.1f} us  "
                   f"{e.name[:80]}")
-    for rid in list(engine.seqs):
-        engine.abort(rid)
-    engine.step()
+    clear(engine)
 
 
 def ncu_step(engine, batch: int) -> None:
     """One steady decode step at context ~576 inside the profiler range (`ncu --profile-from-start off`)."""
-    for p in prompts(batch, 512, batch):
-        engine.add_request(p, SamplingParams(max_new_tokens=100, ignore_eos=True))
-    for _ in range(60):
-        engine.step()
+    steady(engine, batch, 100)
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStart()
     engine.step()

@@ -80,7 +80,8 @@ def each(op, x, ws, b, gated):
         op(x, w, b, gated)
 
 
-def graph_ms(fn, reps=20) -> float:
+def capture(fn) -> torch.cuda.CUDAGraph:
+    """fn run twice on a side stream (compilation, autotuning), then captured in a CUDA graph."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -90,6 +91,11 @@ def graph_ms(fn, reps=20) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
+    return g
+
+
+def graph_ms(fn, reps=20) -> float:
+    g = capture(fn)
     for _ in range(3):
         g.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from profile_engine import prompts  # bench/ is on the path of a script run from it
+from kernel_probe import capture  # bench/ is on the path of a script run from it
+from profile_engine import clear, decode_graph, steady
 
 from inference.bench_shapes import SHAPES
-from inference.config import EngineConfig, SamplingParams
+from inference.config import EngineConfig
 from inference.demo import write_checkpoint
 from inference.engine.llm_engine import LLMEngine
 
@@ -69,30 +70,10 @@ def windows(run, seconds: float, unit: float) -> list[tuple[float, float, float]
 
 def hold(engine, batch: int, seconds: float):
     """The decode graph of `batch` replayed back to back at context ~572 (the same inputs each time)."""
-    for p in prompts(batch, 512, batch):
-        engine.add_request(p, SamplingParams(max_new_tokens=200, ignore_eos=True))
-    for _ in range(60):
-        engine.step()
-    graphs = engine.runner.graphs
-    g = graphs.graphs[next(b for b in graphs.buckets if b >= batch)]
-    out = windows(g.replay, seconds, 1)
-    for rid in list(engine.seqs):
-        engine.abort(rid)
-    engine.step()
+    steady(engine, batch, 200)
+    out = windows(decode_graph(engine, batch).replay, seconds, 1)
+    clear(engine)
     return out
-
-
-def graph_of(fn) -> torch.cuda.CUDAGraph:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
 
 
 def parts_hold(seconds: float, batches: list[int], attn_configs: bool):
@@ -115,7 +96,7 @@ def parts_hold(seconds: float, batches: list[int], attn_configs: bool):
                 h = thin_matmul(q[:, :4096].contiguous(), d["o"])
                 h = thin_matmul(thin_matmul(h, d["gu"], gated=True), d["d"])
             return thin_matmul(h, head)
-        runs.append((f"linear stack, batch {b}", windows(graph_of(stack).replay, seconds, nbytes / 1e9)))
+        runs.append((f"linear stack, batch {b}", windows(capture(stack).replay, seconds, nbytes / 1e9)))
     del layers, head
     torch.cuda.empty_cache()
     ctx, bs = 576, 16
@@ -133,12 +114,12 @@ def parts_hold(seconds: float, batches: list[int], attn_configs: bool):
             for kc, vc in caches:
                 paged_decode_attention(q, kc, vc, table, lens, ctx, DIM**-0.5, splits, cfg, dot)
         kv = 2 * b * ctx * HEADS * DIM * 2 * n_layers
-        runs.append((f"attention, batch {b}", windows(graph_of(attn).replay, seconds, kv / 1e9)))
+        runs.append((f"attention, batch {b}", windows(capture(attn).replay, seconds, kv / 1e9)))
         for splits, cfg, dot in ([(1, c, True) for c in CONFIGS] + [(2, (64, 4, 2), True), (1, (128, 4, 2), False)]
                                  if attn_configs else []):
             fn = functools.partial(attn, splits=splits, cfg=cfg, dot=dot)
             runs.append((f"attention, batch {b}, splits {splits} {cfg} dot {dot}",
-                         windows(graph_of(fn).replay, seconds / 2, kv / 1e9)))
+                         windows(capture(fn).replay, seconds / 2, kv / 1e9)))
         del caches
         torch.cuda.empty_cache()
     return runs
