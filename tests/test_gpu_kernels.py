@@ -32,6 +32,30 @@ def test_paged_decode_kernel_matches_torch(dtype, splits, dot):
     assert out[4].abs().max().item() == 0.0  # length 0 (graph padding) gives zeros
 
 
+@pytest.mark.parametrize("dot", [False, True])
+def test_paged_decode_kernel_reaches_blocks_past_int32_offsets(dot):
+    """A cache of more than 2**31 elements takes 64-bit offsets (`WIDE`): blocks at its end read right."""
+    from inference.kernels.paged_attention import paged_decode_attention
+    from inference.layers.attention import decode_attention_torch
+
+    bs, h, d = 16, 4, 128
+    nb = 2**31 // (bs * h * d) + 64  # 4 GiB of float16 for K, as much for V
+    kc, vc = (torch.zeros(nb, h, bs, d, device="cuda", dtype=torch.float16).transpose(1, 2) for _ in range(2))
+    g = torch.Generator(device="cuda").manual_seed(3)
+    ends = torch.arange(nb - 40, nb, device="cuda")  # offsets from 2**31 + 24 blocks up: past int32
+    for c in (kc, vc):
+        c[ends] = torch.randn(40, bs, h, d, device="cuda", dtype=torch.float16, generator=g)
+    bt = ends[torch.randperm(40, device="cuda", generator=g)].view(5, 8).to(torch.int32)
+    ctx = torch.tensor([128, 1, 77, 120, 16], dtype=torch.int32, device="cuda")
+    q = torch.randn(5, h, d, device="cuda", dtype=torch.float16, generator=g)
+    out = paged_decode_attention(q, kc, vc, bt, ctx, 128, d**-0.5, dot=dot)
+    ref = decode_attention_torch(q.double(), kc[ends].double(), vc[ends].double(), bt - (nb - 40), ctx, 128,
+                                 d**-0.5)
+    assert rel(out, ref) < 1e-2 and not out.isnan().any()
+    del kc, vc
+    torch.cuda.empty_cache()
+
+
 @pytest.mark.parametrize("ctx_lens", [[1000], [3], [700, 1], [16, 2000, 257, 999]])
 def test_paged_decode_kernel_small_batches_use_their_own_tiles(ctx_lens):
     """Batches of 1-4 take 256-token tiles and fewer splits (decode_config / num_splits): same answers."""
