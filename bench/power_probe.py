@@ -132,6 +132,27 @@ def copy_hold(seconds: float):
     return windows(lambda: b.copy_(a), seconds, 2 * a.numel() / 1e9)
 
 
+def report(runs, log: Path) -> None:
+    """One row per phase: its rate (ms a step for phases named "engine ...", else GB/s) beside the samples
+    taken while it ran."""
+    got = samples(log)
+    print("| phase | rate: median (min-max) | SM MHz: median (min) | W: median | power-capped samples |")
+    print("|---|---|---|---|---|")
+    for phase, wins in runs:
+        lo = wins[0][0] - 0.25
+        step = phase.startswith("engine")
+        rates = [ms if step else 1000 / ms for _, ms, _ in wins]
+        got_w = [x for x in got if lo <= x[0] < wins[-1][0]]
+        if not got_w:
+            continue
+        capped = sum(1 for x in got_w if x[3] & 0x4)
+        unit = " ms" if step else " GB/s"
+        print(f"| {phase} | {statistics.median(rates):.{3 if step else 0}f}{unit} ({min(rates):.{3 if step else 0}f}-"
+              f"{max(rates):.{3 if step else 0}f}) | {statistics.median(x[2] for x in got_w):.0f} "
+              f"({min(x[2] for x in got_w):.0f}) | {statistics.median(x[1] for x in got_w):.0f} | "
+              f"{100 * capped / len(got_w):.0f} % |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="16,64")
@@ -155,22 +176,7 @@ def main() -> None:
     runs += [(f"engine decode step, batch {b}", hold(engine, int(b), a.seconds)) for b in a.batches.split(",")]
     proc.terminate()
     proc.wait()
-    got = samples(log)
-    print("| phase | rate: median (min-max) | SM MHz: median (min) | W: median | power-capped samples |")
-    print("|---|---|---|---|---|")
-    for phase, wins in runs:
-        lo = wins[0][0] - 0.25
-        step = phase.startswith("engine")
-        rates = [ms if step else 1000 / ms for _, ms, _ in wins]
-        got_w = [x for x in got if lo <= x[0] < wins[-1][0]]
-        if not got_w:
-            continue
-        capped = sum(1 for x in got_w if x[3] & 0x4)
-        unit = " ms" if step else " GB/s"
-        print(f"| {phase} | {statistics.median(rates):.{3 if step else 0}f}{unit} ({min(rates):.{3 if step else 0}f}-"
-              f"{max(rates):.{3 if step else 0}f}) | {statistics.median(x[2] for x in got_w):.0f} "
-              f"({min(x[2] for x in got_w):.0f}) | {statistics.median(x[1] for x in got_w):.0f} | "
-              f"{100 * capped / len(got_w):.0f} % |")
+    report(runs, log)
     engine.shutdown()
     os._exit(0)
 

@@ -1,0 +1,108 @@
+"""Decode attention A/B: another version of `inference/kernels/paged_attention.py` against the tree's, alone
+and in the engine's decode graph, alternating in one process, with the GPU's power sampled beside.
+
+    git show REV:inference/kernels/paged_attention.py > /tmp/pa_old.py   # on a machine with the history
+    python bench/attn_ab.py /tmp/pa_old.py [--seconds 1.5] [--batches 1,4,16,64] [--engine-batches 1,16,64]
+
+Attention alone: 32 layers' caches at context 576 (8 at batch 64) in one CUDA graph, each version held
+--seconds, old / new / old / new. Engine: two engines side by side (2800 KV blocks each), the old file's
+kernel captured in the first one's graphs; each decode graph replayed at context ~572. One table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from kernel_probe import DIM, HEADS, capture  # bench/ is on the path of a script run from it
+from power_probe import report, smi, windows
+from profile_engine import clear, decode_graph, steady
+
+import inference.kernels.paged_attention as pa
+from inference.bench_shapes import SHAPES
+from inference.config import EngineConfig
+from inference.demo import write_checkpoint
+
+
+def load(path: str):
+    spec = importlib.util.spec_from_file_location("paged_attention_old", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.paged_decode_attention
+
+
+def alone(fns: dict, batches: list[int], seconds: float) -> list:
+    runs, ctx, bs = [], 576, 16
+    for b in batches:
+        nb = -(-ctx // bs)
+        blocks = b * nb + 7
+        n_layers = 32 if b <= 16 else 8
+        caches = [tuple(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3)
+                        for _ in range(2)) for _ in range(n_layers)]
+        table = (torch.randperm(blocks - 7, device="cuda")[:b * nb].view(b, nb) + 7).int()
+        lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+        q = torch.randn(b, HEADS, DIM, device="cuda", dtype=torch.float16)
+        outs = [fn(q, *caches[0], table, lens, ctx, DIM**-0.5) for fn in fns.values()]
+        print(f"batch {b}: outputs differ by {(outs[0] - outs[1]).abs().max().item():.2e}", flush=True)
+        graphs = {}
+        for name, fn in fns.items():
+            def attn(fn=fn, caches=caches, q=q, table=table, lens=lens):
+                for kc, vc in caches:
+                    fn(q, kc, vc, table, lens, ctx, DIM**-0.5)
+            graphs[name] = capture(attn)
+        kv = 2 * b * ctx * HEADS * DIM * 2 * n_layers
+        runs += [(f"attention alone {n}, batch {b}", windows(graphs[n].replay, seconds, kv / 1e9)) for n in [*fns] * 2]
+        del caches, graphs
+        torch.cuda.empty_cache()
+    return runs
+
+
+def engine(d: Path, fn):
+    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415
+
+    keep, pa.paged_decode_attention = pa.paged_decode_attention, fn  # the runner takes it at set-up
+    try:
+        return LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
+                                      max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
+                                      num_kv_blocks=2800, extra={"random_weights": True}))
+    finally:
+        pa.paged_decode_attention = keep
+
+
+def held(e, batch: int, seconds: float):
+    steady(e, batch, 200)
+    out = windows(decode_graph(e, batch).replay, seconds, 1)
+    clear(e)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old")
+    ap.add_argument("--seconds", type=float, default=1.5)
+    ap.add_argument("--batches", default="1,4,16,64")
+    ap.add_argument("--engine-batches", default="1,16,64")
+    a = ap.parse_args()
+    fns = {"old": load(a.old), "new": pa.paged_decode_attention}
+    log = Path(tempfile.mkdtemp()) / "smi.csv"
+    proc = smi(log)
+    time.sleep(0.5)
+    runs = alone(fns, [int(b) for b in a.batches.split(",") if b], a.seconds)
+    d = Path(tempfile.mkdtemp()) / "m"
+    write_checkpoint(d, with_weights=False, **SHAPES["7b"])
+    engines = {n: engine(d, fn) for n, fn in fns.items()}
+    for b in (int(b) for b in a.engine_batches.split(",") if b):
+        runs += [(f"engine decode step {n}, batch {b}", held(engines[n], b, a.seconds)) for n in [*engines] * 2]
+    proc.terminate()
+    proc.wait()
+    report(runs, log)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
