@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from kernel_probe import DIM, HEADS, capture  # bench/ is on the path of a script run from it
-from power_probe import report, smi, windows
+from kernel_probe import DIM, capture  # bench/ is on the path of a script run from it
+from power_probe import ATTN_CTX, attention_inputs, report, smi, windows
 from profile_engine import clear, decode_graph, steady
 
 import inference.kernels.paged_attention as pa
@@ -37,16 +37,9 @@ def load(path: str):
 
 
 def alone(fns: dict, batches: list[int], seconds: float) -> list:
-    runs, ctx, bs = [], 576, 16
+    runs, ctx = [], ATTN_CTX
     for b in batches:
-        nb = -(-ctx // bs)
-        blocks = b * nb + 7
-        n_layers = 32 if b <= 16 else 8
-        caches = [tuple(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3)
-                        for _ in range(2)) for _ in range(n_layers)]
-        table = (torch.randperm(blocks - 7, device="cuda")[:b * nb].view(b, nb) + 7).int()
-        lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randn(b, HEADS, DIM, device="cuda", dtype=torch.float16)
+        caches, table, lens, q, kv = attention_inputs(b, ctx)
         outs = [fn(q, *caches[0], table, lens, ctx, DIM**-0.5) for fn in fns.values()]
         print(f"batch {b}: outputs differ by {(outs[0] - outs[1]).abs().max().item():.2e}", flush=True)
         graphs = {}
@@ -55,7 +48,6 @@ def alone(fns: dict, batches: list[int], seconds: float) -> list:
                 for kc, vc in caches:
                     fn(q, kc, vc, table, lens, ctx, DIM**-0.5)
             graphs[name] = capture(attn)
-        kv = 2 * b * ctx * HEADS * DIM * 2 * n_layers
         runs += [(f"attention alone {n}, batch {b}", windows(graphs[n].replay, seconds, kv / 1e9)) for n in [*fns] * 2]
         del caches, graphs
         torch.cuda.empty_cache()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from kernel_probe import capture  # bench/ is on the path of a script run from it
+from kernel_probe import DIM, HEADS, capture  # bench/ is on the path of a script run from it
 from profile_engine import clear, decode_graph, steady
 
 from inference.bench_shapes import SHAPES
@@ -31,6 +31,7 @@ from inference.config import EngineConfig
 from inference.demo import write_checkpoint
 from inference.engine.llm_engine import LLMEngine
 
+ATTN_CTX = 576  # decode attention held alone: the middle of the 512 / 128 case
 FIELDS = "timestamp,power.draw.instant,clocks.sm,clocks_event_reasons.active"
 
 
@@ -76,10 +77,25 @@ def hold(engine, batch: int, seconds: float):
     return out
 
 
+def attention_inputs(b: int, ctx: int, bs: int = 16):
+    """Decode attention's inputs for `b` sequences at context `ctx`: 32 layers' K/V caches (8 above batch 16)
+    in the engine's head-major layout, a random block table, the lengths and q; and the K/V bytes one pass
+    over the layers reads."""
+    nb = -(-ctx // bs)
+    blocks = b * nb + 7
+    n_layers = 32 if b <= 16 else 8
+    caches = [tuple(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3)
+                    for _ in range(2)) for _ in range(n_layers)]
+    table = (torch.randperm(blocks - 7, device="cuda")[:b * nb].view(b, nb) + 7).int()
+    lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+    q = torch.randn(b, HEADS, DIM, device="cuda", dtype=torch.float16)
+    return caches, table, lens, q, 2 * b * ctx * HEADS * DIM * 2 * n_layers
+
+
 def parts_hold(seconds: float, batches: list[int], attn_configs: bool):
     """The linear stack alone (batch 1: GEMVs; more: skinny GEMMs) and decode attention alone (32 layers'
     caches at context 576), each one CUDA graph replayed back to back: ms per GB read."""
-    from kernel_probe import DIM, HEADS, stack_weights  # noqa: PLC0415
+    from kernel_probe import stack_weights  # noqa: PLC0415
 
     from inference.kernels import thin_matmul  # noqa: PLC0415
     from inference.kernels.paged_attention import CONFIGS, paged_decode_attention  # noqa: PLC0415
@@ -99,21 +115,13 @@ def parts_hold(seconds: float, batches: list[int], attn_configs: bool):
         runs.append((f"linear stack, batch {b}", windows(capture(stack).replay, seconds, nbytes / 1e9)))
     del layers, head
     torch.cuda.empty_cache()
-    ctx, bs = 576, 16
+    ctx = ATTN_CTX
     for b in (x for x in batches if x > 1):
-        nb = -(-ctx // bs)
-        blocks = b * nb + 7
-        n_layers = 32 if b <= 16 else 8
-        caches = [tuple(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3)
-                        for _ in range(2)) for _ in range(n_layers)]
-        table = (torch.randperm(blocks - 7, device="cuda")[:b * nb].view(b, nb) + 7).int()
-        lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randn(b, HEADS, DIM, device="cuda", dtype=torch.float16)
+        caches, table, lens, q, kv = attention_inputs(b, ctx)
 
         def attn(q=q, caches=caches, table=table, lens=lens, splits=None, cfg=None, dot=None):
             for kc, vc in caches:
                 paged_decode_attention(q, kc, vc, table, lens, ctx, DIM**-0.5, splits, cfg, dot)
-        kv = 2 * b * ctx * HEADS * DIM * 2 * n_layers
         runs.append((f"attention, batch {b}", windows(capture(attn).replay, seconds, kv / 1e9)))
         for splits, cfg, dot in ([(1, c, True) for c in CONFIGS] + [(2, (64, 4, 2), True), (1, (128, 4, 2), False)]
                                  if attn_configs else []):

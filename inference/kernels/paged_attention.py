@@ -66,7 +66,7 @@ def _attend_cores(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, s
 @triton.jit
 def _attend_dot(q_ptr, k_ptr, v_ptr, bt_ptr, b, h, lo, hi, scale, stride_qb, stride_qh, stride_kb, stride_ks,
                 stride_kh, stride_bt, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                  WIDE: tl.constexpr):
+                WIDE: tl.constexpr):
     """`_attend_cores` on tensor cores: the query repeated over 16 rows (the smallest MMA), keys and values fed
     to the MMAs in the cache's dtype, which lets Triton pipeline their loads through shared memory (cp.async)
     so the next tile streams in while this one is used; the probabilities are rounded to the cache dtype
