@@ -8,8 +8,10 @@
    SiLU, mlp c_proj; then lm_head) captured in one CUDA graph: cuBLAS (+ the SiLU kernel) vs Triton GEMVs.
    Also cuBLAS at batch 16 and 64 for reference.
 3. Paged decode attention at batch 1/16/64 over `--ctx` tokens, by number of splits: GB/s of K/V read.
-4. (--parts skinny) The batch 16 / 64 matmuls, per shape and as a stack: cuBLAS, the skinny GEMM with
-   per-thread copies and through the TMA, and the stack tuned shape by shape.
+4. (--parts skinny [--skinny-batches 16,64] [--tiles deep|wide|occupancy]) The batch 16 / 64 matmuls, per
+   shape and as a stack: cuBLAS, the skinny GEMM with per-thread copies and through the TMA, and the stack
+   tuned shape by shape over the chosen tile set (`skinny_candidates`), with ablate.py's arguments for the
+   tiles it kept (`ABLATE_SPEC`).
 Prints one table per part; the copy bandwidth measured first is the yardstick.
 """
 
@@ -154,25 +156,39 @@ SHAPES = [("c_attn", 3 * H, H, True, False), ("attn.c_proj", H, H, False, False)
           ("lm_head", VOCAB, H, False, False)]
 
 
-def skinny_candidates(m, n, k, gated):
-    """Tiles to try for one shape: (BN, BM, BK, warps, stages, split), BM the heuristic's, the deepest
-    pipeline that fits and two stages less; K split in two as well where the output has few tiles."""
+ABLATE_CLASS = {"c_attn": "qkv", "attn.c_proj": "o", "w2_w1 (gated)": "gate_up", "mlp.c_proj": "down"}
+SHAPE_NK = {name: (n // 2 if gated else n, k) for name, n, k, _, gated in SHAPES}
+
+
+def skinny_candidates(m, n, k, gated, mode="deep"):
+    """Tiles to try for one shape: (BN, BM, BK, warps, stages, split), BM the heuristic's; K split in two as
+    well where the output has few tiles. mode "deep": the deepest pipeline that fits and two stages less;
+    "wide": 256-row weight tiles on two warpgroups (8 warps), which read the tokens' activations from L2
+    half as often, K split up to 4 ways; "occupancy": the deepest pipelines that let 2 and 3 programs share
+    a multiprocessor."""
     bm = skinny_config(m, n, k, torch.device("cuda"), gated)[1]
     out = []
-    for bn, bk in ((64, 128), (128, 128), (128, 64), (64, 256), (64, 64)):
-        deepest = SMEM_BYTES // (((2 if gated else 1) * bn + bm) * bk * 2)
-        for stages in sorted({min(deepest, 10), max(2, min(deepest, 10) - 2)}):
-            out += [(bn, bm, bk, 4, stages, split) for split in ((1, 2) if n <= 4096 else (1,))]
+    tiles = ((256, 64), (256, 128)) if mode == "wide" else ((64, 128), (128, 128), (128, 64), (64, 256), (64, 64))
+    splits = ((1, 2, 4) if mode == "wide" else (1, 2)) if n <= 4096 else (1,)
+    for bn, bk in tiles:
+        stage = ((2 if gated else 1) * bn + bm) * bk * 2
+        deepest = min(SMEM_BYTES // stage, 10)
+        if mode == "occupancy":
+            depths = {d for d in (SMEM_BYTES // 2 // stage, SMEM_BYTES // 3 // stage) if d >= 2}
+        else:
+            depths = {deepest, max(2, deepest - (1 if mode == "wide" else 2))} if deepest >= 2 else set()
+        for stages in sorted(depths):
+            out += [(bn, bm, bk, 8 if mode == "wide" else 4, stages, split) for split in splits]
     return out
 
 
-def part_skinny(bw, layers):
+def part_skinny(bw, layers, batches=(16, 64), mode="deep"):
     """Batch 16 and 64: each 7B shape alone through cuBLAS and the skinny GEMM (per-thread copies, TMA), then
     the whole linear stack in one graph: cuBLAS, the two forms, and the stack tuned shape by shape (each
     shape's candidates tried in the stack, the best kept: a shape alone ranks tiles differently)."""
     print("\n| batch | shape | err | cuBLAS us | copies us | TMA us | TMA GB/s, % of copy bw |")
     print("|---|---|---|---|---|---|---|")
-    for m in (16, 64):
+    for m in batches:
         for name, n, k, bias, gated in SHAPES:
             copies = 8 if n * k * 2 < 4 << 28 else 2
             ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
@@ -215,23 +231,28 @@ def part_skinny(bw, layers):
     def row(m, variant, ms):
         print(f"| {m} | {variant} | {ms:.3f} | {nbytes / ms / 1e6:.0f} | {nbytes / ms / 1e4 / bw:.1f} |")
 
-    for m in (16, 64):
+    for m in batches:
         for variant in ("cublas", "copies", "TMA"):
             best = stack(m, variant)
             row(m, variant, best)  # the last, TMA with the default tiles, is where the tuning starts
         dev = torch.device("cuda")
         cfgs = {name: skinny_config(m, n // 2 if gated else n, k, dev, gated) for name, n, k, _, gated in SHAPES}
         for name, n, k, _, gated in SHAPES[:4]:  # lm_head streams at the copy bandwidth already
-            for cand in skinny_candidates(m, n // 2 if gated else n, k, gated):
+            for cand in skinny_candidates(m, n // 2 if gated else n, k, gated, mode):
                 try:
                     ms = stack(m, "TMA", {**cfgs, name: cand})
                 except Exception as e:  # noqa: BLE001 (out of shared memory)
                     print(f"  {name} {cand}: {type(e).__name__}")
                     continue
+                if mode != "deep":
+                    print(f"  {name} {cand}: {ms:.3f} ms")
                 if ms < best:
                     best, cfgs[name] = ms, cand
         row(m, "TMA, tuned in the stack", best)
         print(f"  tuned at batch {m}: " + ", ".join(f"{name} {cfg}" for name, cfg in cfgs.items()))
+        spec = [f"--skinny {ABLATE_CLASS[name]}={c[0]},{c[2]},{c[4]},{c[5]},{c[3]}" for name, c in cfgs.items()
+                if name in ABLATE_CLASS and c != skinny_config(m, *SHAPE_NK[name], dev, "gated" in name)]
+        print(f"ABLATE_SPEC {m}: {' '.join(spec)}")  # bench/ablate.py's arguments for these tiles in the engine
 
 
 def skinny_op(x, w, b, gated, tma=None):
@@ -289,6 +310,9 @@ def main() -> None:
     p.add_argument("--ctx", type=int, default=576)
     p.add_argument("--parts", default="shapes,stack,attention")
     p.add_argument("--batches", default="1,4,16,32,64,128", help="attention: batch sizes")
+    p.add_argument("--skinny-batches", default="16,64", help="skinny: batch sizes")
+    p.add_argument("--tiles", default="deep", choices=["deep", "wide", "occupancy"],
+                   help="skinny: the tiles tuned over (see skinny_candidates)")
     a = p.parse_args()
     bw = copy_bw()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw:.0f} GB/s (read + write)")
@@ -298,7 +322,7 @@ def main() -> None:
     if "stack" in parts:
         part_stack(bw, a.layers)
     if "skinny" in parts:
-        part_skinny(bw, a.layers)
+        part_skinny(bw, a.layers, [int(b) for b in a.skinny_batches.split(",")], a.tiles)
     if "attention" in parts:
         part_attention(bw, a.ctx, a.layers, [int(b) for b in a.batches.split(",")])
     from inference.kernels.gemv import _gemv_kernel  # noqa: PLC0415
