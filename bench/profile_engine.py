@@ -1,6 +1,7 @@
 """Where a step's time goes on CUDA: wall time per step and the top kernels, for a few scenarios.
 
-python bench/profile_engine.py [--shape 7b] [--scenarios prefill512,decode1,prefill4096,decode64]
+python bench/profile_engine.py [--shape 7b] [--scenarios prefill512,decode1,prefill4096,decode64] [--trace DIR]
+    (--trace: each scenario's profile as a Chrome trace with Python stacks, DIR/SCENARIO.json.gz)
 torchrun --nproc_per_node=2 bench/profile_engine.py ...   (tensor parallel: rank 0's kernels, NCCL's included)
 """
 
@@ -78,7 +79,7 @@ def print_gaps(prof, top: int = 6) -> None:
         print(f"  gap {g:8.1f} us  after {a[:50]}  before {b[:50]}")
 
 
-def scenario(engine, name, prof_rows):
+def scenario(engine, name, prof_rows, trace=None):
     kind, n = name.rstrip("0123456789"), int(name.lstrip("prefildco"))
     clear(engine)
     if kind == "prefill":
@@ -87,7 +88,7 @@ def scenario(engine, name, prof_rows):
             if warm:
                 engine.step()
                 continue
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=bool(trace)) as p:
                 ms = timed_steps(engine, 1)
     else:
         for pr in prompts(n, 512, 7):
@@ -96,10 +97,13 @@ def scenario(engine, name, prof_rows):
             engine.step()
         timed_steps(engine, 5)
         ms = timed_steps(engine, 20)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=bool(trace)) as p:
             timed_steps(engine, 5)
     print(f"\n=== {name}: {ms:.2f} ms per step (wall) ===")
     print_gaps(p)
+    if trace:
+        Path(trace).mkdir(parents=True, exist_ok=True)
+        p.export_chrome_trace(str(Path(trace) / f"{name}.json.gz"))
     print(p.key_averages().table(sort_by="cuda_time_total", row_limit=prof_rows, max_name_column_width=60))
 
 
@@ -108,6 +112,7 @@ def main():
     ap.add_argument("--shape", default="7b")
     ap.add_argument("--scenarios", default="prefill512,decode1,prefill4096,decode64")
     ap.add_argument("--rows", type=int, default=12)
+    ap.add_argument("--trace", default=None, help="a folder for each scenario's Chrome trace")
     a = ap.parse_args()
     d = Path(tempfile.mkdtemp()) / "m"  # each rank its own copy of the config (no weights: random ones)
     write_checkpoint(d, with_weights=False, **SHAPES[a.shape])
@@ -116,7 +121,7 @@ def main():
                                     max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
                                     extra={"random_weights": True}))
     for s in a.scenarios.split(","):
-        scenario(engine, s, a.rows)
+        scenario(engine, s, a.rows, a.trace)
     engine.shutdown()
     os._exit(0)
 
