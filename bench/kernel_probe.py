@@ -8,10 +8,7 @@
    SiLU, mlp c_proj; then lm_head) captured in one CUDA graph: cuBLAS (+ the SiLU kernel) vs Triton GEMVs.
    Also cuBLAS at batch 16 and 64 for reference.
 3. Paged decode attention at batch 1/16/64 over `--ctx` tokens, by number of splits: GB/s of K/V read.
-4. (--parts skinny [--skinny-batches 16,64] [--tiles deep|wide|occupancy]) The batch 16 / 64 matmuls, per
-   shape and as a stack: cuBLAS, the skinny GEMM with per-thread copies and through the TMA, and the stack
-   tuned shape by shape over the chosen tile set (`skinny_candidates`), with ablate.py's arguments for the
-   tiles it kept (`ABLATE_SPEC`).
+(The batch 16 / 64 matmuls and their tiles: bench/skinny_probe.py.)
 Prints one table per part; the copy bandwidth measured first is the yardstick.
 """
 
@@ -27,9 +24,11 @@ from triton.testing import do_bench
 from inference.kernels.fused import silu_mul
 from inference.kernels.gemv import gemv
 from inference.kernels.paged_attention import CONFIGS, decode_config, num_splits, paged_decode_attention, use_dot
-from inference.kernels.skinny import SMEM_BYTES, skinny_config, skinny_linear
 
 H, FFN, VOCAB, HEADS, DIM = 4096, 11008, 151936, 32, 128
+SHAPES = [("c_attn", 3 * H, H, True, False), ("attn.c_proj", H, H, False, False),
+          ("w2_w1 (gated)", 2 * FFN, H, False, True), ("mlp.c_proj", H, FFN, False, False),
+          ("lm_head", VOCAB, H, False, False)]  # name, N, K, bias, gated (N: both halves of gate/up)
 
 
 def copy_bw() -> float:
@@ -44,12 +43,9 @@ def rel_err(a, b) -> float:
 
 
 def part_shapes(bw):
-    shapes = [("c_attn", 3 * H, H, True, False), ("attn.c_proj", H, H, False, False),
-              ("w2_w1 (gated)", 2 * FFN, H, False, True), ("mlp.c_proj", H, FFN, False, False),
-              ("lm_head", VOCAB, H, False, False)]
     print("\n| shape | N x K | err cuBLAS | err Triton | cuBLAS us | Triton us | cuBLAS GB/s | Triton GB/s |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, n, k, bias, gated in shapes:
+    for name, n, k, bias, gated in SHAPES:
         copies = 8 if n * k * 2 < 4 << 28 else 2
         ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
         b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
@@ -151,114 +147,6 @@ def part_stack(bw, layers):
         print(f"| {name} | {ms:.3f} | {gbs:.0f} | {100 * gbs / bw:.1f} | {1000 / ms:.1f} |")
 
 
-SHAPES = [("c_attn", 3 * H, H, True, False), ("attn.c_proj", H, H, False, False),
-          ("w2_w1 (gated)", 2 * FFN, H, False, True), ("mlp.c_proj", H, FFN, False, False),
-          ("lm_head", VOCAB, H, False, False)]
-
-
-ABLATE_CLASS = {"c_attn": "qkv", "attn.c_proj": "o", "w2_w1 (gated)": "gate_up", "mlp.c_proj": "down"}
-SHAPE_NK = {name: (n // 2 if gated else n, k) for name, n, k, _, gated in SHAPES}
-
-
-def skinny_candidates(m, n, k, gated, mode="deep"):
-    """Tiles to try for one shape: (BN, BM, BK, warps, stages, split), BM the heuristic's; K split in two as
-    well where the output has few tiles. mode "deep": the deepest pipeline that fits and two stages less;
-    "wide": 256-row weight tiles on two warpgroups (8 warps), which read the tokens' activations from L2
-    half as often, K split up to 4 ways; "occupancy": the deepest pipelines that let 2 and 3 programs share
-    a multiprocessor."""
-    bm = skinny_config(m, n, k, torch.device("cuda"), gated)[1]
-    out = []
-    tiles = ((256, 64), (256, 128)) if mode == "wide" else ((64, 128), (128, 128), (128, 64), (64, 256), (64, 64))
-    splits = ((1, 2, 4) if mode == "wide" else (1, 2)) if n <= 4096 else (1,)
-    for bn, bk in tiles:
-        stage = ((2 if gated else 1) * bn + bm) * bk * 2
-        deepest = min(SMEM_BYTES // stage, 10)
-        if mode == "occupancy":
-            depths = {d for d in (SMEM_BYTES // 2 // stage, SMEM_BYTES // 3 // stage) if d >= 2}
-        else:
-            depths = {deepest, max(2, deepest - (1 if mode == "wide" else 2))} if deepest >= 2 else set()
-        for stages in sorted(depths):
-            out += [(bn, bm, bk, 8 if mode == "wide" else 4, stages, split) for split in splits]
-    return out
-
-
-def part_skinny(bw, layers, batches=(16, 64), mode="deep"):
-    """Batch 16 and 64: each 7B shape alone through cuBLAS and the skinny GEMM (per-thread copies, TMA), then
-    the whole linear stack in one graph: cuBLAS, the two forms, and the stack tuned shape by shape (each
-    shape's candidates tried in the stack, the best kept: a shape alone ranks tiles differently)."""
-    print("\n| batch | shape | err | cuBLAS us | copies us | TMA us | TMA GB/s, % of copy bw |")
-    print("|---|---|---|---|---|---|---|")
-    for m in batches:
-        for name, n, k, bias, gated in SHAPES:
-            copies = 8 if n * k * 2 < 4 << 28 else 2
-            ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
-            b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            ref = x.double() @ ws[0].double().T + (b.double() if bias else 0)
-            if gated:
-                g, u = ref.chunk(2, dim=-1)
-                ref = F.silu(g) * u
-            err = rel_err(skinny_linear(x, ws[0], b, gated=gated), ref)
-            us = [graph_ms(functools.partial(each, op, x, ws, b, gated)) * 1000 / copies
-                  for op in (cublas_op, functools.partial(skinny_op, tma=False), skinny_op)]
-            gbs = n * k * 2 / us[2] / 1e3
-            print(f"| {m} | {name} | {err:.1e} | " + " | ".join(f"{t:.1f}" for t in us) + f" | {gbs:.0f}, "
-                  f"{100 * gbs / bw:.1f} |")
-            del ws
-    L, head, nbytes = stack_weights(layers)
-
-    def stack(m, variant, cfgs=None):
-        x = torch.randn(m, H, device="cuda", dtype=torch.float16)
-
-        def lin(h, w, b=None, gated=False, name=""):
-            if variant == "cublas":
-                return cublas_op(h, w, b, gated)
-            return skinny_linear(h, w, b, gated=gated, config=(cfgs or {}).get(name), tma=variant != "copies")
-
-        def fn():
-            h = x
-            for d in L:
-                q = lin(h, d["qkv"], d["qkv_b"], name="c_attn")
-                h = lin(q[:, :H], d["o"], name="attn.c_proj")
-                h = lin(lin(h, d["gu"], gated=True, name="w2_w1 (gated)"), d["d"], name="mlp.c_proj")
-            return lin(h, head, name="lm_head")
-        return graph_ms(fn)
-
-    print(f"\nLinear stack, {layers} layers + lm_head ({nbytes / 1e9:.2f} GB), one CUDA graph:")
-    print("| batch | variant | ms | GB/s | % of copy bw |")
-    print("|---|---|---|---|---|")
-
-    def row(m, variant, ms):
-        print(f"| {m} | {variant} | {ms:.3f} | {nbytes / ms / 1e6:.0f} | {nbytes / ms / 1e4 / bw:.1f} |")
-
-    for m in batches:
-        for variant in ("cublas", "copies", "TMA"):
-            best = stack(m, variant)
-            row(m, variant, best)  # the last, TMA with the default tiles, is where the tuning starts
-        dev = torch.device("cuda")
-        cfgs = {name: skinny_config(m, n // 2 if gated else n, k, dev, gated) for name, n, k, _, gated in SHAPES}
-        for name, n, k, _, gated in SHAPES[:4]:  # lm_head streams at the copy bandwidth already
-            for cand in skinny_candidates(m, n // 2 if gated else n, k, gated, mode):
-                try:
-                    ms = stack(m, "TMA", {**cfgs, name: cand})
-                except Exception as e:  # noqa: BLE001 (out of shared memory)
-                    print(f"  {name} {cand}: {type(e).__name__}")
-                    continue
-                if mode != "deep":
-                    print(f"  {name} {cand}: {ms:.3f} ms")
-                if ms < best:
-                    best, cfgs[name] = ms, cand
-        row(m, "TMA, tuned in the stack", best)
-        print(f"  tuned at batch {m}: " + ", ".join(f"{name} {cfg}" for name, cfg in cfgs.items()))
-        spec = [f"--skinny {ABLATE_CLASS[name]}={c[0]},{c[2]},{c[4]},{c[5]},{c[3]}" for name, c in cfgs.items()
-                if name in ABLATE_CLASS and c != skinny_config(m, *SHAPE_NK[name], dev, "gated" in name)]
-        print(f"ABLATE_SPEC {m}: {' '.join(spec)}")  # bench/ablate.py's arguments for these tiles in the engine
-
-
-def skinny_op(x, w, b, gated, tma=None):
-    return skinny_linear(x, w, b, gated=gated, tma=tma)
-
-
 def part_attention(bw, ctx, layers, batches, bs=16):
     print(f"\nPaged decode attention, {HEADS} heads x {DIM}, context {ctx}, block size {bs}, caches of several "
           "layers in one CUDA graph; every (splits, BLOCK_N/warps/stages) candidate, best first:")
@@ -310,9 +198,6 @@ def main() -> None:
     p.add_argument("--ctx", type=int, default=576)
     p.add_argument("--parts", default="shapes,stack,attention")
     p.add_argument("--batches", default="1,4,16,32,64,128", help="attention: batch sizes")
-    p.add_argument("--skinny-batches", default="16,64", help="skinny: batch sizes")
-    p.add_argument("--tiles", default="deep", choices=["deep", "wide", "occupancy"],
-                   help="skinny: the tiles tuned over (see skinny_candidates)")
     a = p.parse_args()
     bw = copy_bw()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw:.0f} GB/s (read + write)")
@@ -321,8 +206,6 @@ def main() -> None:
         part_shapes(bw)
     if "stack" in parts:
         part_stack(bw, a.layers)
-    if "skinny" in parts:
-        part_skinny(bw, a.layers, [int(b) for b in a.skinny_batches.split(",")], a.tiles)
     if "attention" in parts:
         part_attention(bw, a.ctx, a.layers, [int(b) for b in a.batches.split(",")])
     from inference.kernels.gemv import _gemv_kernel  # noqa: PLC0415

@@ -206,7 +206,7 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
                   ) -> tuple[int, int, int, int, int, int]:
     """(BLOCK_N, BLOCK_M, BLOCK_K, num_warps, num_stages, SPLIT_K) for the 7B decode shapes at 16 and 64
     tokens: each shape's tiles tried inside the whole linear stack in one CUDA graph on an H200, through the
-    TMA (bench/kernel_probe.py --parts skinny; a shape timed alone ranks tiles differently), then gate/up at
+    TMA (bench/skinny_probe.py; a shape timed alone ranks tiles differently), then gate/up at
     9-16 tokens and attn.c_proj from 17 re-chosen in the engine's decode step (bench/ablate.py --skinny).
     K is also split where the output has fewer tiles than a quarter of the multiprocessors (tensor parallel
     shards). c_attn's 128-row tile is one head, which `qkv_rope` relies on."""
