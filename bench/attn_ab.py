@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 from kernel_probe import DIM, capture  # bench/ is on the path of a script run from it
-from power_probe import ATTN_CTX, attention_inputs, report, smi, windows
-from profile_engine import clear, decode_graph, steady
+from power_probe import ATTN_CTX, attention_inputs, hold, report, smi, windows
 
 import inference.kernels.paged_attention as pa
 from inference.bench_shapes import SHAPES
@@ -66,13 +65,6 @@ def engine(d: Path, fn):
         pa.paged_decode_attention = keep
 
 
-def held(e, batch: int, seconds: float):
-    steady(e, batch, 200)
-    out = windows(decode_graph(e, batch).replay, seconds, 1)
-    clear(e)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old")
@@ -89,7 +81,7 @@ def main() -> None:
     write_checkpoint(d, with_weights=False, **SHAPES["7b"])
     engines = {n: engine(d, fn) for n, fn in fns.items()}
     for b in (int(b) for b in a.engine_batches.split(",") if b):
-        runs += [(f"engine decode step {n}, batch {b}", held(engines[n], b, a.seconds)) for n in [*engines] * 2]
+        runs += [(f"engine decode step {n}, batch {b}", hold(engines[n], b, a.seconds)) for n in [*engines] * 2]
     proc.terminate()
     proc.wait()
     report(runs, log)

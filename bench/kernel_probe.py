@@ -42,19 +42,25 @@ def rel_err(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def shape_inputs(m, n, k, bias, gated):
+    """One linear shape timed alone: (copies, that many random weights [n, k] so that L2 does not serve
+    repeats, bias or None, x [m, k], the float64 reference of x through the first)."""
+    copies = 8 if n * k * 2 < 4 << 28 else 2
+    ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
+    b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    ref = x.double() @ ws[0].double().T + (b.double() if bias else 0)
+    if gated:
+        g, u = ref.chunk(2, dim=-1)
+        ref = F.silu(g) * u
+    return copies, ws, b, x, ref
+
+
 def part_shapes(bw):
     print("\n| shape | N x K | err cuBLAS | err Triton | cuBLAS us | Triton us | cuBLAS GB/s | Triton GB/s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, n, k, bias, gated in SHAPES:
-        copies = 8 if n * k * 2 < 4 << 28 else 2
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
-        b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
-        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-        ref = x.double() @ ws[0].double().T + (b.double() if bias else 0)
-        if gated:
-            g, u = ref.chunk(2, dim=-1)
-            ref = F.silu(g) * u
-
+        copies, ws, b, x, ref = shape_inputs(1, n, k, bias, gated)
         e_t = rel_err(cublas_op(x, ws[0], b, gated), ref)
         e_g = rel_err(gemv(x, ws[0], b, gated=gated), ref)
         t_t = graph_ms(functools.partial(each, cublas_op, x, ws, b, gated)) * 1000 / copies

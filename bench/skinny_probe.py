@@ -17,13 +17,21 @@ import argparse
 import functools
 
 import torch
-import torch.nn.functional as F
-from kernel_probe import SHAPES, H, copy_bw, cublas_op, each, graph_ms, rel_err, stack_weights  # bench/ on the path
+from kernel_probe import (  # bench/ on the path
+    SHAPES,
+    H,
+    copy_bw,
+    cublas_op,
+    each,
+    graph_ms,
+    rel_err,
+    shape_inputs,
+    stack_weights,
+)
 
 from inference.kernels.skinny import SMEM_BYTES, skinny_config, skinny_linear
 
 ABLATE_CLASS = {"c_attn": "qkv", "attn.c_proj": "o", "w2_w1 (gated)": "gate_up", "mlp.c_proj": "down"}
-SHAPE_NK = {name: (n // 2 if gated else n, k) for name, n, k, _, gated in SHAPES}
 
 
 def skinny_candidates(m, n, k, gated, mode="deep"):
@@ -56,14 +64,7 @@ def part_skinny(bw, layers, batches=(16, 64), mode="deep"):
     print("|---|---|---|---|---|---|---|")
     for m in batches:
         for name, n, k, bias, gated in SHAPES:
-            copies = 8 if n * k * 2 < 4 << 28 else 2
-            ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
-            b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            ref = x.double() @ ws[0].double().T + (b.double() if bias else 0)
-            if gated:
-                g, u = ref.chunk(2, dim=-1)
-                ref = F.silu(g) * u
+            copies, ws, b, x, ref = shape_inputs(m, n, k, bias, gated)
             err = rel_err(skinny_linear(x, ws[0], b, gated=gated), ref)
             us = [graph_ms(functools.partial(each, op, x, ws, b, gated)) * 1000 / copies
                   for op in (cublas_op, functools.partial(skinny_op, tma=False), skinny_op)]
@@ -103,6 +104,7 @@ def part_skinny(bw, layers, batches=(16, 64), mode="deep"):
             row(m, variant, best)  # the last, TMA with the default tiles, is where the tuning starts
         dev = torch.device("cuda")
         cfgs = {name: skinny_config(m, n // 2 if gated else n, k, dev, gated) for name, n, k, _, gated in SHAPES}
+        defaults = dict(cfgs)
         for name, n, k, _, gated in SHAPES[:4]:  # lm_head streams at the copy bandwidth already
             for cand in skinny_candidates(m, n // 2 if gated else n, k, gated, mode):
                 try:
@@ -117,7 +119,7 @@ def part_skinny(bw, layers, batches=(16, 64), mode="deep"):
         row(m, "TMA, tuned in the stack", best)
         print(f"  tuned at batch {m}: " + ", ".join(f"{name} {cfg}" for name, cfg in cfgs.items()))
         spec = [f"--skinny {ABLATE_CLASS[name]}={c[0]},{c[2]},{c[4]},{c[5]},{c[3]}" for name, c in cfgs.items()
-                if name in ABLATE_CLASS and c != skinny_config(m, *SHAPE_NK[name], dev, "gated" in name)]
+                if name in ABLATE_CLASS and c != defaults[name]]
         print(f"ABLATE_SPEC {m}: {' '.join(spec)}")  # bench/ablate.py's arguments for these tiles in the engine
 
 
