@@ -156,7 +156,8 @@ class ModelRunner:
 
     def prepare(self, plan: StepPlan):
         """The step's device inputs (one host-to-device copy) and attention metadata; logit-row indices."""
-        # through array: a third of torch.tensor's time on a list (0.14 against 0.45 ms for 4096 tokens)
+        # through array: a fifth of torch.tensor's time on a list (4096 tokens: 0.15 against 0.72 ms on the
+        # H200 machine's CPU)
         host = torch.frombuffer(array.array("q", plan.token_ids + plan.positions), dtype=torch.long)
         bt = self.block_table_tensor(plan.block_tables).long()
         seq_of = torch.repeat_interleave(torch.arange(len(plan.q_lens)), torch.tensor(plan.q_lens))
