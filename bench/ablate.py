@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from profile_engine import (  # bench/ is on the path of a script run from it
@@ -37,12 +35,11 @@ from profile_engine import (  # bench/ is on the path of a script run from it
     decode_graph,
     print_gaps,
     prompts,
+    random_engine,
     steady,
 )
 
-from inference.bench_shapes import SHAPES
-from inference.config import EngineConfig, SamplingParams
-from inference.demo import write_checkpoint
+from inference.config import SamplingParams
 
 GROUPS = {"small": ["norm", "rope", "splitk", "combine"], "matmuls": ["norm", "rope", "splitk", "combine", "attention"]}
 
@@ -241,13 +238,8 @@ def main() -> None:
         patch_skinny(spec)
     if a.gemv:
         patch_gemv(a.gemv)
-    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415  (after the patches)
 
-    d = Path(tempfile.mkdtemp()) / "m"
-    write_checkpoint(d, with_weights=False, **SHAPES["7b"])
-    engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
-                                    max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
-                                    num_kv_blocks=a.kv_blocks, block_size=a.block_size, extra={"random_weights": True}))
+    engine = random_engine(num_kv_blocks=a.kv_blocks, block_size=a.block_size)
     res = [f"{step_ms(engine, int(b)):.3f}" for b in a.batches.split(",")]
     print(f"ABLATE {a.variant:10s} attn={a.attn or '-'} from={a.attn_from} dot={a.dot} pdl={a.attn_pdl} "
           f"kv={a.kv_blocks} bs={a.block_size} skinny={'+'.join(a.skinny) or '-'} gemv={a.gemv or '-'} "

@@ -21,11 +21,9 @@ from pathlib import Path
 import torch
 from kernel_probe import DIM, capture  # bench/ is on the path of a script run from it
 from power_probe import ATTN_CTX, attention_inputs, hold, report, smi, windows
+from profile_engine import random_engine
 
 import inference.kernels.paged_attention as pa
-from inference.bench_shapes import SHAPES
-from inference.config import EngineConfig
-from inference.demo import write_checkpoint
 
 
 def load(path: str):
@@ -53,14 +51,10 @@ def alone(fns: dict, batches: list[int], seconds: float) -> list:
     return runs
 
 
-def engine(d: Path, fn):
-    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415
-
+def engine(fn):
     keep, pa.paged_decode_attention = pa.paged_decode_attention, fn  # the runner takes it at set-up
     try:
-        return LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
-                                      max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
-                                      num_kv_blocks=2800, extra={"random_weights": True}))
+        return random_engine(num_kv_blocks=2800)
     finally:
         pa.paged_decode_attention = keep
 
@@ -77,9 +71,7 @@ def main() -> None:
     proc = smi(log)
     time.sleep(0.5)
     runs = alone(fns, [int(b) for b in a.batches.split(",") if b], a.seconds)
-    d = Path(tempfile.mkdtemp()) / "m"
-    write_checkpoint(d, with_weights=False, **SHAPES["7b"])
-    engines = {n: engine(d, fn) for n, fn in fns.items()}
+    engines = {n: engine(fn) for n, fn in fns.items()}
     for b in (int(b) for b in a.engine_batches.split(",") if b):
         runs += [(f"engine decode step {n}, batch {b}", hold(engines[n], b, a.seconds)) for n in [*engines] * 2]
     proc.terminate()

@@ -24,12 +24,7 @@ from pathlib import Path
 
 import torch
 from kernel_probe import DIM, HEADS, capture  # bench/ is on the path of a script run from it
-from profile_engine import clear, decode_graph, steady
-
-from inference.bench_shapes import SHAPES
-from inference.config import EngineConfig
-from inference.demo import write_checkpoint
-from inference.engine.llm_engine import LLMEngine
+from profile_engine import clear, decode_graph, random_engine, steady
 
 ATTN_CTX = 576  # decode attention held alone: the middle of the 512 / 128 case
 FIELDS = "timestamp,power.draw.instant,clocks.sm,clocks_event_reasons.active"
@@ -176,11 +171,7 @@ def main() -> None:
     if a.parts:
         runs += parts_hold(a.seconds, [int(b) for b in a.batches.split(",")], a.attn_configs)
         torch.cuda.empty_cache()
-    d = Path(tempfile.mkdtemp()) / "m"
-    write_checkpoint(d, with_weights=False, **SHAPES["7b"])
-    engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", max_num_seqs=64,
-                                    max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
-                                    extra={"random_weights": True}))
+    engine = random_engine()
     runs += [(f"engine decode step, batch {b}", hold(engine, int(b), a.seconds)) for b in a.batches.split(",")]
     proc.terminate()
     proc.wait()

@@ -49,6 +49,16 @@ def clear(engine) -> None:
     engine.step()
 
 
+def random_engine(shape: str = "7b", **overrides) -> LLMEngine:
+    """The engine on random weights of a published shape (float16 on CUDA, up to 64 sequences of 8192
+    tokens, no prefix cache); `overrides` go to EngineConfig. Each caller (each rank) writes its own config."""
+    d = Path(tempfile.mkdtemp()) / "m"
+    write_checkpoint(d, with_weights=False, **SHAPES[shape])
+    cfg = dict(model=str(d), device="cuda", dtype="float16", max_num_seqs=64, max_num_batched_tokens=8192,
+               max_model_len=8192, enable_prefix_caching=False, extra={"random_weights": True})
+    return LLMEngine(EngineConfig(**{**cfg, **overrides}))
+
+
 def timed_steps(engine, steps):
     torch.cuda.synchronize()
     t = time.perf_counter()
@@ -114,12 +124,7 @@ def main():
     ap.add_argument("--rows", type=int, default=12)
     ap.add_argument("--trace", default=None, help="a folder for each scenario's Chrome trace")
     a = ap.parse_args()
-    d = Path(tempfile.mkdtemp()) / "m"  # each rank its own copy of the config (no weights: random ones)
-    write_checkpoint(d, with_weights=False, **SHAPES[a.shape])
-    tp = int(os.environ.get("WORLD_SIZE", 1))  # ranks > 0 stay in the engine's worker loop
-    engine = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", tp=tp, max_num_seqs=64,
-                                    max_num_batched_tokens=8192, max_model_len=8192, enable_prefix_caching=False,
-                                    extra={"random_weights": True}))
+    engine = random_engine(a.shape, tp=int(os.environ.get("WORLD_SIZE", 1)))  # ranks > 0 stay in its worker loop
     for s in a.scenarios.split(","):
         scenario(engine, s, a.rows, a.trace)
     engine.shutdown()
