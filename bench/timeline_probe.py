@@ -19,6 +19,7 @@ time every byte of the stack would take at lm_head's rate (one long launch): the
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 
@@ -80,12 +81,16 @@ def analyse(rec):
         r = rows[first:first + programs]
         t_in, t_go, t_end = ([p[i] for p in r] for i in range(3))
         start, end = min(t_go), max(t_end)
+        per_sm = collections.Counter(p[3] for p in r)
+        took = [(p[2] - p[1], per_sm[p[3]] > 1) for p in r]  # a program's time past the wait; SM shared?
+        alone, shared = ([t for t, sh in took if sh == flag] for flag in (False, True))
         name = NAMES.get((n, k), "?") if kernel == "skinny" else kernel
         nbytes = (2 if name == "gate/up" else 1) * n * k * 2 if kernel == "skinny" else 0
         kernels.append(dict(name=name, programs=programs, sms=len({p[3] for p in r}), busy=end - start,
                             gap=start - prev_end if prev_end is not None else 0,
                             skew=statistics.median(t_go) - start, tail=end - statistics.median(t_end),
-                            early=statistics.median(t_go) - statistics.median(t_in), nbytes=nbytes))
+                            early=statistics.median(t_go) - statistics.median(t_in), nbytes=nbytes,
+                            alone=alone, shared=shared))
         prev_end = end
     stamps = sorted({v for p in rows for v in p[:3]})
     resolution = min((b - a for a, b in zip(stamps, stamps[1:])), default=0)
@@ -117,6 +122,10 @@ def main() -> None:
             for name in dict.fromkeys(k["name"] for k in kernels):
                 ks = [k for k in kernels if k["name"] == name]
                 avg = {f: statistics.mean(k[f] for k in ks) / 1e3 for f in ("busy", "gap", "skew", "tail", "early")}
+                for f in ("alone", "shared"):
+                    took = [t for k in ks for t in k[f]]
+                    avg[f] = (f"{statistics.mean(took) / 1e3:.2f}, {max(took) / 1e3:.2f} ({len(took) // len(ks)})"
+                              if took else "")
                 gbs = sum(k["nbytes"] for k in ks) / sum(k["busy"] for k in ks) if ks[0]["nbytes"] else 0
                 table.append((m, on, name, len(ks), ks[0]["programs"], ks[0]["sms"], avg, gbs))
     print("\n| batch | PDL | kernel | launches | programs | SMs | busy us | gap before us | skew us | tail us | "
@@ -126,6 +135,12 @@ def main() -> None:
         print(f"| {m} | {'on' if on == '1' else 'off'} | {name} | {n} | {progs} | {sms} | {avg['busy']:.2f} | "
               f"{avg['gap']:.2f} | {avg['skew']:.2f} | {avg['tail']:.2f} | {avg['early']:.2f} | "
               f"{f'{gbs:.0f}' if gbs else ''} |")
+    print("\n| batch | PDL | kernel | a program alone on its SM: mean, slowest us (programs) | two or more on an SM: mean, "
+          "slowest us (programs) |")
+    print("|---|---|---|---|---|")
+    for m, on, name, _, _, _, avg, _ in table:
+        if name != "lm_head":  # a single wave: programs sharing an SM ran side by side
+            print(f"| {m} | {'on' if on == '1' else 'off'} | {name} | {avg['alone']} | {avg['shared']} |")
     print("\n" + "\n".join(heads))
 
 
