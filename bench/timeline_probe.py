@@ -135,8 +135,8 @@ def main() -> None:
         print(f"| {m} | {'on' if on == '1' else 'off'} | {name} | {n} | {progs} | {sms} | {avg['busy']:.2f} | "
               f"{avg['gap']:.2f} | {avg['skew']:.2f} | {avg['tail']:.2f} | {avg['early']:.2f} | "
               f"{f'{gbs:.0f}' if gbs else ''} |")
-    print("\n| batch | PDL | kernel | a program alone on its SM: mean, slowest us (programs) | two or more on an SM: mean, "
-          "slowest us (programs) |")
+    print("\n| batch | PDL | kernel | a program alone on its SM: mean, slowest us (programs) | "
+          "two or more on an SM: mean, slowest us (programs) |")
     print("|---|---|---|---|---|")
     for m, on, name, _, _, _, avg, _ in table:
         if name != "lm_head":  # a single wave: programs sharing an SM ran side by side
