@@ -98,6 +98,21 @@ def analyse(rec):
     return kernels, resolution, span
 
 
+def by_class(kernels):
+    """Each kernel class's launches averaged: (name, launches, programs, SMs, averages in us, GB/s while busy)."""
+    rows = []
+    for name in dict.fromkeys(k["name"] for k in kernels):
+        ks = [k for k in kernels if k["name"] == name]
+        avg = {f: statistics.mean(k[f] for k in ks) / 1e3 for f in ("busy", "gap", "skew", "tail", "early")}
+        for f in ("alone", "shared"):
+            took = [t for k in ks for t in k[f]]
+            n = len(took) // len(ks)
+            avg[f] = f"{statistics.mean(took) / 1e3:.2f}, {max(took) / 1e3:.2f} ({n})" if took else ""
+        gbs = sum(k["nbytes"] for k in ks) / sum(k["busy"] for k in ks) if ks[0]["nbytes"] else 0
+        rows.append((name, len(ks), ks[0]["programs"], ks[0]["sms"], avg, gbs))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=32)
@@ -119,15 +134,7 @@ def main() -> None:
                   f"{span / 1e6:.3f} ms, busy {sum(k['busy'] for k in kernels) / 1e6:.3f} ms, gaps "
                   f"{sum(k['gap'] for k in kernels) / 1e6:.3f} ms, {len(kernels)} kernels, timer step {resolution} ns; "
                   f"every byte at lm_head's rate: {nbytes * lm['busy'] / lm['nbytes'] / 1e6:.3f} ms")
-            for name in dict.fromkeys(k["name"] for k in kernels):
-                ks = [k for k in kernels if k["name"] == name]
-                avg = {f: statistics.mean(k[f] for k in ks) / 1e3 for f in ("busy", "gap", "skew", "tail", "early")}
-                for f in ("alone", "shared"):
-                    took = [t for k in ks for t in k[f]]
-                    avg[f] = (f"{statistics.mean(took) / 1e3:.2f}, {max(took) / 1e3:.2f} ({len(took) // len(ks)})"
-                              if took else "")
-                gbs = sum(k["nbytes"] for k in ks) / sum(k["busy"] for k in ks) if ks[0]["nbytes"] else 0
-                table.append((m, on, name, len(ks), ks[0]["programs"], ks[0]["sms"], avg, gbs))
+            table += [(m, on, *row) for row in by_class(kernels)]
     print("\n| batch | PDL | kernel | launches | programs | SMs | busy us | gap before us | skew us | tail us | "
           "entry to go us | GB/s while busy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
