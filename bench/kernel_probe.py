@@ -99,7 +99,11 @@ def capture(fn) -> torch.cuda.CUDAGraph:
 
 
 def graph_ms(fn, reps=20) -> float:
-    g = capture(fn)
+    return replay_ms(capture(fn), reps)
+
+
+def replay_ms(g: torch.cuda.CUDAGraph, reps=20) -> float:
+    """Median ms of `reps` timed replays of a captured graph, after 3 untimed ones."""
     for _ in range(3):
         g.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -24,7 +24,7 @@ import os
 import statistics
 
 import torch
-from kernel_probe import FFN, VOCAB, H, capture, copy_bw, stack_weights  # bench/ on the path
+from kernel_probe import FFN, VOCAB, H, copy_bw, graph_ms, replay_ms, stack_weights  # bench/ on the path
 
 from inference.kernels import device_feature
 from inference.kernels.skinny import skinny_linear
@@ -47,21 +47,9 @@ def stack_fn(L, head, m):
     return fn
 
 
-def replay_ms(g, reps=20) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def record(fn):
     """(graph ms without stamps, graph ms with stamps, the Recorder after one replay)."""
-    plain = replay_ms(capture(fn))
+    plain = graph_ms(fn)
     with recording(Recorder()):  # compile the stamped kernels outside the capture
         fn()
     torch.cuda.synchronize()
