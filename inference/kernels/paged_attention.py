@@ -17,9 +17,9 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 # (BLOCK_N, num_warps, num_stages) candidates; `decode_config` holds the ones measured fastest. Fixed
 # choices rather than autotuning: the engine first runs the kernel while capturing CUDA graphs, on empty
-# contexts, where every candidate looks alike (autotuning there cost 20 % at batch 16 and 64). Below 5
-# stages Triton 3.6 keeps one shared-memory buffer each for K and V (the block-table load before them takes
-# a stage): the next tile is fetched only after this one is used. 5 stages give two buffers.
+# contexts, where every candidate looks alike (autotuning there cost 20 % at batch 16 and 64). In the
+# tensor-core form below 5 stages, Triton 3.6 keeps one shared-memory buffer each for K and V (the block-table
+# load before them takes a stage): the next tile is fetched only after this one is used. 5 give two buffers.
 CONFIGS = ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2), (128, 4, 3), (256, 8, 2),
            (256, 4, 2), (32, 4, 5), (64, 4, 5))
 
