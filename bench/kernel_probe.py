@@ -164,17 +164,9 @@ def part_attention(bw, ctx, layers, batches, bs=16):
           "| us | best GB/s | % of copy bw |")
     print("|---|---|---|---|---|---|---|---|---|")
     for batch in batches:
-        nb = -(-ctx // bs)
-        blocks = batch * nb + 7
-        per_layer = 2 * blocks * bs * HEADS * DIM * 2
+        per_layer = 2 * (batch * -(-ctx // bs) + 7) * bs * HEADS * DIM * 2
         n_layers = max(2, min(layers, int(8e9 // per_layer)))
-        caches = [(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3),
-                   torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3))
-                  for _ in range(n_layers)]
-        table = (torch.randperm(blocks - 7, device="cuda")[:batch * nb].view(batch, nb) + 7).int()
-        lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-        q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.float16)
-        nbytes = 2 * batch * ctx * HEADS * DIM * 2 * n_layers
+        caches, table, lens, q, nbytes = attention_inputs(batch, ctx, n_layers, bs)
         ref = paged_decode_attention(q, *caches[0], table, lens, ctx, DIM**-0.5, splits=1).float()
         engine_dot = use_dot(q)
         engine_splits = num_splits(q, engine_dot)
@@ -195,6 +187,20 @@ def part_attention(bw, ctx, layers, batches, bs=16):
         print(f"| {batch} | {chosen} | {times[chosen]:.1f} | {cores[0]}, {cores[1]} | {times[cores]:.1f} | {best} "
               f"| {times[best]:.1f} | {gbs:.0f} | {100 * gbs / bw:.1f} |")
         del caches
+
+
+def attention_inputs(b: int, ctx: int, n_layers: int, bs: int = 16):
+    """Decode attention's inputs for `b` sequences at context `ctx`: `n_layers` layers' K/V caches in the
+    engine's head-major layout, a random block table, the lengths and q; and the K/V bytes one pass over
+    the layers reads."""
+    nb = -(-ctx // bs)
+    blocks = b * nb + 7
+    caches = [tuple(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3)
+                    for _ in range(2)) for _ in range(n_layers)]
+    table = (torch.randperm(blocks - 7, device="cuda")[:b * nb].view(b, nb) + 7).int()
+    lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
+    q = torch.randn(b, HEADS, DIM, device="cuda", dtype=torch.float16)
+    return caches, table, lens, q, 2 * b * ctx * HEADS * DIM * 2 * n_layers
 
 
 def attention_layers(q, caches, table, lens, ctx, splits, cfg=None, dot=None):

@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import kernel_probe  # bench/ is on the path of a script run from it
 import torch
-from kernel_probe import DIM, HEADS, capture  # bench/ is on the path of a script run from it
+from kernel_probe import DIM, capture
 from profile_engine import clear, decode_graph, random_engine, steady
 
 ATTN_CTX = 576  # decode attention held alone: the middle of the 512 / 128 case
@@ -72,19 +73,9 @@ def hold(engine, batch: int, seconds: float):
     return out
 
 
-def attention_inputs(b: int, ctx: int, bs: int = 16):
-    """Decode attention's inputs for `b` sequences at context `ctx`: 32 layers' K/V caches (8 above batch 16)
-    in the engine's head-major layout, a random block table, the lengths and q; and the K/V bytes one pass
-    over the layers reads."""
-    nb = -(-ctx // bs)
-    blocks = b * nb + 7
-    n_layers = 32 if b <= 16 else 8
-    caches = [tuple(torch.randn(blocks, HEADS, bs, DIM, device="cuda", dtype=torch.float16).permute(0, 2, 1, 3)
-                    for _ in range(2)) for _ in range(n_layers)]
-    table = (torch.randperm(blocks - 7, device="cuda")[:b * nb].view(b, nb) + 7).int()
-    lens = torch.full((b,), ctx, dtype=torch.int32, device="cuda")
-    q = torch.randn(b, HEADS, DIM, device="cuda", dtype=torch.float16)
-    return caches, table, lens, q, 2 * b * ctx * HEADS * DIM * 2 * n_layers
+def attention_inputs(b: int, ctx: int):
+    """`kernel_probe.attention_inputs` with 32 layers' caches (8 above batch 16)."""
+    return kernel_probe.attention_inputs(b, ctx, 32 if b <= 16 else 8)
 
 
 def parts_hold(seconds: float, batches: list[int], attn_configs: bool):
