@@ -128,7 +128,8 @@ class DecodeGraphs:
         header[4 * top:] = torch.tensor([w, rows, int(ids_device is None)])
         host[self.head: self.head + rows * w].copy_(block_tables.view(-1))
         if not self.mapped:  # the header with one copy, the block table's rows with another (strided)
-            self.dev[2 * top if in_place else 0:].copy_(host[2 * top if in_place else 0: self.head], non_blocking=True)
+            lo = 2 * top if in_place else 0
+            self.dev[lo:].copy_(host[lo: self.head], non_blocking=True)
             self.block_tables[:rows, :w].copy_(host[self.head: self.head + rows * w].view(rows, w), non_blocking=True)
         if ids_device is not None and not in_place:
             self.ids[:n].copy_(ids_device, non_blocking=True)
