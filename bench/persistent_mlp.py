@@ -26,7 +26,7 @@ import triton.language as tl
 from kernel_probe import FFN, H, copy_bw, graph_ms, rel_err  # bench/ on the path
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from inference.kernels.skinny import _reduce_norm_kernel, skinny_linear
+from inference.kernels.skinny import reduce_norm, skinny_linear
 
 
 @triton.jit
@@ -94,10 +94,7 @@ def persistent_mlp(x, wgu, wd, residual, nw, eps, ctr, config, grid, wait=True):
         TensorDescriptor(wd, list(wd.shape), [wd.stride(0), 1], [bn2, bk2]),
         act, ws, ctr, m, N=FFN, K=H, HO=H, S=s, BN1=bn1, BK1=bk1, BN2=bn2, BK2=bk2, BM=bm, ST1=st1, ST2=st2,
         WAIT=wait, num_warps=4, launch_pdl=True)
-    y, res_out = torch.empty_like(x), torch.empty_like(x)
-    _reduce_norm_kernel[(m,)](ws, residual, nw, y, res_out, H, eps, ws.stride(0), ws.stride(1), SPLIT_K=s,
-                              BLOCK=triton.next_power_of_2(H), num_warps=8, PDL=True, launch_pdl=True)
-    return y, res_out
+    return reduce_norm(ws, (residual, nw, eps), torch.empty_like(x), on=True)
 
 
 def main() -> None:

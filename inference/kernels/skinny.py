@@ -185,6 +185,17 @@ def _reduce_norm_kernel(ws_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, eps, st
     add_rmsnorm_row(acc.to(out_ptr.dtype.element_ty), res_ptr, w_ptr, out_ptr, res_out_ptr, m, cols, ok, N, eps, True)
 
 
+def reduce_norm(ws: torch.Tensor, norm, y: torch.Tensor, on: bool):
+    """Split-K float32 partials ws [S, M, N] summed, then the residual add + RMSNorm (`_reduce_norm_kernel`),
+    norm = (residual, norm weight, eps): returns (the norm, into y [M, N]; the new residual stream)."""
+    residual, nw, eps = norm
+    split, m, n = ws.shape
+    res_out = torch.empty_like(y)
+    _reduce_norm_kernel[(m,)](ws, residual.contiguous(), nw, y, res_out, n, eps, ws.stride(0), ws.stride(1),
+                              SPLIT_K=split, BLOCK=triton.next_power_of_2(n), num_warps=8, PDL=on, launch_pdl=on)
+    return y, res_out
+
+
 def launch_fitted(key: tuple, stages: int, launch) -> None:
     """launch(stages), with fewer pipeline stages where this GPU's shared memory does not hold them (down to
     one); the stages that fit are kept per config in `_FITS`, so later calls go straight to them."""
@@ -287,12 +298,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     launch_fitted((bn, bm, bk, warps, stages, split, gated, tma), stages, launch)
     if norm is not None and split == 1:
         return add_rmsnorm(y, *norm)
-    if norm is not None:
-        residual, nw, eps = norm
-        res_out = torch.empty_like(y)
-        _reduce_norm_kernel[(m,)](out, residual.contiguous(), nw, y, res_out, n, eps, out.stride(0), out.stride(1),
-                                  SPLIT_K=split, BLOCK=triton.next_power_of_2(n), num_warps=8, PDL=on, launch_pdl=on)
-        return y, res_out  # y (unused by the split matmul, which wrote the workspace) holds the norm
+    if norm is not None:  # y (unused by the split matmul, which wrote the workspace) takes the norm
+        return reduce_norm(out, norm, y, on)
     if split > 1:
         block = 1024
         st = rec.take("reduce", m, n, split, m * triton.cdiv(n, block)) if rec else y
