@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The whole GPU sweep in one device call: GPU tests, the engine benchmark with the transformers baseline,
-# then A/B runs of a toggle. Usage (on the GPU machine, repo root): bash bench/gpu_sweep.sh [OUT_DIR]
-# Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, AB="VAR=0" (AB_CASES and the first-token
-# lengths AB_TTFT run again with VAR=0, then as they are), TEST_TIMEOUT, BENCH_TIMEOUT, AB_TIMEOUT.
+# The whole GPU sweep in one device call: GPU tests, then the engine benchmark with the transformers baseline
+# (docs/performance.md). Usage (on the GPU machine, repo root): bash bench/gpu_sweep.sh [OUT_DIR]
+# Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, TEST_TIMEOUT, BENCH_TIMEOUT.
 set -uo pipefail
 OUT=${1:-${OUT:-/tmp/qwen-bench}}
 mkdir -p "$OUT"
@@ -21,7 +20,4 @@ BENCH="python3 -m inference bench --random-weights 7b --dtype float16 --device c
   --max-num-seqs 64 --max-model-len 8192"  # 7b random weights, fp16 (word-split on purpose)
 timeout "${BENCH_TIMEOUT:-420}" $BENCH --cases "${CASES:-1:512:128,16:512:128,64:512:64}" --ttft-lens 4096 \
   ${BASELINE:---baseline hf --baseline-batch-sizes 1,16} --out "$OUT/bench_7b.csv" 2>&1 | tee "$OUT/bench.log" | tail -12
-if [ -n "${AB:-}" ]; then  # one round of bench/ab.sh: the same bench with the toggle, then as is
-  AB_TIMEOUT=${AB_TIMEOUT:-120} bash bench/ab.sh "$AB" "${AB_CASES:-1:64:4}" "${AB_TTFT:-2048,4096}" 1 | tee -a "$OUT/ab.log"
-fi
 grep -h "passed\|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -2

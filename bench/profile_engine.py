@@ -28,20 +28,6 @@ def prompts(n, length, seed):
     return torch.randint(0, 150000, (n, length), generator=g).tolist()
 
 
-def steady(engine, batch: int, max_new_tokens: int, steps: int = 60) -> None:
-    """`batch` 512-token prompts added, then `steps` engine steps: a steady decode at context ~512 + steps."""
-    for p in prompts(batch, 512, batch):
-        engine.add_request(p, SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True))
-    for _ in range(steps):
-        engine.step()
-
-
-def decode_graph(engine, batch: int):
-    """The captured decode graph that runs a step of `batch` sequences (the smallest bucket that holds it)."""
-    graphs = engine.runner.graphs
-    return graphs.graphs[next(b for b in graphs.buckets if b >= batch)]
-
-
 def clear(engine) -> None:
     """Every request aborted, then one step, so the engine is empty."""
     for rid in list(engine.seqs):
