@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from inference import envs
 from inference.config import EngineConfig
 from inference.model_path import resolve_model
 
@@ -17,7 +18,7 @@ def default_kv_disk_dir() -> str:
 
 def add_engine_args(p: argparse.ArgumentParser, kv_disk_default: bool = False) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--model", default=os.environ.get("QWEN_CHAT_MODEL", "demo"),
+    g.add_argument("--model", default=envs.MODEL,
                    help="checkpoint directory, an alias (7b, 14b, 72b, 7b-chat, ...) or demo")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | npu")
     g.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from inference import envs
 from inference.errors import UserError
 
 ALIASES = {
@@ -17,8 +18,8 @@ ALIASES = {
 
 
 def demo_dir() -> Path:
-    if os.environ.get("QWEN_CHAT_DEMO_DIR"):
-        return Path(os.environ["QWEN_CHAT_DEMO_DIR"])
+    if envs.DEMO_DIR:
+        return Path(envs.DEMO_DIR)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "qwen-chat" / "demo"
 
@@ -52,8 +53,8 @@ def candidates(spec: str) -> list[Path]:
     """Where an alias is looked for, in order."""
     name = ALIASES[spec.lower()]
     out = []
-    if os.environ.get("QWEN_CHAT_MODEL_DIR"):
-        base = Path(os.environ["QWEN_CHAT_MODEL_DIR"])
+    if envs.MODEL_DIR:
+        base = Path(envs.MODEL_DIR)
         out += [base / spec.lower(), base / name]
     out.append(_hf_hub_dir() / f"models--Qwen--{name}")
     return out

@@ -49,16 +49,25 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
     turn on top of a cached prefix batched with a new prompt; QWEN_CHAT_ROW_PREFILL=0 takes the eager path."""
     from oracle import hf_greedy, hf_qwen2
 
+    from inference import envs
     from inference.config import EngineConfig, SamplingParams
     from inference.engine.llm_engine import LLMEngine
 
     oracle = hf_qwen2(tiny_model)
     e = LLMEngine(EngineConfig(model=str(tiny_model), device="cuda", dtype="float32", num_kv_blocks=512,
                                max_num_seqs=128))
+    plans, as_rows = [], e.runner.as_rows
+
+    def spy(plan):  # each prefill step's row plan, None where it ran eagerly
+        plans.append(as_rows(plan))
+        return plans[-1]
+
+    monkeypatch.setattr(e.runner, "as_rows", spy)
+    row_steps = lambda: sum(p is not None for p in plans)
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
     a, b = list(range(3000, 3100)), [9707, 11, 847, 829, 374]
     first = e.generate([a], greedy)
-    assert e.runner.row_steps == 1 and first == [hf_greedy(oracle, a, 12)[0]]
+    assert row_steps() == 1 and first == [hf_greedy(oracle, a, 12)[0]]
     a2 = a + first[0] + list(range(500, 520))  # turn 2: the history is cached, 20 new tokens and more
     rids = [e.add_request(p, greedy) for p in (a2, b)]
     toks, cached = {r: [] for r in rids}, {}
@@ -67,19 +76,20 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
             toks[o.request_id] += o.new_token_ids
             if o.finished:
                 cached[o.request_id] = o.usage.cached_tokens
-    assert e.runner.row_steps == 2 and cached[rids[0]] >= 96 and cached[rids[1]] == 0
+    assert row_steps() == 2 and cached[rids[0]] >= 96 and cached[rids[1]] == 0
     assert [toks[r] for r in rids] == [hf_greedy(oracle, a2, 12)[0], hf_greedy(oracle, b, 12)[0]]
-    monkeypatch.setenv("QWEN_CHAT_ROW_PREFILL", "0")
-    assert e.generate([b[::-1]], greedy) == [hf_greedy(oracle, b[::-1], 12)[0]] and e.runner.row_steps == 2
+    monkeypatch.setattr(envs, "ROW_PREFILL", False)
+    assert e.generate([b[::-1]], greedy) == [hf_greedy(oracle, b[::-1], 12)[0]] and row_steps() == 2
 
 
 @pytest.mark.parametrize("mapped", ["1", "0"])
 def test_graphs_equal_eager(tiny_model, monkeypatch, mapped):
     """The decode graphs (inputs and greedy tokens through pinned memory read and written inside the graph,
     or copied: QWEN_CHAT_MAPPED_IO=0) give the tokens of the eager path."""
+    from inference import envs
     from inference.config import SamplingParams
 
-    monkeypatch.setenv("QWEN_CHAT_MAPPED_IO", mapped)
+    monkeypatch.setattr(envs, "MAPPED_IO", mapped == "1")
     prompts = [[1, 2, 3], list(range(500, 560)), [7] * 33, [42]]
     p = SamplingParams(max_new_tokens=20, temperature=0.0, ignore_eos=True)
     assert _engine(tiny_model, "float16").generate(prompts, p) == \
@@ -89,11 +99,12 @@ def test_graphs_equal_eager(tiny_model, monkeypatch, mapped):
 @pytest.mark.parametrize("mapped", ["1", "0"])
 def test_steady_decode_never_waits_on_the_gpu(tiny_model, monkeypatch, mapped):
     """With CUDA graphs and the lookahead, a decode step makes no blocking CUDA call: the host plans step
-    N+1 while the GPU runs step N (a blocking copy in the step loop cost 1.4-1.8 ms per step at 7B), and
-    copies only from pinned memory; with mapped step I/O it copies nothing at all."""
+    N+1 while the GPU runs step N, and copies only from pinned memory; with mapped step I/O it copies
+    nothing at all."""
+    from inference import envs
     from inference.config import SamplingParams
 
-    monkeypatch.setenv("QWEN_CHAT_MAPPED_IO", mapped)
+    monkeypatch.setattr(envs, "MAPPED_IO", mapped == "1")
     e = _engine(tiny_model, "float16")
     for p in ([1, 2, 3], list(range(500, 560)), [7] * 33):
         e.add_request(p, SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True))

@@ -50,10 +50,6 @@ class BlockManager:
     def num_free(self) -> int:
         return len(self.free)
 
-    @property
-    def num_cached_free(self) -> int:
-        return sum(1 for b in self.free if self.blocks[b].hash is not None)
-
     def seq_salt(self, seq: Sequence) -> bytes:
         return self.salt + repr(seq.ntk_alpha).encode()
 

@@ -5,16 +5,15 @@ written into a pinned host slot, and the graph's first kernel reads them from th
 buffers (`inference/kernels/step_io.py`: zero copy). The graph ends with the greedy argmax
 written into the ids, the next step's input, and into a pinned host slot the host reads. So nothing but the
 graph launch stands between two replays; a greedy next step (decode lookahead) sends everything but the
-ids. QWEN_CHAT_MAPPED_IO=0 sends the inputs with copies before the replay and reads the tokens back
-with another (A/B). Padded rows have slot -1 and length 0, so they neither write the cache nor attend.
+ids. QWEN_CHAT_MAPPED_IO=0 (`envs`) sends the inputs with copies before the replay and reads the tokens
+back with another. Padded rows have slot -1 and length 0, so they neither write the cache nor attend.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from inference import envs
 from inference.layers.attention import AttentionMetadata
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -42,7 +41,7 @@ class DecodeGraphs:
         self.buckets = [b for b in BUCKETS if b <= max_bs] or [1]
         top = self.buckets[-1]
         self.max_bs, self.max_blocks = top, max_blocks
-        self.mapped = os.environ.get("QWEN_CHAT_MAPPED_IO", "1") != "0"
+        self.mapped = envs.MAPPED_IO
         # int32 words: a header of int64 ids, positions, slots, lengths (a row of `top` each), then the block
         # table's width, the rows it holds and whether the ids come from the host; then the block table's rows.
         self.head = 2 * (4 * top + 3)
@@ -58,8 +57,6 @@ class DecodeGraphs:
         self.ctr = torch.zeros(1, dtype=torch.long, device=device)  # replays so far (its parity picks the slot)
         self.count = 0  # the same, on the host
         self.par = torch.zeros(1, dtype=torch.long, device=device)  # this replay's slot, for its last kernel
-        # QWEN_CHAT_FUSED_ARGMAX=0 (A/B): torch's argmax after lm_head instead of its epilogue's partials
-        self.fused_argmax = os.environ.get("QWEN_CHAT_FUSED_ARGMAX", "1") != "0"
         self.done: list[torch.cuda.Event | None] = [None, None]
         self.last: int | None = None  # the bucket of the last replay (its slot: (count - 1) % 2)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -68,7 +65,7 @@ class DecodeGraphs:
         self.cos_table, self.sin_table = rotary.table(1.0, 1)
 
     def _forward(self, bs: int) -> torch.Tensor:
-        from inference.kernels.step_io import argmax_finish, tokens_out, unpack_inputs  # noqa: PLC0415 (Triton)
+        from inference.kernels.step_io import argmax_finish, tokens_out, unpack_inputs  # Triton
 
         if self.mapped:
             unpack_inputs(self.host_in, self.dev, self.block_tables, self.ctr, self.par, self.max_bs)
@@ -79,8 +76,7 @@ class DecodeGraphs:
                                  max_ctx=1, prefix_free=[False] * bs)
         hidden = self.model(self.ids[:bs], cos, sin, None, meta)
         # greedy tokens into the ids (the next step's input) and, mapped, into the host slot
-        logits, best = (self.model.compute_logits(hidden, argmax=True) if self.fused_argmax
-                        else (self.model.compute_logits(hidden), None))
+        logits, best = self.model.compute_logits(hidden, argmax=True)
         if best is not None:  # from lm_head's per-tile partials
             argmax_finish(best, self.ids[:bs], self.host_out if self.mapped else None, self.ctr, self.par)
             return logits

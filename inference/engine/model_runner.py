@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import array
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from inference import envs
 from inference.checkpoint import load_weights
 from inference.config import EngineConfig, ModelConfig
 from inference.distributed import get_rank, get_world_size
@@ -21,7 +21,7 @@ from inference.layers.rotary import RotaryEmbedding, logn_scale
 from inference.models.qwen import QWenLMHeadModel
 
 # A step with prefill whose tokens' summed context lengths (K/V token reads per layer) stay within this runs
-# as decode-graph rows, one per token (`ModelRunner.as_rows`); QWEN_CHAT_ROW_PREFILL=0 turns that off.
+# as decode-graph rows, one per token (`ModelRunner.as_rows`); QWEN_CHAT_ROW_PREFILL=0 (`envs`) turns it off.
 ROW_PREFILL_READS = 32768
 
 
@@ -76,7 +76,7 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(prev)
         if cfg.quant or model_cfg.quantize:
-            from inference.quant.apply import prepare_quantized  # noqa: PLC0415 (optional feature)
+            from inference.quant.apply import prepare_quantized  # optional feature
 
             prepare_quantized(self.model, cfg.quant or model_cfg.quantize, model_cfg)
         if cfg.extra.get("random_weights"):
@@ -84,7 +84,7 @@ class ModelRunner:
         else:
             load_weights(self.model, Path(cfg.model), progress=progress)
         if cfg.quant and not model_cfg.quantize:
-            from inference.quant.apply import quantize_loaded  # noqa: PLC0415
+            from inference.quant.apply import quantize_loaded
 
             quantize_loaded(self.model, cfg.quant, model_cfg)
         self.load_seconds = time.perf_counter() - t0
@@ -92,14 +92,8 @@ class ModelRunner:
         self.attn_layers = self.model.attention_layers()
         self.num_blocks = 0
         self.graphs = None
-        self.row_steps = 0  # steps with prefill run as decode-graph rows (as_rows)
 
     # --- KV cache ------------------------------------------------------------------------------------------
-    def bytes_per_block(self) -> int:
-        layer = self.attn_layers[0]
-        el = torch.empty(0, dtype=self.dtype).element_size()
-        return 2 * len(self.attn_layers) * self.block_size * layer.num_heads * layer.head_dim * el
-
     def allocate_kv_cache(self, num_blocks: int) -> None:
         layer = self.attn_layers[0]
         # Stored head-major within a block ([layers, blocks, heads, slots, dim]) so one head's block is one
@@ -138,7 +132,7 @@ class ModelRunner:
         self.rotary.table(1.0, max_model_len)
         if not (self.device.type == "cuda" and use_triton(self.k_cache)):
             return
-        from inference.kernels.paged_attention import paged_decode_attention  # noqa: PLC0415
+        from inference.kernels.paged_attention import paged_decode_attention
 
         for attn in self.attn_layers:
             attn.decode_kernel = paged_decode_attention
@@ -156,8 +150,7 @@ class ModelRunner:
 
     def prepare(self, plan: StepPlan):
         """The step's device inputs (one host-to-device copy) and attention metadata; logit-row indices."""
-        # through array: a fifth of torch.tensor's time on a list (4096 tokens: 0.15 against 0.72 ms on the
-        # H200 machine's CPU)
+        # through array: several times faster than torch.tensor on a list
         host = torch.frombuffer(array.array("q", plan.token_ids + plan.positions), dtype=torch.long)
         bt = self.block_table_tensor(plan.block_tables).long()
         seq_of = torch.repeat_interleave(torch.arange(len(plan.q_lens)), torch.tensor(plan.q_lens))
@@ -199,7 +192,7 @@ class ModelRunner:
         so the decode kernel computes causal attention, and the step replays a CUDA graph instead of the
         host launching a dozen kernels a layer. None: no graphs, too many tokens or context reads."""
         n = len(plan.token_ids)
-        if self.graphs is None or n > self.graphs.max_bs or os.environ.get("QWEN_CHAT_ROW_PREFILL") == "0":
+        if self.graphs is None or n > self.graphs.max_bs or not envs.ROW_PREFILL:
             return None
         rows = decode_rows(plan)
         return rows if sum(rows.ctx_lens) <= ROW_PREFILL_READS and self._graphable(rows) else None
@@ -211,7 +204,6 @@ class ModelRunner:
             return self.run_graph(plan)
         row_plan = self.as_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
         if row_plan is not None:
-            self.row_steps += 1
             logits = self.run_graph(row_plan)  # a view of the graph's output: copy the rows out
             if logits is None:
                 return None
