@@ -10,6 +10,15 @@ from inference.kernels import pdl
 
 
 @triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """A decode kernel's first step under programmatic dependent launch (`inference.kernels.pdl`): wait for
+    the kernel before (its writes visible), then let the next one launch."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def add_rmsnorm_row(x, res_ptr, w_ptr, out_ptr, res_out_ptr, row, cols, mask, n, eps, HAS_RES: tl.constexpr):
     """Row `row` of n columns, x already loaded (`cols`, `mask`): with HAS_RES, x + residual (rounded to x's
     dtype) into res_out; then the RMSNorm of that times the weight into out. Shared with skinny.py's
@@ -27,9 +36,7 @@ def add_rmsnorm_row(x, res_ptr, w_ptr, out_ptr, res_out_ptr, row, cols, mask, n,
 @triton.jit
 def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps, HAS_RES: tl.constexpr,
                         BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
@@ -64,9 +71,7 @@ def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr,
                        PDL: tl.constexpr):
     """Token t, heads [BLOCK_H * pid1, ...): each head's two halves as [BLOCK_H, HEAD_DIM / 2] tiles (16-byte
     loads along the head dimension), one cos/sin row for all of them."""
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     t = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     half: tl.constexpr = HEAD_DIM // 2
@@ -109,8 +114,8 @@ def _rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr, q_out_ptr,
 def rope_and_store(qkv, cos, sin, logn, k_cache, v_cache, slot_mapping, num_heads, head_dim):
     """qkv [T, 3*H*D] -> rotated q, k [T, H, D]; writes k and v into the cache slots (slot < 0: skipped).
     The caches are [blocks, slots, heads, dim] views of any strides (the last one 1). A program takes 16
-    heads of a token at prefill sizes (a 4096-token prefill on an H200: 159 -> 61 us a layer), one head
-    at decode sizes (more programs for few tokens; 4 heads were no faster at batch 1 and 16)."""
+    heads of a token at prefill sizes (fewer, fuller programs), one head at decode sizes (more programs
+    for few tokens)."""
     t = qkv.shape[0]
     q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     k = torch.empty_like(q)
@@ -129,9 +134,7 @@ def rope_and_store(qkv, cos, sin, logn, k_cache, v_cache, slot_mapping, num_head
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n

@@ -2,10 +2,9 @@
 
 At batch 1 a decode step is a stream of weight bytes. Each program owns BLOCK_N output rows and walks K
 in BLOCK_K chunks with an fp32 accumulator; the gated form reads the gate and up rows of the fused
-[gate; up] weight in the same program, so SiLU-and-multiply needs no extra kernel or round trip. On an
-H100 the 7B linear stack takes 4.9-5.0 ms this way against 5.5 ms through cuBLAS (bench/kernel_probe.py).
-Batches of 2-64 rows go through `skinny.py` (tensor cores). Tuned configs are cached on disk by Triton
-(`cache_results`).
+[gate; up] weight in the same program, so SiLU-and-multiply needs no extra kernel or round trip; at
+batch 1 this beats cuBLAS (docs/performance.md). Batches of 2-64 rows go through `skinny.py` (tensor
+cores). Tuned configs are cached on disk by Triton (`cache_results`).
 """
 
 from __future__ import annotations
@@ -17,14 +16,11 @@ import triton
 import triton.language as tl
 
 from inference.kernels import pdl
+from inference.kernels.fused import pdl_wait
 
 _BENCH = functools.partial(triton.testing.do_bench, warmup=5, rep=25)
-# Candidates of 2 rows a program only. Timed alone (the autotuner) on one H200, wider-row tiles won c_attn
-# and gate/up, and the engine's batch-1 step took 4.25 ms there against 3.97-4.01 on others; forced on
-# every GEMV inside the step (bench/ablate.py --gemv, another H200) they cost 11-19 %: (4, 512, 4, 3) 4.44,
-# (4, 1024, 8, 2) 4.59, (8, 512, 4, 3) 4.79, (1, 4096, 8, 3) 4.50 ms, against 4.05-4.06 for (2, 2048, 8, 3)
-# or (2, 1024, 4, 4) everywhere and 4.01 for the autotuner's picks ((2, 1024, 4, 3) for c_attn, (2, 2048, 8, 3)
-# for the rest).
+# Candidates of 2 rows a program only: timed alone, wider-row tiles can win, but inside the engine's step
+# they are slower (docs/performance.md, levers).
 CONFIGS = [triton.Config({"BLOCK_N": 2, "BLOCK_K": bk}, num_warps=w, num_stages=s)
            for bk, w, s in ((2048, 8, 3), (1024, 4, 3), (1024, 4, 4))]
 
@@ -34,9 +30,7 @@ CONFIGS = [triton.Config({"BLOCK_N": 2, "BLOCK_K": bk}, num_warps=w, num_stages=
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_w, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     rows = tl.where(rmask, rows, 0).to(tl.int64)

@@ -11,17 +11,13 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.kernels import device_feature, pdl
+from inference.kernels import capability_at_least, pdl
+from inference.kernels.fused import pdl_wait
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
-# (BLOCK_N, num_warps, num_stages) candidates; `decode_config` holds the ones measured fastest. Fixed
-# choices rather than autotuning: the engine first runs the kernel while capturing CUDA graphs, on empty
-# contexts, where every candidate looks alike (autotuning there cost 20 % at batch 16 and 64). In the
-# tensor-core form below 5 stages, Triton 3.6 keeps one shared-memory buffer each for K and V (the block-table
-# load before them takes a stage): the next tile is fetched only after this one is used. 5 give two buffers.
-CONFIGS = ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 4, 2), (128, 4, 3), (256, 8, 2),
-           (256, 4, 2), (32, 4, 5), (64, 4, 5))
+# Tiles are fixed choices (`decode_config`), not autotuned: the engine first runs the kernel while capturing
+# CUDA graphs, on empty contexts, where every candidate looks alike.
 
 
 @triton.jit
@@ -29,7 +25,7 @@ def _tile(bt_ptr, b, h, start, hi, stride_kb, stride_ks, stride_kh, stride_bt, B
           BLOCK_N: tl.constexpr, WIDE: tl.constexpr):
     """Context tokens [start, start + BLOCK_N) of sequence b: (below hi, offsets of head h's K/V rows).
     Unsigned token indices (no sign fix-ups in // and %) and 32-bit offsets unless the cache needs 64
-    (`WIDE`): a third fewer instructions in the tensor-core loop (482 -> 322 a thread a tile with exp2 below)."""
+    (`WIDE`): a third fewer instructions in the tensor-core loop."""
     t = (start + tl.arange(0, BLOCK_N)).to(tl.uint32)
     mask = t < hi
     blk = tl.load(bt_ptr + b * stride_bt + t // BLOCK_SIZE, mask=mask, other=0)
@@ -114,9 +110,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, scale,
                          stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_bt, stride_ob, stride_oh,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
                          DOT: tl.constexpr, WIDE: tl.constexpr):
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     ctx = tl.load(ctx_ptr + b)
@@ -134,9 +128,7 @@ def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_pt
                                BLOCK_N: tl.constexpr, PDL: tl.constexpr, DOT: tl.constexpr,
                                WIDE: tl.constexpr):
     """Flash-decoding: split `sp` of the context; partial max, sum and unnormalised output."""
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
@@ -156,9 +148,7 @@ def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, m_ptr, l_pt
 @triton.jit
 def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ob, stride_oh, SPLITS: tl.constexpr,
                     HEAD_DIM: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     row = (b * tl.num_programs(1) + h) * SPLITS
@@ -179,18 +169,15 @@ _SMS: dict[int, int] = {}
 
 def use_dot(q: torch.Tensor) -> bool:
     """The tensor-core form: batch 5 up, float16 / bfloat16, Ampere or newer (its tiles need 70 KB of shared
-    memory). QWEN_CHAT_ATTN_DOT=0 keeps the CUDA-core form everywhere (A/B)."""
+    memory)."""
     return (q.shape[0] > 4 and q.dtype != torch.float32 and q.is_cuda
-            and device_feature("QWEN_CHAT_ATTN_DOT", q.device.index or 0, 8))
+            and capability_at_least(q.device.index or 0, 8))
 
 
 def num_splits(q: torch.Tensor, dot: bool = False) -> int:
     """Splits of each context (a power of two, 1..8): about one program per multiprocessor, at least 2
-    until the (sequence, head) pairs alone give 16 per multiprocessor. Measured with bench/kernel_probe.py
-    at context 576 on an H200 (132 multiprocessors): 4 splits at batch 1 (8.4 us against 13.0 with 8),
-    2 at batch 4 (18.3 against 22.2 with 4), 2 at batch 16-64, 1 at batch 128. The tensor-core form (`dot`)
-    takes 1 from 2 pairs per multiprocessor: measured in the engine on an H200 (`bench/ablate.py --attn`),
-    a step at batch 16 took 5.13 ms unsplit against 5.28 with 2 splits, at batch 8 4.69 against 4.63."""
+    until the (sequence, head) pairs alone give 16 per multiprocessor; the tensor-core form (`dot`) does
+    not split from 2 pairs per multiprocessor. Both thresholds were timed in the engine's decode step."""
     if not q.is_cuda:
         return 1
     dev = q.device.index or 0
@@ -204,14 +191,9 @@ def num_splits(q: torch.Tensor, dot: bool = False) -> int:
 
 
 def decode_config(batch: int, splits: int, dot: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages): 256-token tiles at batch 1-4 (8 warps at batch 1), the winners of
-    every CONFIGS candidate there on an H200 (at batch 1 on an H100 in one sweep of three); (128, 4, 2)
-    from 16 up on CUDA cores: the fastest, or within 0.2 us of it, at every batch from 16 to 128 on an
-    H100. The tensor-core form (`dot`, batch 5 up): (64, 4, 2), split or not. Chosen in the engine, not
-    in isolation: on an H200 (`bench/ablate.py --attn`, 7B, context ~576) a step took 5.13 / 6.35 / 8.88 ms
-    at batch 16 / 32 / 64 with it, against 5.43 / 6.86 / 9.47 with (64, 4, 3), the best of the kernel
-    probe (a layer's attention alone, back to back), and 5.17-5.40 / 6.37-6.86 / 8.97-9.88 with the
-    other candidates."""
+    """(BLOCK_N, num_warps, num_stages): 256-token tiles at batch 1-4 (8 warps at batch 1), (128, 4, 2) on
+    CUDA cores from batch 5 up, (64, 4, 2) in the tensor-core form (`dot`), split or not: the fastest
+    measured, from batch 5 up inside the engine's decode step (the kernel timed alone ranks tiles otherwise)."""
     if batch <= 4:
         return (256, 8, 2) if batch == 1 else (256, 4, 2)
     if dot:
@@ -221,8 +203,8 @@ def decode_config(batch: int, splits: int, dot: bool = False) -> tuple[int, int,
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, splits=None,
                            config=None, dot=None):
-    """q [B, H, D] -> [B, H, D]; rows with context length 0 (graph padding) give zeros. `splits` and
-    `config` override the measured choices (for tuning), `dot` that of the tensor-core form (`use_dot`)."""
+    """q [B, H, D] -> [B, H, D]; rows with context length 0 (graph padding) give zeros. `splits`, `config`
+    and `dot` override `num_splits`, `decode_config` and `use_dot` (the tests run every path)."""
     b, h, d = q.shape
     out = torch.empty_like(q)
     if b == 0:

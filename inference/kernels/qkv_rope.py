@@ -3,10 +3,10 @@
 The skinny GEMM's 128-row output tile of c_attn is exactly one head of q, k or v (`skinny_config` takes
 BLOCK_N = 128 for c_attn), so its epilogue can rotate the head and put it where the attention reads it:
 q into a [T, H, D] tensor, k and v into their cache slots. That removes the rotary kernel from every
-layer (`rope_and_store`: about 2 us a layer in a decode graph). The rotation pairs (d, d + D/2) are rows
+layer (`rope_and_store`). The rotation pairs (d, d + D/2) are rows
 of the tile, split apart in registers. It rounds as the two-kernel path does (c_attn's output rounded
 to the model dtype first; the rotation is `fused.rotate`, explicit FMAs, in both kernels), so the two
-paths give the same bits. QWEN_CHAT_QKV_ROPE=0 keeps the two kernels (A/B benchmarks).
+paths give the same bits.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from inference.kernels import device_feature, pdl
-from inference.kernels.fused import rotate
+from inference.kernels import capability_at_least, pdl
+from inference.kernels.fused import pdl_wait, rotate
 from inference.kernels.skinny import launch_fitted, skinny_config, use_tma
 
 
@@ -26,9 +26,7 @@ def _qkv_rope_kernel(x_desc, w_desc, b_ptr, cos_ptr, sin_ptr, logn_ptr, slot_ptr
                      M, K, num_heads, stride_cb, stride_cs, stride_ch, BLOCK_SIZE: tl.constexpr,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, HAS_LOGN: tl.constexpr,
                      PDL: tl.constexpr):
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     pid_n = tl.program_id(0)  # q heads, then k heads, then v heads
     pid_m = tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
@@ -77,7 +75,7 @@ def qkv_rope_store(x, weight, bias, cos, sin, logn, k_cache, v_cache, slot_mappi
     later, 1 or more than 64 rows, float32, no cache, tiles other than one head, unaligned operands)."""
     m, k = x.shape
     if (not x.is_cuda or not 2 <= m <= 64 or x.dtype == torch.float32 or bias is None or k_cache.numel() == 0
-            or not device_feature("QWEN_CHAT_QKV_ROPE", x.device.index or 0, 9) or not use_tma(x, weight)
+            or not capability_at_least(x.device.index or 0, 9) or not use_tma(x, weight)
             or k_cache.stride() != v_cache.stride()):
         return None
     bn, bm, bk, warps, stages, split = skinny_config(m, weight.shape[0], k, x.device)

@@ -6,7 +6,7 @@ The weight tile is the left MMA operand ("swap AB": y^T = W x^T), so a tile is 6
 16-64 tokens, and the tokens' activations, a few hundred KB, stay in L2. Where the output has too few
 tiles to fill the GPU, K is split and `_reduce_kernel` sums the float32 partials in a fixed order (so
 results do not change from run to run) and applies the bias and SiLU gate. On Hopper the tiles come in
-through the TMA (`_skinny_tma_kernel`; an H200's 7B linear stack at batch 64: 4.05 against 4.23 ms).
+through the TMA (`_skinny_tma_kernel`), which is faster than per-thread copies.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from inference.kernels import device_feature, pdl
-from inference.kernels.fused import add_rmsnorm, add_rmsnorm_row
-from inference.kernels.stamps import active, now, stamp
+from inference.kernels import capability_at_least, pdl
+from inference.kernels.fused import add_rmsnorm, add_rmsnorm_row, pdl_wait
 
 _FITS: dict[tuple, int] = {}  # configs whose pipeline did not fit in shared memory -> the stages that did
 SMEM_BYTES = 220 * 1024  # the pipelined tiles of one program stay under this (Hopper: 227 KB per block)
@@ -32,9 +31,7 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, best_ptr, M, N, K, stride_xm, str
                    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
                    ARGMAX: tl.constexpr):
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -74,18 +71,12 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, best_ptr, M, N, K, stride_xm, str
 
 
 @triton.jit
-def _skinny_tma_kernel(x_desc, w_desc, b_ptr, y_ptr, best_ptr, stamp_ptr, M, N, K, stride_ym, stride_ys,
+def _skinny_tma_kernel(x_desc, w_desc, b_ptr, y_ptr, best_ptr, M, N, K, stride_ym, stride_ys,
                        HAS_BIAS: tl.constexpr, GATED: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, ARGMAX: tl.constexpr,
-                       STAMP: tl.constexpr = False):
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, ARGMAX: tl.constexpr):
     """`_skinny_kernel` with its tiles brought in by the Hopper tensor memory accelerator (TMA): one
-    instruction per tile instead of a 16-byte copy per thread, zero fill past the edges (no masks).
-    STAMP: per-program timestamps into stamp_ptr (`stamps`, for bench/timeline_probe.py)."""
-    t_in = now() if STAMP else 0
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
-    t_go = now() if STAMP else 0
+    instruction per tile instead of a 16-byte copy per thread, zero fill past the edges (no masks)."""
+    pdl_wait(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -102,8 +93,6 @@ def _skinny_tma_kernel(x_desc, w_desc, b_ptr, y_ptr, best_ptr, stamp_ptr, M, N, 
             acc_up = tl.dot(w_desc.load([N + pid_n * BLOCK_N, t * BLOCK_K]), x.T, acc_up)
     _store(acc, acc_up, b_ptr, y_ptr, best_ptr, M, N, stride_ym, stride_ys, pid_n, pid_k, pid_m, HAS_BIAS, GATED,
            SPLIT_K, BLOCK_N, BLOCK_M, ARGMAX)
-    if STAMP:
-        stamp(stamp_ptr, pid_n + tl.num_programs(0) * (pid_k + SPLIT_K * pid_m), t_in, t_go)
 
 
 @triton.jit
@@ -139,14 +128,9 @@ def _store(acc, acc_up, b_ptr, y_ptr, best_ptr, M, N, stride_ym, stride_ys, pid_
 
 
 @triton.jit
-def _reduce_kernel(ws_ptr, b_ptr, y_ptr, stamp_ptr, N, stride_s, stride_wm, SPLIT_K: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, GATED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
-                   STAMP: tl.constexpr = False):
-    t_in = now() if STAMP else 0
-    if PDL:  # wait for the kernel before (its writes visible), then let the next one launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
-    t_go = now() if STAMP else 0
+def _reduce_kernel(ws_ptr, b_ptr, y_ptr, N, stride_s, stride_wm, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   GATED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     m = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
@@ -163,8 +147,6 @@ def _reduce_kernel(ws_ptr, b_ptr, y_ptr, stamp_ptr, N, stride_s, stride_wm, SPLI
     if GATED:
         acc = acc / (1.0 + tl.exp(-acc)) * up
     tl.store(y_ptr + m * N + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)
-    if STAMP:
-        stamp(stamp_ptr, tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), t_in, t_go)
 
 
 @triton.jit
@@ -172,9 +154,7 @@ def _reduce_norm_kernel(ws_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, eps, st
                         SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """`_reduce_kernel` for a row-parallel output followed by the residual add + RMSNorm: one program per
     row sums the partials, then does `add_rmsnorm`'s work on that row (`add_rmsnorm_row`: same roundings)."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
     m = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
@@ -183,17 +163,6 @@ def _reduce_norm_kernel(ws_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, N, eps, st
     for s in tl.static_range(1, SPLIT_K):
         acc += tl.load(base + s * stride_s, mask=ok, other=0.0)
     add_rmsnorm_row(acc.to(out_ptr.dtype.element_ty), res_ptr, w_ptr, out_ptr, res_out_ptr, m, cols, ok, N, eps, True)
-
-
-def reduce_norm(ws: torch.Tensor, norm, y: torch.Tensor, on: bool):
-    """Split-K float32 partials ws [S, M, N] summed, then the residual add + RMSNorm (`_reduce_norm_kernel`),
-    norm = (residual, norm weight, eps): returns (the norm, into y [M, N]; the new residual stream)."""
-    residual, nw, eps = norm
-    split, m, n = ws.shape
-    res_out = torch.empty_like(y)
-    _reduce_norm_kernel[(m,)](ws, residual.contiguous(), nw, y, res_out, n, eps, ws.stride(0), ws.stride(1),
-                              SPLIT_K=split, BLOCK=triton.next_power_of_2(n), num_warps=8, PDL=on, launch_pdl=on)
-    return y, res_out
 
 
 def launch_fitted(key: tuple, stages: int, launch) -> None:
@@ -211,9 +180,9 @@ def launch_fitted(key: tuple, stages: int, launch) -> None:
 
 def use_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Tiles through the TMA (Hopper and newer) where both operands meet its 16-byte alignment of base and
-    row stride. QWEN_CHAT_TMA=0 keeps the per-thread copies (for A/B benchmarks)."""
+    row stride."""
     el = x.element_size()
-    return (x.is_cuda and device_feature("QWEN_CHAT_TMA", x.device.index or 0, 9)
+    return (x.is_cuda and capability_at_least(x.device.index or 0, 9)
             and all(t.data_ptr() % 16 == 0 and t.stride(0) * el % 16 == 0 and t.stride(1) == 1 for t in (x, weight)))
 
 
@@ -226,12 +195,10 @@ def _num_sms(index: int) -> int:
 
 def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = False
                   ) -> tuple[int, int, int, int, int, int]:
-    """(BLOCK_N, BLOCK_M, BLOCK_K, num_warps, num_stages, SPLIT_K) for the 7B decode shapes at 16 and 64
-    tokens: each shape's tiles tried inside the whole linear stack in one CUDA graph on an H200, through the
-    TMA (bench/skinny_probe.py; a shape timed alone ranks tiles differently), then gate/up at
-    9-16 tokens and attn.c_proj from 17 re-chosen in the engine's decode step (bench/ablate.py --skinny).
-    K is also split where the output has fewer tiles than a quarter of the multiprocessors (tensor parallel
-    shards). c_attn's 128-row tile is one head, which `qkv_rope` relies on."""
+    """(BLOCK_N, BLOCK_M, BLOCK_K, num_warps, num_stages, SPLIT_K), chosen per 7B decode shape by timing
+    the tiles inside the whole decode step (a shape timed alone ranks them differently). K is also split
+    where the output has fewer tiles than a quarter of the multiprocessors (tensor parallel shards).
+    c_attn's 128-row tile is one head, which `qkv_rope` relies on."""
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
     if n >= 32768:  # lm_head
         bn, bk, stages, split = 128, 128, 4 if bm == 16 else 3, 1
@@ -255,7 +222,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   config=None, tma: bool | None = None, norm=None, argmax: bool = False):
     """x [M, K], weight [N, K] -> [M, N]; gated: weight is [gate; up] of 2N rows and the result is
     silu(x gate^T) * (x up^T), [M, N]. `config` overrides `skinny_config`, `tma` overrides `use_tma`
-    (tuning, tests). norm = (residual, norm weight, eps): returns (rmsnorm(y + residual) * weight,
+    (the tests run every path). norm = (residual, norm weight, eps): returns (rmsnorm(y + residual) * weight,
     y + residual) as `add_rmsnorm` does; where K is split, the reduce kernel does it (one kernel fewer).
     argmax: returns (y, best), best [M, 2 * tiles] each tile's largest value of each row and its first
     column (`step_io.argmax_finish` takes the row's argmax from it); best is None where K is split or the
@@ -280,16 +247,13 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     best = torch.empty(m, 2 * grid[0], dtype=torch.float32, device=x.device) if partials else y
     flags = dict(HAS_BIAS=bias is not None, GATED=gated, SPLIT_K=split, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk,
                  num_warps=warps, PDL=on, launch_pdl=on, ARGMAX=partials)
-    rec = active() if tma else None  # timestamps for bench/timeline_probe.py
-    st = rec.take("skinny", m, n, k, grid[0] * grid[1] * grid[2]) if rec else y
 
     def launch(stages):
         if tma:
             _skinny_tma_kernel[grid](
                 TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk]),
-                TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), b, out, best, st, m, n,
-                k, out.stride(-2), out.stride(0) if split > 1 else 0, num_stages=stages, STAMP=rec is not None,
-                **flags)
+                TensorDescriptor(weight, list(weight.shape), [weight.stride(0), 1], [bn, bk]), b, out, best, m, n, k,
+                out.stride(-2), out.stride(0) if split > 1 else 0, num_stages=stages, **flags)
         else:
             _skinny_kernel[grid](
                 x, weight, b, out, best, m, n, k, x.stride(0), weight.stride(0), out.stride(-2),
@@ -298,13 +262,15 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     launch_fitted((bn, bm, bk, warps, stages, split, gated, tma), stages, launch)
     if norm is not None and split == 1:
         return add_rmsnorm(y, *norm)
-    if norm is not None:  # y (unused by the split matmul, which wrote the workspace) takes the norm
-        return reduce_norm(out, norm, y, on)
+    if norm is not None:
+        residual, nw, eps = norm
+        res_out = torch.empty_like(y)
+        _reduce_norm_kernel[(m,)](out, residual.contiguous(), nw, y, res_out, n, eps, out.stride(0), out.stride(1),
+                                  SPLIT_K=split, BLOCK=triton.next_power_of_2(n), num_warps=8, PDL=on, launch_pdl=on)
+        return y, res_out  # y (unused by the split matmul, which wrote the workspace) holds the norm
     if split > 1:
         block = 1024
-        st = rec.take("reduce", m, n, split, m * triton.cdiv(n, block)) if rec else y
         _reduce_kernel[(m, triton.cdiv(n, block))](
-            out, bias if bias is not None else out, y, st, n, out.stride(0), out.stride(1), SPLIT_K=split,
-            HAS_BIAS=bias is not None, GATED=gated, BLOCK=block, num_warps=4, PDL=on, launch_pdl=on,
-            STAMP=rec is not None)
+            out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), SPLIT_K=split,
+            HAS_BIAS=bias is not None, GATED=gated, BLOCK=block, num_warps=4, PDL=on, launch_pdl=on)
     return (y, best if partials else None) if argmax else y

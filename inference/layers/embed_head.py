@@ -27,8 +27,8 @@ class VocabParallelEmbedding(nn.Module):
         load_rows(param, src, self.start, self.count)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # Rows by indexing (a vectorized gather on CUDA), not F.embedding: its index_select takes a
-        # one-thread-per-column loop for 16 ids or fewer, 16.7 us at batch 16 on an H200 (Nsight Compute).
+        # Rows by indexing (a vectorized gather on CUDA), not F.embedding: its index_select runs a slow
+        # one-thread-per-column loop for 16 ids or fewer.
         if self.tp_size == 1:
             return self.weight[ids]
         local = ids - self.start
@@ -46,7 +46,7 @@ class ParallelLMHead(VocabParallelEmbedding):
         `step_io.argmax_finish` takes the rows' argmax from it), or None."""
         best = None
         if argmax and self.tp_size == 1 and thin_kind(h) == "skinny":
-            from inference.kernels.skinny import skinny_linear  # noqa: PLC0415
+            from inference.kernels.skinny import skinny_linear
 
             logits, best = skinny_linear(h, self.weight, argmax=True)
         else:

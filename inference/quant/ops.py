@@ -1,5 +1,5 @@
 """Entry points for the Triton int8 kernels (`kernels`). No autotuning: the tile shapes below were
-measured on an H100 (7B shapes, see docs/benchmarks.md) and are picked by the number of tokens, so a shape
+measured on an H100 (7B shapes, `bench/quant_bench.py`) and are picked by the number of tokens, so a shape
 compiles once and CUDA-graph capture never benchmarks.
 
 - `w8a16_linear`: y = x (q s)^T + b, the int8 weight converted in registers:
