@@ -84,7 +84,7 @@ def next_prompt(tok, prompt: list[int], reply: list[int], user: list[int]) -> li
 
 
 def make_engine(a, **overrides):
-    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415
+    from inference.engine.llm_engine import LLMEngine
 
     gc.collect()  # the previous pass's engine (its device memory) is gone before the next one starts
     if torch.cuda.is_available():
@@ -125,7 +125,7 @@ def turn(engine, prompt: list[int], n: int, profile: bool = False) -> tuple[list
 
 
 def start_profile():
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
     prof.__enter__()
@@ -215,7 +215,7 @@ def pass_restart(a, kv_dir, rows, prompts, history) -> dict:
 def main(argv=None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv)
     if a.random_weights:
-        from inference.demo import write_checkpoint  # noqa: PLC0415
+        from inference.demo import write_checkpoint
 
         a.model = str(write_checkpoint(Path(tempfile.mkdtemp(prefix="qwen-mt-")) / a.random_weights,
                                        with_weights=False, **SHAPES[a.random_weights]))

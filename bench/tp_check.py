@@ -40,8 +40,8 @@ def prompts() -> list[list[int]]:
 
 def worker(model: str, out: str) -> None:
     """One rank (or the only process): the prompts' greedy tokens and last logits, saved by rank 0."""
-    from inference.config import EngineConfig, SamplingParams  # noqa: PLC0415
-    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415
+    from inference.config import EngineConfig, SamplingParams
+    from inference.engine.llm_engine import LLMEngine
 
     tp = int(os.environ.get("WORLD_SIZE", 1))
     engine = LLMEngine(EngineConfig(model=model, device=DEVICE, dtype="bfloat16", tp=tp, max_num_seqs=8,
@@ -57,7 +57,7 @@ def worker(model: str, out: str) -> None:
 
 
 def write_model(shape: str, layers: int | None, root: Path) -> Path:
-    from inference.demo import DEMO_CONFIG, random_weights, write_checkpoint  # noqa: PLC0415
+    from inference.demo import DEMO_CONFIG, random_weights, write_checkpoint
 
     cfg = {**SHAPES.get(shape, {}), **({"num_hidden_layers": layers} if layers else {})}  # "demo": the demo's
     weights = random_weights({**DEMO_CONFIG, **cfg}, seed=0, dtype=torch.bfloat16, device=DEVICE)

@@ -100,8 +100,8 @@ def row(model, batch, n_in, n_out, r, floor_tok_s):
 
 
 def make_engine(a):
-    from inference.demo import write_checkpoint  # noqa: PLC0415
-    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415
+    from inference.demo import write_checkpoint
+    from inference.engine.llm_engine import LLMEngine
 
     if a.random_weights:
         tmp = Path(tempfile.mkdtemp(prefix="qwen-bench-")) / f"random-{a.random_weights}"
@@ -147,7 +147,7 @@ def main(argv) -> int:
         runs = sorted((run_case(engine, 1, n_in, 1, seed=n_in + i) for i in range(3)), key=lambda r: r["first"])
         rows.append(row(label + " ttft", 1, n_in, 1, runs[1], float("nan")))
     if a.baseline == "hf":
-        from inference.bench_hf import hf_rows  # noqa: PLC0415
+        from inference.bench_hf import hf_rows
 
         rows += hf_rows(engine, a, bw, el, label)
     if a.out:

@@ -13,7 +13,7 @@ from inference.bench_shapes import decode_bytes
 
 def hf_model_from_engine(engine):
     """A Qwen2ForCausalLM whose parameters are views of the engine's weights (no copy)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: PLC0415
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     m, model = engine.model_config, engine.runner.model
     conf = Qwen2Config(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_size,
@@ -44,7 +44,7 @@ def hf_model_from_engine(engine):
 
 
 def hf_rows(engine, a, bw, el, label) -> list[dict]:
-    from inference.bench import row  # noqa: PLC0415
+    from inference.bench import row
 
     dev, m = engine.device, engine.model_config
     engine.runner.graphs = None

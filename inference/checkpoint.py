@@ -48,7 +48,7 @@ def default_loader(param, src, name="", shard_id=None) -> None:
 def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()) -> None:
     """Fill every parameter of `model`; a missing or unexpected tensor is a UserError naming it."""
     if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
-        from inference.quant.msmodelslim import find_layout, load_msmodelslim  # noqa: PLC0415 (Ascend layout)
+        from inference.quant.msmodelslim import find_layout, load_msmodelslim  # Ascend layout
 
         layout = find_layout(model_dir)
         if layout is not None:

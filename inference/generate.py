@@ -56,11 +56,11 @@ def progress_printer(done: int, total: int, what: str) -> None:
 def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     if a.connect:
-        from inference.generate_remote import run_remote  # noqa: PLC0415
+        from inference.generate_remote import run_remote
 
         return run_remote(a)
-    from inference.engine.llm_engine import LLMEngine  # noqa: PLC0415
-    from inference.tokenizer import StreamDecoder  # noqa: PLC0415
+    from inference.engine.llm_engine import LLMEngine
+    from inference.tokenizer import StreamDecoder
 
     cfg = engine_config_from_args(a)
     given_ids = parse_ids(a.prompt_ids) if a.prompt_ids is not None else None  # before loading anything

@@ -48,7 +48,7 @@ class LLMEngine:
         self.cfg = cfg
         model_dir = Path(cfg.model)
         if model_dir == demo_dir() and not (model_dir / "config.json").is_file():
-            from inference.demo import ensure_demo  # noqa: PLC0415
+            from inference.demo import ensure_demo
 
             ensure_demo(model_dir)
         self.model_config = m = ModelConfig.from_dir(model_dir)
@@ -74,7 +74,7 @@ class LLMEngine:
         self.lookahead = Lookahead(self) if self.runner.graphs is not None else None
         self.kv_disk = None  # disk tier of the prefix cache (every rank has its own files)
         if cfg.kv_disk_dir and cfg.enable_prefix_caching:
-            from inference.engine.kv_disk import open_tier  # noqa: PLC0415
+            from inference.engine.kv_disk import open_tier
 
             self.kv_disk = open_tier(cfg.kv_disk_dir, model_dir, salt, cfg.block_size, cfg.kv_disk_max_gb,
                                      self.runner, self.rank)

@@ -21,7 +21,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if use_triton(x):
-            from inference.kernels.fused import add_rmsnorm  # noqa: PLC0415
+            from inference.kernels.fused import add_rmsnorm
 
             return add_rmsnorm(x, residual, self.weight, self.eps)
         if residual is None:

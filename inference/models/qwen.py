@@ -37,7 +37,7 @@ class QWenAttention(nn.Module):
         and the store; on the CPU and NPU: torch."""
         fast = self.full_rotary and use_triton(x)
         if fast and meta.num_decodes == x.shape[0] and self.c_attn.quant_method is None:
-            from inference.kernels.qkv_rope import qkv_rope_store  # noqa: PLC0415
+            from inference.kernels.qkv_rope import qkv_rope_store
 
             q = qkv_rope_store(x, self.c_attn.weight, self.c_attn.bias, cos, sin, logn, self.attn.k_cache,
                                self.attn.v_cache, meta.slot_mapping, self.num_heads, self.head_dim)
@@ -46,7 +46,7 @@ class QWenAttention(nn.Module):
         qkv = self.c_attn(x)
         v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, 2]
         if fast:
-            from inference.kernels.fused import rope_and_store  # noqa: PLC0415
+            from inference.kernels.fused import rope_and_store
 
             q, k = rope_and_store(qkv, cos, sin, logn, self.attn.k_cache, self.attn.v_cache, meta.slot_mapping,
                                   self.num_heads, self.head_dim)
@@ -73,7 +73,7 @@ class QWenMLP(nn.Module):
                 return self.c_proj(act, residual, norm)
         gate_up = self.w2_w1(x)
         if use_triton(gate_up):
-            from inference.kernels.fused import silu_mul  # noqa: PLC0415
+            from inference.kernels.fused import silu_mul
 
             return self.c_proj(silu_mul(gate_up), residual, norm)
         gate, up = gate_up.chunk(2, dim=-1)

@@ -42,13 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
-        from inference.model_path import resolve_model  # noqa: PLC0415
-        from inference.quant.quantize import QuantizeOptions, quantize_checkpoint  # noqa: PLC0415
-        from inference.quant.utils import parse_skip  # noqa: PLC0415
+        from inference.model_path import resolve_model
+        from inference.quant.quantize import QuantizeOptions, quantize_checkpoint
+        from inference.quant.utils import parse_skip
 
         src = resolve_model(a.model)
         if a.model == "demo":
-            from inference.demo import ensure_demo  # noqa: PLC0415
+            from inference.demo import ensure_demo
 
             ensure_demo(src)
         opts = QuantizeOptions(model=str(src), out=a.out, scheme=a.scheme, calib=a.calib, smooth=a.smooth,

@@ -26,7 +26,7 @@ _FAST_DTYPES = (torch.float16, torch.bfloat16)
 def _kernels():
     """The Triton entry points (`ops`), or None (no Triton, or it failed to import)."""
     try:
-        from inference.quant import ops  # noqa: PLC0415 (needs triton)
+        from inference.quant import ops  # needs triton
     except Exception:  # noqa: BLE001 - any import failure means: use the reference path
         return None
     return ops

@@ -51,7 +51,7 @@ def _validate(o: QuantizeOptions) -> tuple[Path, Path, ModelConfig]:
     if cfg.quantize:
         raise UserError(f"{src} is already quantized ({cfg.quantize}); quantize the float checkpoint instead")
     if not (src / "model.safetensors.index.json").is_file() and not (src / "model.safetensors").is_file():
-        from inference.quant.msmodelslim import find_layout  # noqa: PLC0415
+        from inference.quant.msmodelslim import find_layout
 
         if find_layout(src) is not None:
             raise UserError(f"{src} holds msmodelslim quantized weights; load it directly with --model {src}")
@@ -136,7 +136,7 @@ def quantize_checkpoint(o: QuantizeOptions) -> dict:
     device = _device(o.device)
     calib, alpha = None, None
     if o.calib is not None:
-        from inference.tokenizer import QwenTokenizer  # noqa: PLC0415
+        from inference.tokenizer import QwenTokenizer
 
         samples = load_calib(o.calib, QwenTokenizer.from_dir(src), o.calib_samples, o.calib_max_len)
         alpha = 0.5 if o.smooth is None else o.smooth
