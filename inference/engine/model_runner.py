@@ -211,4 +211,7 @@ class ModelRunner:
             return logits[r[0]:r[-1] + 1].clone() if r and r == list(range(r[0], r[-1] + 1)) else logits[r]
         ids, cos, sin, logn, meta, rows = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)
+        if not plan.logit_rows:  # a prompt chunk that samples nothing (its K/V is the step's work): no lm_head
+            return torch.empty(0, self.model_cfg.vocab_size, dtype=self.dtype, device=self.device) \
+                if self.rank == 0 else None
         return self.model.compute_logits(hidden.index_select(0, rows))

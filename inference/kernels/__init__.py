@@ -29,7 +29,8 @@ THIN_MAX_ROWS = 64  # decode sizes: up to this many rows, matmuls go through thi
 
 
 def thin_kind(x: torch.Tensor) -> str | None:
-    """Which of thin_matmul's kernels takes x: "gemv" (1 row), "skinny" (2-64 rows), or None (cuBLAS)."""
+    """Which of thin_matmul's kernels takes x: "gemv" (1 row), "skinny" (2-64 rows; also 0 rows, for which
+    `skinny_linear` returns an empty result and launches nothing), or None (cuBLAS)."""
     m = x.shape[0]
     if not use_triton(x) or m > THIN_MAX_ROWS or (m > 1 and x.dtype == torch.float32):
         return None

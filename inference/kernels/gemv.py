@@ -70,6 +70,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if gated:
         n //= 2
     x = x.contiguous()
+    if x.shape[0] == 0:  # no row: an empty result, nothing launched
+        return torch.empty(0, n, dtype=x.dtype, device=x.device)
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _gemv_kernel[grid](x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),

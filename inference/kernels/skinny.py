@@ -236,6 +236,9 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     x = x.contiguous()
     m, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
+    if m == 0:  # nothing to compute, nothing launched (a TMA descriptor cannot have a zero extent)
+        y = torch.empty(0, n, dtype=x.dtype, device=x.device)
+        return (y, torch.empty_like(y)) if norm is not None else (y, None) if argmax else y
     bn, bm, bk, warps, stages, split = config or skinny_config(m, n, k, x.device, gated)
     on = pdl(x)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)

@@ -45,6 +45,9 @@ class ParallelLMHead(VocabParallelEmbedding):
         tile's largest logit of each row and its column (one rank, 2-64 rows on CUDA:
         `step_io.argmax_finish` takes the rows' argmax from it), or None."""
         best = None
+        if h.shape[0] == 0:  # no rows to score: no matmul, no gather (every rank sees the same count)
+            logits = h.new_empty(0, self.vocab_size) if self.tp_rank == 0 else None
+            return (logits, best) if argmax else logits
         if argmax and self.tp_size == 1 and thin_kind(h) == "skinny":
             from inference.kernels.skinny import skinny_linear
 
