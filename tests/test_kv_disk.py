@@ -123,6 +123,49 @@ def test_damaged_file_is_detected_and_never_used(tiny_model, uncached, populated
     fresh.close()
 
 
+def test_fifo_at_a_block_path_is_recomputed_without_waiting(tiny_model, uncached, populated, tmp_path):
+    """A FIFO where a block file should be (another local user can plant one) is treated as corrupt: the
+    read does not wait for a writer (it hung generation for 60 s), the tokens equal the no-disk run."""
+    import threading
+
+    root = tmp_path / "kv"
+    shutil.copytree(populated[0], root)
+    p3, r3, _ = uncached[2]
+    engine = make_engine(tiny_model, kv_disk_dir=str(root))
+    victim = engine.kv_disk.store.path(chain(engine, p3)[2])
+    victim.unlink()
+    os.mkfifo(victim)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=run(engine, p3, len(r3))), daemon=True)
+    t0 = time.monotonic()
+    worker.start()
+    worker.join(20)
+    hung = worker.is_alive()
+    if hung:  # unblock the reader (a writer opens and closes the FIFO) so the test ends instead of hanging
+        os.close(os.open(victim, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(20)
+    assert not hung, "generation waited on the FIFO"
+    assert time.monotonic() - t0 < 20
+    got, usage = result["out"]
+    assert got == r3 and usage.cached_tokens == 2 * BS  # the blocks before the FIFO came from disk
+    assert engine.stats()["kv_disk_corrupt"] == 1
+    engine.shutdown()
+    assert victim.is_file() and not victim.is_symlink()  # recomputed and saved again as a regular file
+
+
+def test_block_reads_take_regular_files_only(tmp_path):
+    from inference.engine.kv_disk_store import read_regular
+
+    real = tmp_path / "real"
+    real.write_bytes(b"block")
+    (tmp_path / "link").symlink_to(real)
+    os.mkfifo(tmp_path / "fifo")
+    assert read_regular(real) == b"block"
+    assert read_regular(tmp_path / "link") is None and read_regular(tmp_path / "fifo") is None
+    with pytest.raises(FileNotFoundError):
+        read_regular(tmp_path / "missing")
+
+
 def test_lru_eviction_under_the_size_cap(tmp_path):
     shape = (2, BS, 4, 16)
     blocks = {bytes([i]) * 16: (torch.full(shape, float(i)), torch.full(shape, -float(i))) for i in range(5)}

@@ -9,10 +9,12 @@ so the order survives restarts.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 import zlib
@@ -51,6 +53,19 @@ def st_header(h: bytes, dtype: str, shape: list[int], kb, vb) -> bytes:
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text
+
+
+def read_regular(path: Path) -> bytes | None:
+    """The bytes of the regular file at `path`, or None where it holds anything else (a FIFO, a device, a
+    symlink): opened without blocking (a FIFO would wait for a writer) and without following links."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
 
 
 def header_metadata(data: bytes) -> dict:
@@ -187,16 +202,17 @@ class KVDiskStore:
         call it from several threads (file reads and CRCs release the GIL)."""
         path = self.path(h)
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except OSError:
             self.discard(h, delete=False)
             return None
+        why = "is not a regular file" if data is None else "failed its checksum"  # not regular: never read
         try:
-            ok = verify(data, h, list(shape), ST_DTYPES[dtype])
+            ok = data is not None and verify(data, h, list(shape), ST_DTYPES[dtype])
         except Exception:  # truncated or garbled: anything json may raise
             ok = False
         if not ok:
-            log.warning("KV disk cache: %s failed its checksum; deleted, its tokens are recomputed", path)
+            log.warning("KV disk cache: %s %s; deleted, its tokens are recomputed", path, why)
             with self.lock:
                 self.counts["corrupt"] += 1
             self.discard(h)
