@@ -37,6 +37,9 @@ def add_engine_args(p: argparse.ArgumentParser, kv_disk_default: bool = False) -
                    help="disk tier of the prefix cache")
     g.add_argument("--no-kv-disk", action="store_true", help="turn the disk tier off")
     g.add_argument("--kv-disk-max-gb", type=float, default=8.0)
+    g.add_argument("--cpu-threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads of the engine (default: $OMP_NUM_THREADS, else the usable cores less "
+                        "one, shared among the ranks)")
 
 
 def engine_config_from_args(a: argparse.Namespace) -> EngineConfig:
@@ -47,4 +50,4 @@ def engine_config_from_args(a: argparse.Namespace) -> EngineConfig:
         max_num_batched_tokens=a.max_num_batched_tokens, max_model_len=a.max_model_len,
         enable_prefix_caching=not a.no_prefix_caching,
         kv_disk_dir=None if a.no_kv_disk else a.kv_disk_dir, kv_disk_max_gb=a.kv_disk_max_gb,
-        quant=a.quant, cuda_graphs=not a.no_cuda_graphs)
+        quant=a.quant, cuda_graphs=not a.no_cuda_graphs, cpu_threads=a.cpu_threads)

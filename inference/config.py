@@ -150,6 +150,7 @@ class EngineConfig:
     kv_disk_max_gb: float = 8.0
     quant: str | None = None  # None | w8a16 | w8a8: quantize on the fly at load
     cuda_graphs: bool = True
+    cpu_threads: int | None = None  # torch's CPU threads; None: engine.device.cpu_threads picks them
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -169,6 +170,8 @@ class EngineConfig:
             raise UserError("--gpu-memory-utilization must be between 0.05 and 0.99")
         if self.max_num_batched_tokens < self.block_size:
             raise UserError("--max-num-batched-tokens must be at least the block size")
+        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            raise UserError(f"--cpu-threads must be a positive integer, got {self.cpu_threads!r}")
         if self.quant not in (None, "w8a16", "w8a8"):
             raise UserError(f"unknown quantization {self.quant!r}: use w8a16 or w8a8")
 

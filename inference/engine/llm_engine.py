@@ -18,7 +18,7 @@ from inference import distributed as dist
 from inference.config import EngineConfig, ModelConfig, SamplingParams
 from inference.engine import memory
 from inference.engine.block_manager import BlockManager
-from inference.engine.device import resolve_device, resolve_dtype
+from inference.engine.device import cpu_threads, resolve_device, resolve_dtype
 from inference.engine.lookahead import Lookahead, follow
 from inference.engine.model_runner import ModelRunner, StepPlan
 from inference.engine.outputs import RequestOutput, Usage
@@ -46,6 +46,7 @@ def check_tp(m: ModelConfig, tp: int) -> None:
 class LLMEngine:
     def __init__(self, cfg: EngineConfig, progress=None):
         self.cfg = cfg
+        torch.set_num_threads(cpu_threads(cfg.cpu_threads))  # before loading: weight conversion uses them too
         model_dir = Path(cfg.model)
         if model_dir == demo_dir() and not (model_dir / "config.json").is_file():
             from inference.demo import ensure_demo
@@ -273,7 +274,8 @@ class LLMEngine:
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
-                "preemptions": self.scheduler.num_preemptions, **self.block_manager.stats(),
+                "preemptions": self.scheduler.num_preemptions, "cpu_threads": torch.get_num_threads(),
+                **self.block_manager.stats(),
                 **(self.kv_disk.stats() if self.kv_disk is not None else {})}
 
     def keepalive(self) -> None:
