@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU sweep in one device call: GPU tests, then the engine benchmark with the transformers baseline
 # (docs/performance.md). Usage (on the GPU machine, repo root): bash bench/gpu_sweep.sh [OUT_DIR]
-# Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, TEST_TIMEOUT, BENCH_TIMEOUT.
+# Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, TEST_TIMEOUT, BENCH_TIMEOUT,
+# SKIP_SOAK=1, SOAK_DURATION (seconds of bench/soak.py's traffic, default 180), SOAK_TIMEOUT.
 set -uo pipefail
 OUT=${1:-${OUT:-/tmp/qwen-bench}}
 mkdir -p "$OUT"
@@ -20,4 +21,8 @@ BENCH="python3 -m inference bench --random-weights 7b --dtype float16 --device c
   --max-num-seqs 64 --max-model-len 8192"  # 7b random weights, fp16 (word-split on purpose)
 timeout "${BENCH_TIMEOUT:-420}" $BENCH --cases "${CASES:-1:512:128,16:512:128,64:512:64}" --ttft-lens 4096 \
   ${BASELINE:---baseline hf --baseline-batch-sizes 1,16} --out "$OUT/bench_7b.csv" 2>&1 | tee "$OUT/bench.log" | tail -12
+if [ "${SKIP_SOAK:-0}" != 1 ]; then  # the server under chat traffic: random 7B weights, float32 (exact greedy)
+  timeout "${SOAK_TIMEOUT:-480}" python3 bench/soak.py --model random-7b --device cuda \
+    --duration "${SOAK_DURATION:-180}" 2>&1 | tee "$OUT/soak.log" | tail -16
+fi
 grep -h "passed\|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -2
