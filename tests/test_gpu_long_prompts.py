@@ -63,8 +63,7 @@ def test_zero_row_matmuls_return_empty_results_without_a_launch(dtype):
     assert cuda_kernels(calls) == []
     for name in ("plain", "bias", "gated", "skinnyTrue", "skinnyFalse", "gemv"):
         assert out[name].shape == (0, n) and out[name].dtype == dtype, name
-    if out["norm"] is not None:  # None: the fused norm is switched off (QWEN_CHAT_FUSE_NORM=0)
-        assert [t.shape for t in out["norm"]] == [(0, n), (0, n)]
+    assert [t.shape for t in out["norm"]] == [(0, n), (0, n)]
     for tma in (True, False):
         logits, best = out[f"argmax{tma}"]
         assert logits.shape == (0, n) and best is None
