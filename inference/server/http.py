@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 
 from aiohttp import web
 
 from inference import protocol as P
 from inference.config import generation_defaults
-from inference.server.openai_format import Reply
+from inference.server.openai_format import Reply, dumps
 from inference.server.openai_schema import ApiError, parse, parse_body
 
 log = logging.getLogger("inference.server")
@@ -27,12 +26,8 @@ STATUS = {P.PROMPT_TOO_LONG: 400, P.NOT_READY: 503, P.SHUTTING_DOWN: 503, P.ENGI
 CODES = {P.PROMPT_TOO_LONG: "context_length_exceeded", P.NOT_READY: "model_loading"}
 
 
-def _dumps(obj: dict) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
 def _json(obj: dict, status: int = 200) -> web.Response:
-    return web.Response(text=_dumps(obj), status=status, content_type="application/json")
+    return web.Response(text=dumps(obj), status=status, content_type="application/json")
 
 
 def _event_error(ev: dict) -> ApiError:
@@ -209,26 +204,28 @@ class HttpFront:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         api, chat = reply.api, reply.api.kind == "chat"
-        out = [reply.chat_chunk({"role": "assistant", "content": ""})] if chat else []
+        out = [dumps(reply.chat_chunk({"role": "assistant", "content": ""}))] if chat else []  # JSON texts
         offset, first = 0, True  # offset: characters of the echoed prompt before the reply's text
         while True:
             text, entries = self._feed(reply, events, rid)
             if first and api.echo:  # the prompt's logprobs came with the first output
                 ptext, pentries = reply.prompt_entries(list(api.request.prompt_ids))
-                out.append(reply.completion_chunk(ptext, reply.legacy_logprobs(pentries)))
+                out.append(dumps(reply.completion_chunk(ptext, reply.legacy_logprobs(pentries))))
                 offset = len(ptext)
             first = False
-            if text or entries:
-                out.append(reply.chat_chunk({"content": text}, entries) if chat
-                           else reply.completion_chunk(text, reply.legacy_logprobs(entries, offset)))
+            if entries:
+                out.append(dumps(reply.chat_chunk({"content": text}, entries) if chat
+                                 else reply.completion_chunk(text, reply.legacy_logprobs(entries, offset))))
+            elif text:
+                out.append(reply.text_json(text))
             if reply.error is not None:
-                out.append(_event_error(reply.error).body())
+                out.append(dumps(_event_error(reply.error).body()))
             elif reply.finished:
-                out.append(reply.chat_chunk({}, finish=reply.finish_reason) if chat
-                           else reply.completion_chunk("", finish=reply.finish_reason))
+                out.append(dumps(reply.chat_chunk({}, finish=reply.finish_reason) if chat
+                                 else reply.completion_chunk("", finish=reply.finish_reason)))
                 if api.include_usage:
-                    out.append(reply.usage_chunk())
-            data = "".join(f"data: {_dumps(o)}\n\n" for o in out)
+                    out.append(dumps(reply.usage_chunk()))
+            data = "".join(f"data: {o}\n\n" for o in out)
             if reply.finished:
                 data += "data: [DONE]\n\n"
             await resp.write(data.encode())

@@ -7,6 +7,7 @@ sends them to a connection) and returns the new text and logprob entries to send
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -44,6 +45,10 @@ class StopMatcher:
         return out
 
 
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
 def _lp(v: float) -> float:
     return v if math.isfinite(v) else MIN_LOGPROB
 
@@ -54,7 +59,7 @@ class Reply:
         self.id = ("chatcmpl-" if api.kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.stop = StopMatcher(api.stop)
-        self.text = ""  # sent so far (without the echoed prompt)
+        self.parts: list[str] = []  # text sent so far (without the echoed prompt)
         self.completion_tokens = 0
         self.stopped = False  # a stop string ended the reply: the engine request was cancelled
         self.finish_reason: str | None = None
@@ -63,6 +68,7 @@ class Reply:
         self.raw_chars = 0  # characters of the generated text before stop-string cuts (text_offset)
         self._pending_lps: list | None = None
         self.prompt_lps: list | None = None
+        self._template: list[str] | None = None
 
     # -- events -> news ------------------------------------------------------------------------------------
     def feed(self, events: list[dict]) -> tuple[str, list[tuple[int, tuple, int]]]:
@@ -98,8 +104,13 @@ class Reply:
                     self.usage["prompt_tokens_details"] = {"cached_tokens": u["cached_tokens"]}
             elif kind == "error":
                 self.error = ev
-        self.text += text
+        if text:
+            self.parts.append(text)
         return text, entries
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
     @property
     def finished(self) -> bool:
@@ -170,6 +181,16 @@ class Reply:
         if self.api.include_usage:
             out["usage"] = None
         return out
+
+    def text_json(self, text: str) -> str:
+        """JSON of a stream chunk holding only text: the hot path fills a template instead of encoding a dict."""
+        if self._template is None:
+            mark = "\x00"
+            chunk = self.chat_chunk({"content": mark}) if self.api.kind == "chat" else self.completion_chunk(mark)
+            self._template = dumps(chunk).split(dumps(mark))
+        if len(self._template) != 2:  # the mark also elsewhere (not expected): encode the whole chunk
+            return dumps(self.chat_chunk({"content": text}) if self.api.kind == "chat" else self.completion_chunk(text))
+        return self._template[0] + dumps(text) + self._template[1]
 
     def usage_chunk(self) -> dict:
         obj = "chat.completion.chunk" if self.api.kind == "chat" else "text_completion"
