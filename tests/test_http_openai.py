@@ -147,6 +147,17 @@ def test_disconnect_mid_stream_frees_blocks_at_once(server):
     assert time.monotonic() - t0 < 2.0  # 400 tokens would take far longer: it was cancelled
 
 
+def test_socket_cancels_by_id_leave_http_requests_alone(server):
+    stream = server.client.completions.create(model=server.model, prompt=[4, 5, 6], max_tokens=40, stream=True,
+                                              **GREEDY)
+    chunks = [next(iter(stream))]
+    with EngineClient(server.sock) as c:
+        for rid in (1, "1", "r1"):  # ids socket clients use; a cancel of an id not on its connection looks wider
+            c.cancel(rid)
+    chunks += list(stream)
+    assert chunks[0].id.startswith("cmpl-") and chunks[-1].choices[0].finish_reason == "length"
+
+
 def test_a_client_that_gives_up_waiting_cancels_its_request(server):
     impatient = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=0.5)
     with pytest.raises(openai.APITimeoutError):  # not streamed: nothing comes back before the end

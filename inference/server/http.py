@@ -41,7 +41,7 @@ class HttpStream:
 
     def __init__(self, number: int, send_limit: int):
         self.number = number
-        self.active: dict[object, str] = {}  # client id (1) -> engine request id, while it runs
+        self.active: dict[object, str] = {}  # answer id ("cmpl-<uuid>") -> engine request id, while it runs
         self.send_limit = send_limit
         self.closed = False
         self.queue: asyncio.Queue = asyncio.Queue()

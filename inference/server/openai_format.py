@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
 
 from inference.server.openai_schema import ApiRequest
 from inference.tokenizer import StreamDecoder
@@ -56,7 +55,7 @@ def _lp(v: float) -> float:
 class Reply:
     def __init__(self, api: ApiRequest, tokenizer, model: str):
         self.api, self.tok, self.model = api, tokenizer, model
-        self.id = ("chatcmpl-" if api.kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        self.id = api.request.id
         self.created = int(time.time())
         self.stop = StopMatcher(api.stop)
         self.parts: list[str] = []  # text sent so far (without the echoed prompt)

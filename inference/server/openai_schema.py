@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass, field, replace
 
 from inference import protocol as P
@@ -219,7 +220,8 @@ def parse(body: dict, kind: str, defaults: dict, tokenizer) -> ApiRequest:
     include_usage = stream and _bool(opts or {}, "include_usage")
     max_tokens = _max_tokens(body, allow_zero=echo)
     logprobs = _logprobs(body, kind)
-    proto = {"op": "generate", "id": 1, **defaults}
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex  # the answer's id, unique server-wide
+    proto = {"op": "generate", "id": rid, **defaults}
     for name in ("temperature", "top_p", "seed", *EXTRA):
         if body.get(name) is not None:
             proto[name] = body[name]
