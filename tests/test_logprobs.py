@@ -69,3 +69,35 @@ def test_logprobs_counts_are_checked(value):
         SamplingParams(logprobs=value)
     with pytest.raises(UserError, match="prompt_logprobs must be an integer in 0..20"):
         SamplingParams(prompt_logprobs=value)
+
+
+@pytest.mark.gpu
+def test_cuda_logprobs_beside_a_lookahead_batch(tiny_model):
+    """On CUDA (graphs, decode lookahead): a request asking for logprobs, batched with greedy ones that
+    take the lookahead path, gets the logprobs of the engine's own logits; the others' tokens do not
+    change for its presence."""
+    e = LLMEngine(EngineConfig(model=str(tiny_model), device="cuda", dtype="float32", num_kv_blocks=512,
+                               max_num_seqs=16))
+    assert e.lookahead is not None
+    others = [[9707, 11, 847, 829, 374], list(range(3000, 3040))]
+    plain = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    alone = e.generate(others, plain)
+    prompt = list(range(700, 730))
+    asks = SamplingParams(max_new_tokens=16, ignore_eos=True, logprobs=3, prompt_logprobs=3)
+    ids = [e.add_request(p, plain) for p in others] + [e.add_request(prompt, asks)]
+    got = {i: [] for i in ids}
+    lps, plp = [], None
+    while e.has_unfinished():
+        for o in e.step():
+            got[o.request_id] += o.new_token_ids
+            lps += o.logprobs or []
+            plp = o.prompt_logprobs if o.prompt_logprobs is not None else plp
+    assert [got[i] for i in ids[:2]] == alone
+    new = got[ids[2]]
+    ref = reference(e, prompt + new)
+    assert len(lps) == len(new) == 16 and len(plp) == len(prompt)
+    for j, (lp, alts) in enumerate(lps):
+        assert lp == pytest.approx(ref[len(prompt) - 1 + j, new[j]].item(), abs=1e-3)
+        assert alts[0][0] == new[j]  # greedy: the chosen token is the most likely one
+    for i in range(1, len(prompt)):
+        assert plp[i][0] == pytest.approx(ref[i - 1, prompt[i]].item(), abs=1e-3)
