@@ -57,6 +57,12 @@ def test_serve_refuses_bad_http_flags_in_one_line(capsys, tiny_model, monkeypatc
     assert not (tmp_path / "s.sock").exists()  # the Unix socket claimed before the failing bind is given back
 
 
+def test_serve_flags_are_never_abbreviated(capsys, tiny_model):
+    with pytest.raises(SystemExit) as e:  # `--insec` must not pass for --insecure
+        main(["serve", "--model", str(tiny_model), "--http", "0.0.0.0:0", "--insec"])
+    assert e.value.code == 2 and "unrecognized arguments: --insec" in capsys.readouterr().err
+
+
 def test_while_loading_every_route_answers_503_with_progress():
     from inference.server.http import HttpFront
 
