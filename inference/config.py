@@ -15,6 +15,7 @@ from inference.errors import UserError
 ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
 DEFAULT_STOP_IDS = (IM_END, IM_START, ENDOFTEXT)
 DTYPES = ("float32", "float16", "bfloat16")
+MAX_LOGPROBS = 20  # most likely alternatives reported beside a token's own log-probability
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = DEFAULT_STOP_IDS
     ignore_eos: bool = False
     logits: str = "none"  # "none" | "last" | "all": also return prompt logits (for eval)
+    logprobs: int | None = None  # each new token's log-probability plus this many top alternatives
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (no prefix cache for the request)
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -123,11 +126,20 @@ class SamplingParams:
             raise UserError(f"seed must be an integer, got {self.seed!r}")
         if self.logits not in ("none", "last", "all"):
             raise UserError(f"logits must be none, last or all, got {self.logits!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_LOGPROBS):
+                raise UserError(f"{name} must be an integer in 0..{MAX_LOGPROBS} or None, got {v!r}")
         self.stop_token_ids = tuple(self.stop_token_ids)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def all_rows(self) -> bool:
+        """Every prompt position's logits are needed (so none may come from the prefix cache)."""
+        return self.logits == "all" or self.prompt_logprobs is not None
 
 
 @dataclass

@@ -69,7 +69,7 @@ class BlockManager:
 
     def match_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks for the longest prefix of full blocks; the last token is always left to compute."""
-        if not self.enable_caching or seq.params.logits == "all":
+        if not self.enable_caching or seq.params.all_rows:
             return []
         hashes, parent, out = [], b"", []
         salt = self.seq_salt(seq)
@@ -86,7 +86,7 @@ class BlockManager:
 
     def disk_chain(self, seq: Sequence, on_disk) -> list[bytes]:
         """After the in-memory hit: hashes of the next full blocks that `on_disk(hash)` holds, in order."""
-        if not self.enable_caching or seq.params.logits == "all":
+        if not self.enable_caching or seq.params.all_rows:
             return []
         salt, out = self.seq_salt(seq), []
         parent = seq.block_hashes[-1] if seq.block_hashes else b""
@@ -149,7 +149,7 @@ class BlockManager:
     def commit(self, seq: Sequence) -> list[tuple[int, bytes]]:
         """Hash the blocks that became full and computed; returns the newly hashed (block, hash) pairs."""
         new = []
-        if not self.enable_caching or seq.params.logits == "all":
+        if not self.enable_caching or seq.params.all_rows:
             return new
         salt = self.seq_salt(seq)
         full = seq.num_computed // self.block_size

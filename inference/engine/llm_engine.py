@@ -25,7 +25,7 @@ from inference.engine.outputs import RequestOutput, Usage
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
 from inference.errors import UserError
-from inference.layers.sampler import Sampler
+from inference.layers.sampler import Sampler, record_prompt_logprobs, sampled_logprobs
 from inference.model_path import demo_dir
 from inference.tokenizer import QwenTokenizer
 
@@ -169,7 +169,7 @@ class LLMEngine:
             base = len(ids)
             ids += seq.token_ids[start:start + n]
             pos += range(start, start + n)
-            if seq.params.logits == "all":
+            if seq.params.all_rows:
                 rows += [base + i for i in range(n) if start + i < seq.num_prompt_tokens]
             if start + n == len(seq):
                 if not rows or rows[-1] != base + n - 1:
@@ -194,9 +194,12 @@ class LLMEngine:
             new = self.block_manager.commit(seq)
             if self.kv_disk is not None and new:
                 self.kv_disk.note_blocks(new)
-            if seq.params.logits == "all":
+            if seq.params.all_rows:
                 idx = [row_of[base + i] for i in range(n) if start + i < seq.num_prompt_tokens]
-                seq.logits_parts.append(logits[idx].float().cpu())
+                if seq.params.logits == "all":
+                    seq.logits_parts.append(logits[idx].float().cpu())
+                if seq.params.prompt_logprobs is not None:
+                    record_prompt_logprobs(seq, start, logits[idx])
             if last is not None:
                 sample_seqs.append(seq)
                 sample_rows.append(last)
@@ -207,11 +210,15 @@ class LLMEngine:
         if tokens is None:  # (indexing by a list uploads it and waits for the GPU: not on the lookahead path)
             rows = logits if sample_rows == list(range(logits.shape[0])) else logits[sample_rows]
             tokens = self.sampler(rows, sample_seqs)
-        for seq, tok, row in zip(sample_seqs, tokens, sample_rows):
+        lps = sampled_logprobs(logits, sample_rows, sample_seqs, tokens)
+        for i, (seq, tok, row) in enumerate(zip(sample_seqs, tokens, sample_rows)):
+            prompt_lps = None
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 if seq.params.logits == "last":
                     seq.logits_parts = [logits[row].float().cpu()]
+                if seq.params.prompt_logprobs is not None:
+                    prompt_lps = seq.prompt_lps or [None] * seq.num_prompt_tokens
             seq.last_token_time = now
             reason = None
             if tok in seq.params.stop_token_ids and not seq.params.ignore_eos:
@@ -222,7 +229,9 @@ class LLMEngine:
                     reason = "length"
             new_ids = seq.completion_ids[seq.emitted:]
             seq.emitted = seq.num_completion
-            out = RequestOutput(seq.request_id, new_ids, reason is not None, reason)
+            out = RequestOutput(seq.request_id, new_ids, reason is not None, reason, prompt_logprobs=prompt_lps)
+            if i in lps and new_ids:
+                out.logprobs = [lps[i]]
             if reason is not None:
                 seq.finish_reason = reason
                 self._finish(seq, out)

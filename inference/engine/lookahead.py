@@ -47,6 +47,7 @@ class Lookahead:
         e = self.engine
         return (len(batch) <= self.host.numel() and plan.num_decodes == len(batch) and e.runner.graphable(plan)
                 and all(s.params.greedy and s.params.repetition_penalty == 1.0 and s.params.logits == "none"
+                        and s.params.logprobs is None and s.params.prompt_logprobs is None
                         and s.num_completion + 1 < s.params.max_new_tokens and len(s) + 1 < e.max_model_len
                         for s, _ in batch))
 

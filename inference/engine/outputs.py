@@ -24,3 +24,5 @@ class RequestOutput:
     finish_reason: str | None = None
     usage: Usage | None = None
     logits: torch.Tensor | None = None
+    logprobs: list | None = None  # per new token: (log p, [(id, log p), ...]) when params.logprobs is set
+    prompt_logprobs: list | None = None  # with the first token: per prompt token, None for the first one

@@ -32,6 +32,7 @@ class Sequence:
     first_token_time: float | None = None
     last_token_time: float | None = None
     logits_parts: list = field(default_factory=list)  # prompt logits requested for eval
+    prompt_lps: list = field(default_factory=list)  # prompt tokens' log-probabilities (params.prompt_logprobs)
     emitted: int = 0  # generated tokens already reported
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""Sampling on the device: repetition penalty, temperature, top-k, top-p, per-request seeds."""
+"""Sampling on the device: repetition penalty, temperature, top-k, top-p, per-request seeds; log-probabilities."""
 
 from __future__ import annotations
 
@@ -24,6 +24,51 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
         logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
     return logits
+
+
+LOGPROB_ROWS = 256  # rows per log_softmax pass: bounds the float32 copy of a long prompt's logits
+TokenLogprob = tuple[float, list[tuple[int, float]]]  # (log p(token), [(id, log p), ...] most likely first)
+
+
+def token_logprobs(logits: torch.Tensor, targets: list[int], top: int) -> list[TokenLogprob]:
+    """Raw model log-probabilities: log_softmax in float32 over the logits the sampler is given, before the
+    repetition penalty, temperature, top-k and top-p; row i scores `targets[i]`, plus its `top` best ids."""
+    out: list[TokenLogprob] = []
+    for lo in range(0, len(targets), LOGPROB_ROWS):
+        lp = torch.log_softmax(logits[lo:lo + LOGPROB_ROWS].float(), dim=-1)
+        tgt = torch.tensor(targets[lo:lo + LOGPROB_ROWS], device=lp.device, dtype=torch.long)
+        chosen = lp.gather(1, tgt[:, None])[:, 0].tolist()
+        if top:
+            vals, ids = lp.topk(top, dim=-1)
+            alts = [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]
+        else:
+            alts = [[] for _ in chosen]
+        out += list(zip(chosen, alts))
+    return out
+
+
+def sampled_logprobs(logits: torch.Tensor, rows: list[int], seqs: list[Sequence], tokens: list[int]
+                     ) -> dict[int, TokenLogprob]:
+    """{i: log-probability of tokens[i] (row rows[i]) and its alternatives} for the seqs asking for logprobs."""
+    want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+    if not want:
+        return {}
+    top = max(seqs[i].params.logprobs for i in want)
+    got = token_logprobs(logits[[rows[i] for i in want]], [tokens[i] for i in want], top)
+    return {i: (lp, alts[:seqs[i].params.logprobs]) for i, (lp, alts) in zip(want, got)}
+
+
+def record_prompt_logprobs(seq: Sequence, start: int, rows: torch.Tensor) -> None:
+    """`rows` are the logits of prompt positions start.. : row j scores the prompt token after position
+    start + j (the last prompt row predicts the reply and is left out). Kept in seq.prompt_lps by position,
+    so a preempted request's recomputed rows overwrite their entries."""
+    n = min(len(rows), seq.num_prompt_tokens - 1 - start)
+    if n <= 0:
+        return
+    if not seq.prompt_lps:
+        seq.prompt_lps = [None] * seq.num_prompt_tokens
+    targets = seq.token_ids[start + 1:start + 1 + n]
+    seq.prompt_lps[start + 1:start + 1 + n] = token_logprobs(rows[:n], targets, seq.params.prompt_logprobs)
 
 
 class Sampler:

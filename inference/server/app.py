@@ -63,12 +63,15 @@ class EngineServer:
         self._stop = asyncio.Event()
         self._engine_gone = asyncio.Event()
         self.loop: EngineLoop | None = None
+        self.http = None  # the OpenAI-compatible HTTP front (http.py), when serve --http made one
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> int:
         aio = asyncio.get_running_loop()
         server = await asyncio.start_unix_server(self._handle, sock=self.listen_sock,
                                                  limit=P.MAX_LINE_BYTES + 2)
+        if self.http is not None:
+            await self.http.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             aio.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
         self.loop = EngineLoop(self.make_engine, aio.call_soon_threadsafe, self._on_progress, self._on_ready,
@@ -87,7 +90,8 @@ class EngineServer:
                                       P.SHUTTING_DOWN))
             self._untrack(t)
         self.loop.stop()
-        await asyncio.gather(*(c.flush_and_close(2.0) for c in list(self.connections)))
+        await asyncio.gather(*(c.flush_and_close(2.0) for c in list(self.connections)),
+                             *([self.http.stop(2.0)] if self.http is not None else []))
         if self.engine is None and self.status != "failed":  # stopped while loading: nothing to wind down
             log.info("stopped while loading the model")
             return self.exit_code
@@ -145,6 +149,8 @@ class EngineServer:
                 t.conn.send(P.error_event(t.client_id, o.error, _error_code(o.error)))
                 self._untrack(t)
                 continue
+            if o.logprobs is not None or o.prompt_logprobs is not None:  # only HTTP requests ask for them
+                t.conn.send({"id": t.client_id, "event": "logprobs", "token": o.logprobs, "prompt": o.prompt_logprobs})
             if o.token_ids:
                 t.t_first = t.t_first or time.monotonic()
                 t.completion_tokens += len(o.token_ids)

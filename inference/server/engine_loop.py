@@ -31,6 +31,8 @@ class Output:
     finish_reason: str | None = None
     usage: dict | None = None
     error: str | None = None  # add_request refused it (e.g. prompt too long)
+    logprobs: list | None = None  # RequestOutput.logprobs / prompt_logprobs (asked for by HTTP requests)
+    prompt_logprobs: list | None = None
 
 
 def usage_dict(usage) -> dict | None:
@@ -152,7 +154,8 @@ class EngineLoop(threading.Thread):
             if eng.has_unfinished():
                 for o in eng.step():
                     outs.append(Output(o.request_id, list(o.new_token_ids), o.finished, o.finish_reason,
-                                       usage_dict(o.usage)))
+                                       usage_dict(o.usage), logprobs=o.logprobs,
+                                       prompt_logprobs=o.prompt_logprobs))
                     if o.finished:
                         self._live.discard(o.request_id)
             for rid in aborted:  # the engine may not report an aborted request again: say it here

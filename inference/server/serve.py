@@ -26,8 +26,9 @@ DEFAULT_SEND_LIMIT = 4 << 20
 def build_parser() -> argparse.ArgumentParser:
     from inference.cli_args import add_engine_args
 
-    ap = argparse.ArgumentParser(prog="qwen-chat serve",
-                                 description="Serve the engine on a local Unix socket (docs/protocol.md).")
+    ap = argparse.ArgumentParser(prog="qwen-chat serve", allow_abbrev=False,
+                                 description="Serve the engine on a local Unix socket (docs/protocol.md) "
+                                             "and, with --http, the OpenAI API (docs/openai.md).")
     add_engine_args(ap, kv_disk_default=True)
     ap.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/qwen-chat/<model-id>.sock, "
                                      "else ~/.cache/qwen-chat/<model-id>.sock)")
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--send-buffer-limit", type=int, default=DEFAULT_SEND_LIMIT, metavar="BYTES",
                     help="unsent bytes per connection before its streams are cancelled as too slow "
                          f"(default {DEFAULT_SEND_LIMIT})")
+    g = ap.add_argument_group("OpenAI-compatible HTTP (docs/openai.md)")
+    g.add_argument("--http", metavar="[HOST:]PORT", help="also serve the OpenAI API over HTTP on this port "
+                                                         "(127.0.0.1 unless HOST is given; 0: any free port)")
+    g.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/ "
+                                                    "(default: $QWEN_CHAT_API_KEY)")
+    g.add_argument("--insecure", action="store_true", help="allow --http on a non-loopback address without a key")
     return ap
 
 
@@ -73,6 +80,14 @@ def _redirect_output(log_file: str) -> None:
     os.close(fd)
 
 
+def _setup_http(server: EngineServer, host: str, port: int, api_key: str | None) -> None:
+    from inference.server import http
+    from inference.server.http_bind import bind
+
+    sock, url = bind(host, port)
+    http.setup(server, sock, api_key, url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from inference.cli_args import engine_config_from_args
     from inference.model_path import is_demo, model_id
@@ -81,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.send_buffer_limit < 4096:
         raise UserError(f"--send-buffer-limit {args.send_buffer_limit} is too small: use at least 4096 bytes")
     cfg = engine_config_from_args(args)
+    http = None
+    if args.http is not None and _rank() == 0:
+        from inference.server.http_bind import API_KEY_ENV, check_key_policy, parse_address
+
+        args.api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+        http = parse_address(args.http)
+        check_key_policy(http[0], args.api_key, args.insecure)
+    elif args.http is None and (args.api_key is not None or args.insecure):
+        raise UserError("--api-key and --insecure apply to --http: add --http [HOST:]PORT")
     if _rank() != 0:
         _engine_factory(cfg)(None)
         return 0
@@ -99,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quant": cfg.quant, "demo": bool(is_demo(cfg.model)), "socket": str(path),
             "log_file": str(Path(args.log_file).expanduser().absolute()) if args.log_file else None}
     server = EngineServer(cfg, info, sock, _engine_factory(cfg), args.send_buffer_limit)
+    if http is not None:
+        try:
+            _setup_http(server, *http, args.api_key)
+        except BaseException:
+            release_socket(path, None, lock_fd)
+            raise
     try:
         code = asyncio.run(server.run())
     finally:
