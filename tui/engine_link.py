@@ -46,7 +46,8 @@ class EngineLink:
 
     def __init__(self, opts: EngineOptions):
         self.opts = opts
-        self.socket_path = str(opts.socket or launcher.default_socket_path(model_id(opts.model)))
+        self.socket_path = str(opts.socket or launcher.default_socket_path(  # one engine per configuration
+            model_id(opts.model), tp=opts.tp, dtype=opts.dtype, device=opts.device, quant=opts.quant))
         self.state = "starting"
         self.info: dict = {}
         self.stats: dict = {}
