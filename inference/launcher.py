@@ -73,7 +73,7 @@ def default_socket_path(model_id: str, tp: int = 1, dtype: str = "auto", device:
     name = engine_name(model_id, tp, dtype, device, quant)
     path = runtime_dir() / f"{name}.sock"
     if name != model_id and len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
-        digest = hashlib.sha1(name[len(model_id):].encode()).hexdigest()[:8]
+        digest = hashlib.sha1(name[len(model_id):].encode()).hexdigest()[:6]
         path = runtime_dir() / f"{model_id}+{digest}.sock"
     return path
 

@@ -42,7 +42,7 @@ def test_names_carry_the_options_that_differ_from_the_defaults(monkeypatch, tmp_
     assert launcher.engine_name("demo") == "demo"
     assert launcher.engine_name("demo", tp=2, dtype="float16", device="cuda", quant="w8a16") == \
         "demo+tp2+cuda+float16+w8a16"
-    run = tmp_path / ("d" * (105 - len(f"{tmp_path}//qwen-chat/demo+12345678.sock")))
+    run = tmp_path / ("d" * (105 - len(f"{tmp_path}//qwen-chat/demo+123456.sock")))
     run.mkdir()  # room for a hash, not for every option
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     long = launcher.default_socket_path("demo", tp=2, dtype="float16", device="cuda", quant="w8a16")

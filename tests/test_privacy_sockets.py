@@ -9,6 +9,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 from privacy_support import SYSTEM_PYTHON, as_other, folder
@@ -51,6 +52,7 @@ class Squatter:
         assert line == "listening\n", (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
 
     def received(self) -> list[int]:
+        time.sleep(1.5)  # let it accept and read what is queued (it reads each connection for up to 1 s)
         self.proc.terminate()
         out, _ = self.proc.communicate(timeout=10)
         return [int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("got ")]
