@@ -1,5 +1,5 @@
 """Socket squatting (issue 32, item 6): another local user listening at the socket path first must get
-nothing. The clients (sync and async), the launcher and `qwen-chat stop` check the socket's folder, the
+nothing. The clients (sync and async), the launcher, the app and `qwen-chat stop` check the socket's folder, the
 socket's owner and the listening process's uid (SO_PEERCRED) before sending a byte. The squatter runs
 under a second uid (setpriv) and reports every byte it receives."""
 
@@ -17,6 +17,7 @@ from privacy_support import SYSTEM_PYTHON, as_other, folder
 from inference import launcher
 from inference.client import AsyncEngineClient, EngineClient, UntrustedPeer
 from inference.errors import UserError
+from tui.engine_link import EngineLink, EngineOptions, StartFailed
 
 SQUATTER = r"""
 import os, socket, sys
@@ -73,6 +74,8 @@ def _all_clients_refuse(path, match: str) -> None:
         launcher.probe(path, timeout=2.0)
     with pytest.raises(UserError, match=match):
         launcher.stop_main(["--socket", str(path), "--timeout", "2"])
+    with pytest.raises(StartFailed, match=match):  # the app attaching with --socket
+        EngineLink(EngineOptions(socket=str(path))).start()
 
 
 def test_a_squatter_in_a_shared_folder_gets_nothing(tiny_model):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inference import launcher
-from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable
+from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable, UntrustedPeer
 from inference.model_path import model_id
 
 Progress = Callable[[int, int, str], None]
@@ -86,6 +86,8 @@ class EngineLink:
             try:
                 with EngineClient(self.socket_path) as c:
                     health = c.health()
+            except UntrustedPeer as e:  # another user's socket or folder: say so, never "not running"
+                raise StartFailed(str(e), hint="Nothing was sent to it.") from e
             except EngineUnavailable as e:
                 raise StartFailed(
                     f"no engine listens on {self.socket_path}", hint=(
