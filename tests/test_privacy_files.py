@@ -212,3 +212,19 @@ def test_server_files_are_private_in_the_fallback_folder(tiny_model, monkeypatch
         finally:
             if path is not None:
                 launcher.stop_main(["--socket", str(path)])
+
+
+@pytest.mark.parametrize("mask", UMASKS)
+def test_an_exported_chat_is_private_even_in_a_shared_folder(tmp_path, mask):
+    from sessions.cli import main as sessions_main
+
+    db = tmp_path / "s.db"
+    with SessionStore(db) as store:
+        sid = make_chat(store).id
+    with folder(0o1777) as shared, umask(mask):
+        out = shared / "chat.md"
+        assert sessions_main(["--db", str(db), "export", sid, "--format", "md", "--out", str(out)]) == 0
+        assert "answer 1" in out.read_text() and mode(out) == 0o600
+        assert [p.name for p in shared.iterdir()] == ["chat.md"]  # no temp file left behind
+        if second_uid():
+            assert not other_can_read(out)
