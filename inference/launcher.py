@@ -4,14 +4,18 @@
     client = EngineClient(path)
 
 The server runs detached (its own session) as `python -m inference serve ...`, logging to
-`<model-id>.log` beside its socket `<model-id>.sock` in `$XDG_RUNTIME_DIR/qwen-chat/`
-(fallback `~/.cache/qwen-chat/`).
+`<name>.log` beside its socket `<name>.sock` in `$XDG_RUNTIME_DIR/qwen-chat/` (fallback
+`~/.cache/qwen-chat/`, made 0700). `<name>` is the model id plus the options that differ from the
+defaults (`demo+w8a16`, `14b-chat+tp2`): each configuration gets its own engine. Only a folder of this
+user that no one else can write to is used, and its files are opened without following links.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,12 +24,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from inference.client import EngineClient, EngineError, EngineUnavailable
+from inference import private_files
+from inference.client import EngineClient, EngineError, EngineUnavailable, UntrustedPeer
 from inference.errors import UserError
 
 EXIT_ALREADY_RUNNING = 3  # `serve` exit code when a live server owns the socket path
 LOG_ROTATE_BYTES = 10 << 20
 START_TIMEOUT = 1800.0  # a 72B checkpoint from a slow disk takes a while
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket path, without the trailing NUL
 _spawned: dict[int, subprocess.Popen] = {}  # servers this process started
 
 
@@ -48,8 +54,34 @@ def runtime_dir() -> Path:
     return Path.home() / ".cache" / "qwen-chat"
 
 
-def default_socket_path(model_id: str) -> Path:
-    return runtime_dir() / f"{model_id}.sock"
+def engine_name(model_id: str, tp: int = 1, dtype: str = "auto", device: str = "auto",
+                quant: str | None = None) -> str:
+    """The model id plus every option that differs from the default, e.g. `demo+cpu+w8a16`."""
+    parts = [model_id]
+    if int(tp) != 1:
+        parts.append(f"tp{int(tp)}")
+    parts += [v for v in (device, dtype) if v and v != "auto"]
+    if quant:
+        parts.append(quant)
+    return "+".join([parts[0], *(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)) for p in parts[1:])])
+
+
+def default_socket_path(model_id: str, tp: int = 1, dtype: str = "auto", device: str = "auto",
+                        quant: str | None = None) -> Path:
+    """Where the engine of this model and configuration listens (one socket per configuration). Options
+    that would make the path too long for a Unix socket are named by a short hash instead."""
+    name = engine_name(model_id, tp, dtype, device, quant)
+    path = runtime_dir() / f"{name}.sock"
+    if name != model_id and len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
+        digest = hashlib.sha1(name[len(model_id):].encode()).hexdigest()[:6]
+        path = runtime_dir() / f"{model_id}+{digest}.sock"
+    return path
+
+
+def model_sockets(model_id: str) -> list[Path]:
+    """The sockets of every configuration of `model_id` in the default folder."""
+    d = runtime_dir()
+    return sorted({*d.glob(f"{model_id}.sock"), *d.glob(f"{model_id}+*.sock")})
 
 
 def log_path(socket_path: str | os.PathLike) -> Path:
@@ -68,10 +100,13 @@ def read_log_tail(path: str | os.PathLike, n: int = 20) -> list[str]:
 
 
 def probe(socket_path: str | os.PathLike, timeout: float = 3.0) -> dict | None:
-    """The server's health dict, or None when nothing answers there."""
+    """The server's health dict, or None when nothing answers there. Raises UntrustedPeer when the socket,
+    its folder or the process listening is another user's."""
     try:
         with EngineClient(socket_path, timeout=timeout) as c:
             return c.health()
+    except UntrustedPeer:
+        raise
     except (EngineUnavailable, EngineError, OSError):
         return None
 
@@ -93,15 +128,15 @@ def server_command(model: str, socket_path: Path, tp: int = 1, dtype: str = "aut
 
 
 def spawn_server(cmd: Sequence[str], log_file: Path) -> subprocess.Popen:
-    """Start `cmd` detached (own session, no terminal), stdout and stderr appended to `log_file`."""
-    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Start `cmd` detached (own session, no terminal), stdout and stderr appended to `log_file` (0600,
+    opened without following links)."""
+    private_files.private_dir(log_file.parent, tighten=False)
     try:
-        if log_file.stat().st_size > LOG_ROTATE_BYTES:
+        if log_file.lstat().st_size > LOG_ROTATE_BYTES:
             log_file.replace(log_file.with_name(log_file.name + ".1"))
     except OSError:
         pass
-    with open(log_file, "ab") as log:
-        os.chmod(log_file, 0o600)
+    with open(private_files.open_private(log_file, os.O_WRONLY | os.O_APPEND, "log file"), "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -116,15 +151,17 @@ def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "a
                   timeout: float = START_TIMEOUT) -> Path:
     """Reuse the live server for `model` or start one in the background; return its socket path once it
     reports ready. `progress(done, total, what)` follows weight loading. Raises EngineStartError."""
-    path = Path(socket).expanduser() if socket else default_socket_path(_model_id(model))
+    mid = _model_id(model)
+    path = Path(socket).expanduser() if socket else default_socket_path(mid, tp, dtype, device, quant)
     log_file = log_path(path)
     report = progress or (lambda done, total, what: None)
     proc = None
-    health = probe(path)
+    _prepare_dir(path)
+    health = _probe_trusted(path)
     if health is None:
         report(0, 0, "starting the engine server")
         proc = spawn_server(server_command(model, path, tp, dtype, device, quant, extra_args), log_file)
-    elif socket and health.get("model_id") not in (None, _model_id(model)):
+    elif health.get("model_id") not in (None, mid):
         raise UserError(f"the engine server on {path} runs {health.get('model_id')}, not {model}: "
                         f"pass another --socket or stop it with `qwen-chat stop --socket {path}`")
     deadline = time.monotonic() + timeout
@@ -132,6 +169,7 @@ def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "a
     while True:
         if health is not None:
             if health.get("status") == "ready":
+                _check_config(path, health, tp, dtype, device, quant)
                 return path
             prog = health.get("progress") or {}
             report(int(prog.get("done", 0)), int(prog.get("total", 0)), str(prog.get("what", "loading")))
@@ -153,7 +191,43 @@ def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "a
             raise EngineStartError(f"the engine server was not ready after {timeout:.0f}s", log_file,
                                    read_log_tail(log_file, 15))
         time.sleep(0.2)
-        health = probe(path)
+        health = _probe_trusted(path)
+
+
+def _prepare_dir(path: Path) -> None:
+    """The socket folder: created 0700; the default one made 0700 even when something else created it;
+    refused when another user could write there (UserError)."""
+    private_files.private_dir(path.parent, tighten=path.parent.absolute() == runtime_dir().absolute())
+    private_files.check_socket_dir(path.parent)
+
+
+def _probe_trusted(path: Path) -> dict | None:
+    try:
+        return probe(path)
+    except UntrustedPeer as e:
+        raise UserError(str(e)) from None
+
+
+def describe(health: dict) -> str:
+    """What an engine runs, from its health: `demo on cpu, float32, no quant, tp 1`."""
+    return (f"{health.get('model_id', '?')} on {health.get('device', '?')}, {health.get('dtype', '?')}, "
+            f"{health.get('quant') or 'no quant'}, tp {health.get('tp', '?')}")
+
+
+def _check_config(path: Path, health: dict, tp: int, dtype: str, device: str, quant: str | None) -> None:
+    """Refuse to use a ready engine that runs another configuration than the one asked for."""
+    asked = []
+    if int(health.get("tp") or 1) != int(tp):
+        asked.append(f"--tp {tp}")
+    if device != "auto" and str(health.get("device", "")).split(":")[0] != device:
+        asked.append(f"--device {device}")
+    if dtype != "auto" and health.get("dtype") != dtype:
+        asked.append(f"--dtype {dtype}")
+    if quant and health.get("quant") != quant:
+        asked.append(f"--quant {quant}")
+    if asked:
+        raise UserError(f"the engine server on {path} runs {describe(health)}, not {' '.join(asked)}: stop it "
+                        f"with `qwen-chat stop --socket {path}` and start again, or pass another --socket")
 
 
 def _kill_group(pid: int) -> None:
@@ -183,6 +257,8 @@ def stop_server(path: Path, timeout: float = 30.0) -> str:
         with EngineClient(path, timeout=5.0) as c:
             health = c.health()
             c.shutdown()
+    except UntrustedPeer as e:
+        raise UserError(str(e)) from None
     except (EngineUnavailable, EngineError):
         return f"no engine server is running on {path}"
     pid = health.get("pid")
@@ -196,17 +272,18 @@ def stop_server(path: Path, timeout: float = 30.0) -> str:
 
 
 def stop_main(argv: Sequence[str] | None = None) -> int:
-    """`qwen-chat stop [--model M | --socket PATH]`: no option stops every server in the default directory."""
+    """`qwen-chat stop [--model M | --socket PATH]`: no option stops every server in the default directory;
+    `--model M` every configuration of M."""
     ap = argparse.ArgumentParser(prog="qwen-chat stop", description="Stop background engine servers.")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--model", help="stop the server of this model (path, alias or demo)")
+    g.add_argument("--model", help="stop the servers of this model (path, alias or demo), every configuration")
     g.add_argument("--socket", help="stop the server listening on this socket")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it to exit")
     args = ap.parse_args(argv)
     if args.socket:
         paths = [Path(args.socket).expanduser()]
-    elif args.model:
-        paths = [default_socket_path(_model_id(args.model))]
+    elif args.model:  # every configuration of the model
+        paths = model_sockets(_model_id(args.model)) or [default_socket_path(_model_id(args.model))]
     else:
         paths = sorted(runtime_dir().glob("*.sock"))
         if not paths:

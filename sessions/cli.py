@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,12 +89,18 @@ def _show(store: SessionStore, args) -> int:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write a chat to `path`, 0600 like the database: through a new temp file of a random name (mkstemp:
+    O_EXCL, 0600), never through a link planted at a guessable name."""
+    tmp = None
     try:
-        tmp.write_text(text, encoding="utf-8")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(name)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise SessionError(f"cannot write {path}: {e.strerror or e}") from e
 
 

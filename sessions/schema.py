@@ -11,6 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from sessions.private import secure_db_files
 from sessions.records import SessionError
 
 MIGRATION_1 = (
@@ -62,12 +63,10 @@ def default_db_path() -> Path:
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating) the database: autocommit mode (transactions are explicit), WAL, foreign keys on."""
+    """Open (creating) the database: autocommit mode (transactions are explicit), WAL, foreign keys on.
+    The folder is 0700 and the files 0600 (`sessions.private`)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SessionError(f"cannot create the folder for the sessions database {path}: {e}") from e
+    secure_db_files(path)
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
     except sqlite3.Error as e:

@@ -33,7 +33,7 @@ CHAT_B = [{"role": "user", "content": "What is two plus two?"}]
 def server(tiny_model, tmp_path_factory):
     xdg = tmp_path_factory.mktemp("xdg")
     with mock.patch.dict(os.environ, {"XDG_RUNTIME_DIR": str(xdg)}):
-        path = default_socket_path(model_id(str(tiny_model)))
+        path = default_socket_path(model_id(str(tiny_model)), device="cpu", dtype="float32")  # CPU_ARGS
     path.parent.mkdir(mode=0o755)  # too open: the server must make it private
     os.chmod(path.parent, 0o755)
     stale = socket.socket(socket.AF_UNIX)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inference import launcher
-from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable
+from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable, UntrustedPeer
 from inference.model_path import model_id
 
 Progress = Callable[[int, int, str], None]
@@ -46,7 +46,8 @@ class EngineLink:
 
     def __init__(self, opts: EngineOptions):
         self.opts = opts
-        self.socket_path = str(opts.socket or launcher.default_socket_path(model_id(opts.model)))
+        self.socket_path = str(opts.socket or launcher.default_socket_path(  # one engine per configuration
+            model_id(opts.model), tp=opts.tp, dtype=opts.dtype, device=opts.device, quant=opts.quant))
         self.state = "starting"
         self.info: dict = {}
         self.stats: dict = {}
@@ -85,6 +86,8 @@ class EngineLink:
             try:
                 with EngineClient(self.socket_path) as c:
                     health = c.health()
+            except UntrustedPeer as e:  # another user's socket or folder: say so, never "not running"
+                raise StartFailed(str(e), hint="Nothing was sent to it.") from e
             except EngineUnavailable as e:
                 raise StartFailed(
                     f"no engine listens on {self.socket_path}", hint=(

@@ -9,11 +9,20 @@
 server dies mid-stream the iterator yields an error event with code "disconnected" at once (the
 socket closes), or after `stall_timeout` + `timeout` seconds when the server stops answering even a
 health probe. Leaving the loop early cancels the request on the server.
+
+Both refuse (`UntrustedPeer`, an `EngineUnavailable`) before sending anything when the socket or its
+folder is not this user's, or the process listening runs as another user (`_trust.py`).
 """
 
-from inference.client._common import DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT, EngineError, EngineUnavailable
+from inference.client._common import (
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    EngineError,
+    EngineUnavailable,
+    UntrustedPeer,
+)
 from inference.client.aio import AsyncEngineClient
 from inference.client.sync import EngineClient
 
-__all__ = ["AsyncEngineClient", "EngineClient", "EngineError", "EngineUnavailable", "DEFAULT_TIMEOUT",
+__all__ = ["AsyncEngineClient", "EngineClient", "EngineError", "EngineUnavailable", "UntrustedPeer", "DEFAULT_TIMEOUT",
            "DEFAULT_STALL_TIMEOUT"]

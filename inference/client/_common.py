@@ -12,6 +12,10 @@ class EngineUnavailable(ConnectionError):
     """No engine server answers on the socket, or the connection to it was lost."""
 
 
+class UntrustedPeer(EngineUnavailable):
+    """The socket, its folder or the process listening there is not this user's: nothing was sent."""
+
+
 class EngineError(RuntimeError):
     """The server answered a request with an error event."""
 

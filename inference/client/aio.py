@@ -19,6 +19,7 @@ from inference.client._common import (
     _raise_if_error,
     _unavailable,
 )
+from inference.client._trust import check_peer, check_socket_path
 
 
 class AsyncEngineClient:
@@ -50,11 +51,18 @@ class AsyncEngineClient:
     async def connect(self) -> None:
         if self._writer is not None:
             return
+        check_socket_path(self.path)
         try:
-            self._reader, self._writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.path, limit=P.MAX_LINE_BYTES + 2), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise _unavailable(self.path, e or "timed out") from None
+        try:
+            check_peer(writer.get_extra_info("socket"), self.path)  # before anything is sent
+        except BaseException:
+            writer.close()
+            raise
+        self._reader, self._writer = reader, writer
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _read_loop(self) -> None:

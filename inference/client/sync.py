@@ -15,11 +15,13 @@ from inference.client._common import (
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_TIMEOUT,
     EngineUnavailable,
+    UntrustedPeer,
     _generate_request,
     _lost,
     _raise_if_error,
     _unavailable,
 )
+from inference.client._trust import check_peer, check_socket_path
 
 
 class EngineClient:
@@ -36,10 +38,15 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._closed = False
         self._last_rx = 0.0
+        check_socket_path(self.path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(self.path)
+            check_peer(self._sock, self.path)  # before anything is sent
+        except UntrustedPeer:
+            self._sock.close()
+            raise
         except OSError as e:
             self._sock.close()
             raise _unavailable(self.path, e) from None

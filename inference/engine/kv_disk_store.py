@@ -3,7 +3,8 @@
 Writes are atomic (tmp file + rename) and done by a writer thread; each file's metadata holds a CRC32 of
 each tensor's bytes, and a read that does not parse or verify deletes the file and returns None. A size
 cap evicts the least recently used files; the access time is the file's mtime (refreshed on every hit),
-so the order survives restarts.
+so the order survives restarts. The files hold conversations: folders 0700, files 0600 whatever the umask
+(existing ones are tightened when the store opens), temp files created without following links.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from inference.errors import UserError
+from inference.private_files import CLOEXEC, NOFOLLOW, private_dir
 
 log = logging.getLogger("inference.kv_disk")
 FORMAT = "qwen-chat-kv-1"
@@ -99,9 +101,14 @@ class KVDiskStore:
     def __init__(self, root: str | Path, key: str, max_gb: float, rank: int = 0):
         if not max_gb > 0:
             raise UserError(f"--kv-disk-max-gb must be positive, got {max_gb}; use --no-kv-disk to turn it off")
-        self.dir = Path(root).expanduser() / key / f"rank{rank}"
+        root = Path(root).expanduser()
+        self.dir = root / key / f"rank{rank}"
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            from inference.cli_args import default_kv_disk_dir  # noqa: PLC0415
+
+            private_dir(root, tighten=root.absolute() == Path(default_kv_disk_dir()).absolute())
+            private_dir(root / key)
+            private_dir(self.dir)
         except OSError as e:
             raise UserError(f"cannot create the KV disk cache {self.dir}: {e.strerror}; "
                             "pass --kv-disk-dir DIR (a writable directory) or --no-kv-disk") from e
@@ -126,9 +133,12 @@ class KVDiskStore:
 
     def _scan(self) -> None:
         found, now = [], time.time()
+        uid = os.getuid()
         for e in os.scandir(self.dir):
             try:
-                st = e.stat()
+                st = e.stat(follow_symlinks=False)
+                if st.st_uid == uid and st.st_mode & 0o077 and e.is_file(follow_symlinks=False):
+                    os.chmod(e.path, 0o600)  # written by an older version under a lax umask
                 if e.name.endswith(".tmp"):
                     if now - st.st_mtime > STALE_TMP_S:
                         os.unlink(e.path)
@@ -261,12 +271,13 @@ class KVDiskStore:
         path = self.path(h)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
             try:
-                f = open(tmp, "wb")
+                fd = os.open(tmp, flags, 0o600)
             except FileNotFoundError:  # the directory was removed under us
-                self.dir.mkdir(parents=True, exist_ok=True)
-                f = open(tmp, "wb")
-            with f:
+                private_dir(self.dir)
+                fd = os.open(tmp, flags, 0o600)
+            with open(fd, "wb") as f:
                 f.write(header)
                 f.write(kb)
                 f.write(vb)

@@ -122,6 +122,7 @@ class EngineServer:
             value = getattr(engine, key, None)
             if value is not None:
                 self.info[key] = str(value).replace("torch.", "")
+        self.info["quant"] = self.cfg.quant or getattr(engine.model_config, "quantize", None)  # a quantized checkpoint
         if self.status == "loading":
             self.status = "ready"
             self.progress = {**self.progress, "what": "ready"}

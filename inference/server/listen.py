@@ -3,6 +3,10 @@
 A `<socket>.lock` file held with `flock` for the server's lifetime makes "one server per path"
 race-free (the kernel drops the lock when the process dies, however it dies). A socket file whose
 owner is gone (nothing answers, the lock is free) is stale and removed.
+
+The folder must be this user's and writable by no one else (a shared or sticky folder like /tmp is
+refused: another user could plant a link at the lock or log path, or bind the socket first); the lock
+file is opened without following links (`inference.private_files`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import socket
 import stat
 from pathlib import Path
 
+from inference import private_files
 from inference.errors import UserError
 
 log = logging.getLogger("inference.server")
@@ -41,9 +46,9 @@ def _answers(path: Path) -> bool:
         s.close()
 
 
-def _owner_pid(lock: Path) -> str:
+def _owner_pid(fd: int) -> str:
     try:
-        return lock.read_text().strip() or "?"
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
     except OSError:
         return "?"
 
@@ -55,10 +60,21 @@ def _already(path: Path, pid: str) -> AlreadyRunning:
     )
 
 
+def prepare_socket_dir(path: Path, private: bool) -> None:
+    """Create the socket's folder (0700, each missing level); make it 0700 when `private` (the default
+    qwen-chat folder); refuse a folder that is not ours or that others can write to."""
+    try:
+        private_files.private_dir(path.parent, tighten=private)
+    except OSError as e:
+        raise UserError(f"cannot create the socket directory {path.parent}: {e.strerror}; "
+                        "pass --socket elsewhere") from e
+    private_files.check_socket_dir(path.parent)
+
+
 def claim_socket(path: str | os.PathLike, private_dir: bool) -> tuple[socket.socket, int]:
     """Bind and listen on `path` with mode 0600; returns (listening socket, lock fd to keep open).
 
-    `private_dir`: make the directory 0700 (the default qwen-chat directory, or one we create).
+    `private_dir`: make the directory 0700 (the default qwen-chat directory; one we create is 0700).
     """
     path = Path(path).expanduser().absolute()
     if len(os.fsencode(str(path))) > MAX_SUN_PATH:
@@ -66,24 +82,15 @@ def claim_socket(path: str | os.PathLike, private_dir: bool) -> tuple[socket.soc
             f"socket path {path} is {len(os.fsencode(str(path)))} bytes, longer than the {MAX_SUN_PATH} a "
             "Unix socket allows: pass a shorter --socket (or set XDG_RUNTIME_DIR to a short directory)"
         )
-    parent = path.parent
-    created = not parent.exists()
-    try:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the socket directory {parent}: {e}; pass --socket elsewhere") from e
-    if created or private_dir:
-        st = parent.stat()
-        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o700:
-            os.chmod(parent, 0o700)
-    lock = lock_path(path)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    prepare_socket_dir(path, private_dir)
+    fd = private_files.open_private(lock_path(path), os.O_RDWR, "lock file")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+        pid = _owner_pid(fd)
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise _already(path, _owner_pid(lock)) from None
+            raise _already(path, pid) from None
         raise
     try:
         if path.exists() or path.is_symlink():

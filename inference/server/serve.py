@@ -14,10 +14,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from inference import private_files
 from inference.errors import UserError
-from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path
+from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path, runtime_dir
 from inference.server.app import EngineServer
-from inference.server.listen import AlreadyRunning, claim_socket, release_socket
+from inference.server.listen import AlreadyRunning, claim_socket, prepare_socket_dir, release_socket
 
 log = logging.getLogger("inference.server")
 DEFAULT_SEND_LIMIT = 4 << 20
@@ -63,10 +64,11 @@ def _engine_factory(cfg):
 
 
 def _redirect_output(log_file: str) -> None:
-    """Append fds 1 and 2 to `log_file`, unless they already point at it (the launcher did that)."""
+    """Append fds 1 and 2 to `log_file`, unless they already point at it (the launcher did that). The
+    file is opened without following links and must be a regular file of ours (made 0600)."""
     path = Path(log_file).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    private_files.private_dir(path.parent, tighten=False)
+    fd = private_files.open_private(path, os.O_WRONLY | os.O_APPEND, "log file")
     target = os.fstat(fd)
     for std in (1, 2):
         try:
@@ -108,14 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _rank() != 0:
         _engine_factory(cfg)(None)
         return 0
+    mid = model_id(args.model)
+    path = Path(args.socket).expanduser().absolute() if args.socket else default_socket_path(
+        mid, tp=args.tp, dtype=args.dtype, device=args.device, quant=args.quant)
+    private = path.parent == runtime_dir().absolute()  # the default folder: 0700 even if made elsewhere
+    prepare_socket_dir(path, private)  # a shared folder is refused before any file is written there
     if args.log_file:
         _redirect_output(args.log_file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mid = model_id(args.model)
-    path = Path(args.socket).expanduser().absolute() if args.socket else default_socket_path(mid)
     try:
-        sock, lock_fd = claim_socket(path, private_dir=not args.socket)
+        sock, lock_fd = claim_socket(path, private_dir=private)
     except AlreadyRunning as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ALREADY_RUNNING
