@@ -123,6 +123,22 @@ def test_damaged_file_is_detected_and_never_used(tiny_model, uncached, populated
     fresh.close()
 
 
+def test_loaded_counts_only_the_blocks_used(tiny_model, uncached, populated, tmp_path):
+    root = tmp_path / "kv"
+    shutil.copytree(populated[0], root)
+    p3, r3, _ = uncached[2]
+    engine = make_engine(tiny_model, kv_disk_dir=str(root))
+    hashes = chain(engine, p3)
+    on_disk = sum(engine.kv_disk.store.contains(h) for h in hashes)
+    victim = engine.kv_disk.store.path(hashes[1])
+    victim.write_bytes(victim.read_bytes()[:-7])
+    got, usage = run(engine, p3, len(r3))
+    assert got == r3 and usage.cached_tokens == BS and on_disk >= 4
+    stats = engine.stats()  # the intact blocks read past the damaged one were not used: not "loaded"
+    assert stats["kv_disk_loaded"] == 1 and stats["kv_disk_corrupt"] == 1, stats
+    engine.shutdown()
+
+
 def test_lru_eviction_under_the_size_cap(tmp_path):
     shape = (2, BS, 4, 16)
     blocks = {bytes([i]) * 16: (torch.full(shape, float(i)), torch.full(shape, -float(i))) for i in range(5)}
