@@ -121,7 +121,10 @@ def decode_line(line: bytes) -> object:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError as e:
         raise ProtocolError("request JSON is nested too deeply", BAD_JSON) from e
-    except ValueError as e:  # JSONDecodeError is a ValueError
+    except ValueError as e:  # JSONDecodeError is a ValueError; so is Python's 4300-digit limit on ints
+        if "integer string conversion" in str(e):
+            raise ProtocolError("request holds an integer of more than 4300 digits; no field takes one",
+                                BAD_JSON) from None
         raise ProtocolError(f"request is not valid JSON ({e}); send one JSON object per line",
                             BAD_JSON) from e
 

@@ -154,6 +154,7 @@ def test_decode_line_rejects_non_json_nan_deep_nesting_and_oversize():
     assert P.decode_line(b'{"op": "health"}\n') == {"op": "health"}
     for line, words in [(b"\xff\xfe", "not valid UTF-8"), (b"{", "not valid JSON"),
                         (b'{"top_p": NaN}', "NaN is not valid JSON"), (b"[" * 50_000, "nested too deeply"),
+                        (b'{"seed": 1%s}' % (b"0" * 5000), "integer of more than 4300 digits"),
                         (b" " * (P.MAX_LINE_BYTES + 2), "longer than the 1048576-byte limit")]:
         with pytest.raises(P.ProtocolError, match=words):
             P.decode_line(line)
