@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -154,10 +155,12 @@ def test_decode_line_rejects_non_json_nan_deep_nesting_and_oversize():
     assert P.decode_line(b'{"op": "health"}\n') == {"op": "health"}
     for line, words in [(b"\xff\xfe", "not valid UTF-8"), (b"{", "not valid JSON"),
                         (b'{"top_p": NaN}', "NaN is not valid JSON"), (b"[" * 50_000, "nested too deeply"),
-                        (b'{"seed": 1%s}' % (b"0" * 5000), "integer of more than 4300 digits"),
                         (b" " * (P.MAX_LINE_BYTES + 2), "longer than the 1048576-byte limit")]:
         with pytest.raises(P.ProtocolError, match=words):
             P.decode_line(line)
+    if hasattr(sys, "get_int_max_str_digits"):  # Python's limit on int literals (3.11, 3.10.7)
+        with pytest.raises(P.ProtocolError, match="integer of more than 4300 digits"):
+            P.decode_line(b'{"seed": 1%s}' % (b"0" * 5000))
 
 
 def test_events_encode_as_one_compact_line():
