@@ -18,7 +18,8 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per line, requests and events alike
 MAX_ID_CHARS = 256
 MAX_MESSAGES = 10_000
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # also the largest integer id (in magnitude)
+MAX_INT = 2**31 - 1  # max_new_tokens, top_k
 OPS = ("generate", "cancel", "stats", "health", "tokenize", "shutdown")
 FINISH_REASONS = ("stop", "length", "cancelled")
 ROLES = ("system", "user", "assistant")
@@ -35,27 +36,22 @@ NOT_READY = "not_ready"
 OVERLOADED = "overloaded"
 SHUTTING_DOWN = "shutting_down"
 ENGINE_ERROR = "engine_error"
+INTERNAL_ERROR = "internal_error"  # a server bug on this one request; logged, the connection stays open
 DISCONNECTED = "disconnected"  # made by clients when the connection drops
 
-SAMPLING_FIELDS = {  # request field -> (allowed JSON types, description)
-    "max_new_tokens": ("int", "a positive integer"),
-    "temperature": ("number", "a number (0 = greedy)"),
-    "top_p": ("number", "a number in (0, 1]"),
-    "top_k": ("int", "a non-negative integer (0 = off)"),
-    "repetition_penalty": ("number", "a number in (0, 10]"),
-    "seed": ("int|null", "an integer in 0..2**63-1 or null"),
-    "ignore_eos": ("bool", "true or false"),
+SAMPLING_FIELDS = {  # request field -> (is the value allowed?, what is allowed)
+    "max_new_tokens": (lambda v: _is_int(v) and 1 <= v <= MAX_INT, f"an integer in 1..{MAX_INT}"),
+    "temperature": (lambda v: _is_number(v) and 0 <= v <= 100, "a number in [0, 100] (0 = greedy)"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (lambda v: _is_int(v) and 0 <= v <= MAX_INT, f"an integer in 0..{MAX_INT} (0 = off)"),
+    "repetition_penalty": (lambda v: _is_number(v) and 0 < v <= 10, "a number in (0, 10]"),
+    "seed": (lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED), "an integer in 0..2**63-1 or null"),
+    "ignore_eos": (lambda v: isinstance(v, bool), "true or false"),
 }
 COMMON_FIELDS = ("op", "id", "protocol")
 HISTORY_MODES = ("error", "trim")
-OP_FIELDS = {
-    "generate": ("prompt_ids", "messages", "session", "history", *SAMPLING_FIELDS),
-    "cancel": (),
-    "stats": (),
-    "health": (),
-    "tokenize": ("text", "messages"),
-    "shutdown": (),
-}
+OP_FIELDS = {"generate": ("prompt_ids", "messages", "session", "history", *SAMPLING_FIELDS),
+             "tokenize": ("text", "messages"), "cancel": (), "stats": (), "health": (), "shutdown": ()}
 
 
 class ProtocolError(UserError):
@@ -125,7 +121,10 @@ def decode_line(line: bytes) -> object:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError as e:
         raise ProtocolError("request JSON is nested too deeply", BAD_JSON) from e
-    except ValueError as e:  # JSONDecodeError is a ValueError
+    except ValueError as e:  # JSONDecodeError is a ValueError; so is Python's 4300-digit limit on ints
+        if "integer string conversion" in str(e):
+            raise ProtocolError("request holds an integer of more than 4300 digits; no field takes one",
+                                BAD_JSON) from None
         raise ProtocolError(f"request is not valid JSON ({e}); send one JSON object per line",
                             BAD_JSON) from e
 
@@ -134,8 +133,31 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: object) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+def _is_number(v: object) -> bool:  # an int of any size (no float conversion: 10**309 overflows it)
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _show(v: object) -> str:
+    """The value as JSON, cut to 40 characters (always ASCII: safe to echo)."""
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _check_text(v: str, where: str) -> str:
+    """A string that is safe to echo: no lone UTF-16 surrogate (JSON allows "\\ud800", UTF-8 does not)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ProtocolError(f"{where} holds a lone UTF-16 surrogate ({v[e.start]!r} at character {e.start}), "
+                            "which is not valid Unicode: send UTF-8 text") from None
+    return v
+
+
+def _opt_str(obj: dict, key: str) -> str | None:
+    v = obj.get(key)
+    if v is not None and not isinstance(v, str):
+        raise ProtocolError(f"'{key}' must be a string or null, got {_type_name(v)}")
+    return None if v is None else _check_text(v, f"'{key}'")
 
 
 def _type_name(v: object) -> str:
@@ -154,9 +176,12 @@ def _check_id(v: object, required: bool) -> str | int | None:
         if not 1 <= len(v) <= MAX_ID_CHARS:
             raise ProtocolError(
                 f"'id' must be a string of 1..{MAX_ID_CHARS} characters, got {len(v)} characters")
-        return v
-    if _is_int(v) and abs(v) < 2**63:
-        return v
+        return _check_text(v, "'id'")
+    if _is_int(v):
+        if abs(v) <= MAX_SEED:
+            return v
+        raise ProtocolError(f"'id' is an integer outside -(2**63-1)..2**63-1 ({_show(v)}): "
+                            f"use a smaller integer or a string of 1..{MAX_ID_CHARS} characters")
     raise ProtocolError(f"'id' must be a string or an integer, got {_type_name(v)}")
 
 
@@ -166,8 +191,9 @@ def _check_token_ids(v: object, where: str, allow_empty: bool) -> list[int]:
     if not v and not allow_empty:
         raise ProtocolError(f"{where} must not be empty")
     for i, t in enumerate(v):
-        if not _is_int(t) or not 0 <= t < 2**31:
-            raise ProtocolError(f"{where}[{i}] must be a non-negative integer token id, got {t!r}"[:300])
+        if not _is_int(t) or not 0 <= t <= MAX_INT:
+            raise ProtocolError(f"{where}[{i}] must be a token id (an integer in 0..{MAX_INT}), "
+                                f"got {_type_name(t)} {_show(t)}")
     return v
 
 
@@ -190,6 +216,7 @@ def _check_messages(v: object) -> list[dict]:
                 f"messages[{n}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}"[:300])
         if not isinstance(m.get("content"), str):
             raise ProtocolError(f"messages[{n}].content must be a string, got {_type_name(m.get('content'))}")
+        _check_text(m["content"], f"messages[{n}].content")
         if m.get("token_ids") is not None:
             _check_token_ids(m["token_ids"], f"messages[{n}].token_ids", allow_empty=True)
     return v
@@ -197,20 +224,30 @@ def _check_messages(v: object) -> list[dict]:
 
 def _check_sampling(obj: dict) -> dict:
     kw = {}
-    for name, (kind, desc) in SAMPLING_FIELDS.items():
+    for name, (ok, desc) in SAMPLING_FIELDS.items():
         if name not in obj:
             continue
         v = obj[name]
-        ok = {"int": _is_int(v), "number": _is_number(v), "bool": isinstance(v, bool),
-              "int|null": v is None or (_is_int(v) and 0 <= v <= MAX_SEED)}[kind]
-        if not ok:
-            raise ProtocolError(f"'{name}' must be {desc}, got {_type_name(v)} {json.dumps(v)[:40]}")
+        if not ok(v):
+            raise ProtocolError(f"'{name}' must be {desc}, got {_type_name(v)} {_show(v)}")
         kw[name] = v
     try:
         SamplingParams(**kw)
-    except UserError as e:
+    except (UserError, ValueError, OverflowError) as e:
         raise ProtocolError(str(e)) from e
     return kw
+
+
+def check_vocab(req: GenerateRequest | TokenizeRequest, vocab_size: int) -> None:
+    """Refuse token ids the model has no row for. Every id below `vocab_size` is fine, the padded rows
+    past the tokenizer's vocabulary (151851.. on Qwen) included: a model may emit them."""
+    lists = [("'prompt_ids'", getattr(req, "prompt_ids", None))]
+    lists += [(f"messages[{n}].token_ids", m.get("token_ids")) for n, m in enumerate(req.messages or ())]
+    for where, ids in lists:
+        if ids and max(ids) >= vocab_size:
+            i = next(i for i, t in enumerate(ids) if t >= vocab_size)
+            raise ProtocolError(f"{where}[{i}] is {_show(ids[i])}, outside the model's vocabulary: "
+                                f"token ids must be in 0..{vocab_size - 1}", BAD_REQUEST, req.id)
 
 
 def parse_request(obj: object) -> Request:
@@ -254,9 +291,7 @@ def _parse(obj: dict) -> Request:
             raise ProtocolError("generate needs exactly one of 'prompt_ids' or 'messages'")
         prompt_ids = _check_token_ids(obj["prompt_ids"], "'prompt_ids'", False) if has_ids else None
         messages = _check_messages(obj["messages"]) if has_msgs else None
-        session = obj.get("session")
-        if session is not None and not (isinstance(session, str) and len(session) <= MAX_ID_CHARS):
-            raise ProtocolError(f"'session' must be a string of at most {MAX_ID_CHARS} characters or null")
+        session = _opt_str(obj, "session")
         history = obj.get("history", "error")
         if history not in HISTORY_MODES:
             raise ProtocolError(f"'history' must be one of {', '.join(HISTORY_MODES)}, got {history!r}"[:300])
@@ -269,16 +304,18 @@ def _parse(obj: dict) -> Request:
         has_text, has_msgs = obj.get("text") is not None, obj.get("messages") is not None
         if has_text == has_msgs:
             raise ProtocolError("tokenize needs exactly one of 'text' or 'messages'")
-        if has_text and not isinstance(obj["text"], str):
-            raise ProtocolError(f"'text' must be a string, got {_type_name(obj['text'])}")
-        return TokenizeRequest(rid, obj.get("text"), _check_messages(obj["messages"]) if has_msgs else None)
+        return TokenizeRequest(rid, _opt_str(obj, "text"), _check_messages(obj["messages"]) if has_msgs else None)
     return SimpleRequest(op, rid)
 
 
 # -- encoding -------------------------------------------------------------------------------------------
 def encode(obj: dict) -> bytes:
-    """One JSON line (compact, UTF-8, newline-terminated)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    """One JSON line (compact, UTF-8, newline-terminated). A string that UTF-8 cannot hold (a lone
+    surrogate; requests holding one are refused, but events must never fail) is written as a \\u escape."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def token_event(rid, token_ids: list[int], text: str) -> dict:

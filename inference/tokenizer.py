@@ -197,7 +197,8 @@ class QwenTokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # -- ChatML ----------------------------------------------------------------------------------------
-    def chat_ids(self, messages: Sequence[dict], system: str | None = None) -> list[int]:
+    def chat_ids(self, messages: Sequence[dict], system: str | None = None, vocab_size: int | None = None
+                 ) -> list[int]:
         """Prompt ids in ChatML, token-identical to Qwen's `qwen_generation_utils.make_context`.
 
         The original tokenizes each block as `encode(role) + encode("\\n") + encode(content)` (role,
@@ -206,7 +207,8 @@ class QwenTokenizer:
         ends with `\\n <|im_start|> encode("assistant") \\n`. The system block comes first and always
         exists. The original also drops old turns past max_window_size; here windowing is the caller's job.
         A message's `token_ids` are used verbatim as its content ids, so turn N's prompt + reply ids +
-        [im_end] is a prefix of turn N+1's prompt.
+        [im_end] is a prefix of turn N+1's prompt. `vocab_size`: the model's (default: the tokenizer's);
+        pass it so that `token_ids` may hold the model's padded rows (151851.. on Qwen), which it may emit.
         """
         if not isinstance(messages, (list, tuple)):
             raise UserError(
@@ -217,7 +219,7 @@ class QwenTokenizer:
             raise UserError(f"system prompt must be a string, got {type(system).__name__}")
         body: list[int] = []
         for n, msg in enumerate(messages):
-            role, content_ids = self._message_ids(n, msg)
+            role, content_ids = self._message_ids(n, msg, vocab_size or self.vocab_size)
             if role == "system":
                 if n != 0:
                     raise UserError(f"messages[{n}]: a system message is only allowed as the first message")
@@ -231,7 +233,7 @@ class QwenTokenizer:
         tail = self._nl + [self.im_start_id] + self._role_ids["assistant"] + self._nl
         return head + body + tail
 
-    def _message_ids(self, n: int, msg: object) -> tuple[str, list[int]]:
+    def _message_ids(self, n: int, msg: object, vocab_size: int) -> tuple[str, list[int]]:
         if not isinstance(msg, dict):
             raise UserError(
                 f"messages[{n}] must be a dict with 'role' and 'content', got {type(msg).__name__}"
@@ -242,10 +244,10 @@ class QwenTokenizer:
         token_ids = msg.get("token_ids")
         if token_ids is not None:
             if not isinstance(token_ids, (list, tuple)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.vocab_size for i in token_ids
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in token_ids
             ):
                 raise UserError(
-                    f"messages[{n}]: token_ids must be a list of integers in 0..{self.vocab_size - 1}"
+                    f"messages[{n}]: token_ids must be a list of integers in 0..{vocab_size - 1}"
                 )
             return role, list(token_ids)
         content = msg.get("content")

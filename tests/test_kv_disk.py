@@ -123,6 +123,22 @@ def test_damaged_file_is_detected_and_never_used(tiny_model, uncached, populated
     fresh.close()
 
 
+def test_loaded_counts_only_the_blocks_used(tiny_model, uncached, populated, tmp_path):
+    root = tmp_path / "kv"
+    shutil.copytree(populated[0], root)
+    p3, r3, _ = uncached[2]
+    engine = make_engine(tiny_model, kv_disk_dir=str(root))
+    hashes = chain(engine, p3)
+    on_disk = sum(engine.kv_disk.store.contains(h) for h in hashes)
+    victim = engine.kv_disk.store.path(hashes[1])
+    victim.write_bytes(victim.read_bytes()[:-7])
+    got, usage = run(engine, p3, len(r3))
+    assert got == r3 and usage.cached_tokens == BS and on_disk >= 4
+    stats = engine.stats()  # the intact blocks read past the damaged one were not used: not "loaded"
+    assert stats["kv_disk_loaded"] == 1 and stats["kv_disk_corrupt"] == 1, stats
+    engine.shutdown()
+
+
 def test_fifo_at_a_block_path_is_recomputed_without_waiting(tiny_model, uncached, populated, tmp_path):
     """A FIFO where a block file should be (another local user can plant one) is treated as corrupt: the
     read does not wait for a writer (it hung generation for 60 s), the tokens equal the no-disk run."""

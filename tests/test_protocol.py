@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -40,7 +41,8 @@ def test_valid_requests_parse_into_their_types():
     ({"op": "generate", "id": "g"}, P.BAD_REQUEST, "exactly one of 'prompt_ids' or 'messages'"),
     ({"op": "generate", "id": "g", "prompt_ids": "1 2"}, P.BAD_REQUEST, "got string"),
     ({"op": "generate", "id": "g", "prompt_ids": [True]}, P.BAD_REQUEST, "'prompt_ids'[0]"),
-    ({"op": "generate", "id": "g", "prompt_ids": [-1]}, P.BAD_REQUEST, "non-negative integer token id"),
+    ({"op": "generate", "id": "g", "prompt_ids": [-1]}, P.BAD_REQUEST, "'prompt_ids'[0] must be a token id (an "
+     "integer in 0..2147483647), got integer -1"),
     ({"op": "generate", "id": "g", "messages": []}, P.BAD_REQUEST, "'messages' must not be empty"),
     ({"op": "generate", "id": "g", "messages": ["hi"]}, P.BAD_REQUEST, "messages[0] must be an object"),
     ({"op": "generate", "id": "g", "messages": [{"role": "user", "content": "x", "name": "n"}]},
@@ -49,7 +51,7 @@ def test_valid_requests_parse_into_their_types():
     ({"op": "generate", "id": "g", "messages": [{"role": "user", "content": "", "token_ids": [1.0]}]},
      P.BAD_REQUEST, "messages[0].token_ids[0]"),
     ({"op": "generate", "id": "g", "prompt_ids": [1], "max_new_tokens": 0}, P.BAD_REQUEST,
-     "max_new_tokens must be a positive integer"),
+     "'max_new_tokens' must be an integer in 1..2147483647, got integer 0"),
     ({"op": "generate", "id": "g", "prompt_ids": [1], "temperature": -1}, P.BAD_REQUEST, "temperature"),
     ({"op": "generate", "id": "g", "prompt_ids": [1], "top_k": 1.0}, P.BAD_REQUEST, "'top_k' must be"),
     ({"op": "generate", "id": "g", "prompt_ids": [1], "seed": 2**64}, P.BAD_REQUEST, "'seed' must be"),
@@ -66,6 +68,89 @@ def test_invalid_requests_raise_precise_errors(obj, code, words):
                                   else None)
 
 
+HUGE = 10**309  # an integer literal: 310 digits, beyond any float
+
+
+@pytest.mark.parametrize("name, words", [
+    ("max_new_tokens", "'max_new_tokens' must be an integer in 1..2147483647, got integer 1000000000"),
+    ("top_k", "'top_k' must be an integer in 0..2147483647 (0 = off), got integer 1000000000"),
+    ("seed", "'seed' must be an integer in 0..2**63-1 or null, got integer 1000000000"),
+    ("temperature", "'temperature' must be a number in [0, 100] (0 = greedy), got integer 1000000000"),
+    ("top_p", "'top_p' must be a number in (0, 1], got integer 1000000000"),
+    ("repetition_penalty", "'repetition_penalty' must be a number in (0, 10], got integer 1000000000"),
+])
+def test_huge_integers_are_refused_naming_the_field_and_range(name, words):
+    line = b'{"op": "generate", "id": "g", "prompt_ids": [1], "%s": 1%s}' % (name.encode(), b"0" * 309)
+    for sign in (1, -1):
+        obj = P.decode_line(line.replace(b": 1", b": -1") if sign < 0 else line)
+        assert obj[name] == sign * HUGE
+        with pytest.raises(P.ProtocolError) as e:
+            parse(obj)
+        assert e.value.request_id == "g" and len(e.value.message) < 200
+        assert (words if sign > 0 else words.replace("integer 1", "integer -1")) in e.value.message
+
+
+def test_integer_ids_beyond_64_bits_are_refused_as_out_of_range():
+    for rid in (2**63, -(2**63), HUGE):
+        with pytest.raises(P.ProtocolError, match=r"'id' is an integer outside -\(2\*\*63-1\)..2\*\*63-1") as e:
+            parse({"op": "health", "id": rid})
+        assert "got integer" not in e.value.message and e.value.request_id is None
+    assert parse({"op": "health", "id": 2**63 - 1}).id == 2**63 - 1
+    assert parse({"op": "health", "id": -(2**63 - 1)}).id == -(2**63 - 1)
+
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize("obj, where", [
+    ({"op": "generate", "id": SURROGATE, "prompt_ids": [1]}, "'id'"),
+    ({"op": "health", "id": "a" + SURROGATE}, "'id'"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "session": SURROGATE}, "'session'"),
+    ({"op": "generate", "id": "g", "messages": [{"role": "user", "content": "x" + SURROGATE}]},
+     "messages[0].content"),
+    ({"op": "tokenize", "id": "g", "text": "\udfff"}, "'text'"),
+])
+def test_lone_surrogates_are_refused_so_every_echo_is_valid_utf8(obj, where):
+    line = json.dumps(obj).encode()  # as a client writes it: "\ud800" escapes are valid JSON
+    with pytest.raises(P.ProtocolError) as e:
+        parse(P.decode_line(line))
+    assert e.value.message.startswith(f"{where} holds a lone UTF-16 surrogate")
+    assert e.value.request_id == (None if where == "'id'" else "g")
+    P.encode(P.error_event(e.value.request_id, e.value.message)).decode("utf-8")  # the answer is echoable
+    assert parse({"op": "health", "id": "\U0001f600 ok"}).id == "\U0001f600 ok"  # a real pair is fine
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)))
+def test_encode_never_fails_and_writes_one_utf8_line(text):
+    line = P.encode(P.error_event(text, text))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    ev = json.loads(line.decode("utf-8"))
+    assert ev["event"] == "error" and len(ev["message"]) <= len(text)  # surrogates as \\u escapes
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        assert ev == {"id": text, "event": "error", "code": "bad_request", "message": text}
+
+
+def test_session_is_any_string_and_token_ids_take_the_whole_model_vocabulary():
+    g = parse({"op": "generate", "id": "g", "prompt_ids": [1], "session": "s" * 5000})
+    assert g.session == "s" * 5000
+    vocab = 151936  # Qwen's model vocabulary: the tokenizer's 151851 ids plus padded rows
+    padded = [0, 151850, 151851, 151935]
+    history = [{"role": "user", "content": "", "token_ids": padded}]
+    for req in (parse({"op": "generate", "id": "g", "prompt_ids": padded}),
+                parse({"op": "generate", "id": "g", "messages": history}),
+                parse({"op": "tokenize", "id": "g", "messages": history})):
+        P.check_vocab(req, vocab)  # accepted alike
+        with pytest.raises(P.ProtocolError) as e:
+            P.check_vocab(req, 151851)
+        assert e.value.request_id == "g" and "[2] is 151851, outside the model's vocabulary" in e.value.message
+        assert "token ids must be in 0..151850" in e.value.message
+    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "", "token_ids": [5, vocab]}]
+    req = parse({"op": "generate", "id": "g", "messages": history})
+    with pytest.raises(P.ProtocolError, match=r"messages\[1\].token_ids\[1\] is 151936, outside the model's"):
+        P.check_vocab(req, vocab)
+
+
 def test_decode_line_rejects_non_json_nan_deep_nesting_and_oversize():
     assert P.decode_line(b'{"op": "health"}\n') == {"op": "health"}
     for line, words in [(b"\xff\xfe", "not valid UTF-8"), (b"{", "not valid JSON"),
@@ -73,6 +158,9 @@ def test_decode_line_rejects_non_json_nan_deep_nesting_and_oversize():
                         (b" " * (P.MAX_LINE_BYTES + 2), "longer than the 1048576-byte limit")]:
         with pytest.raises(P.ProtocolError, match=words):
             P.decode_line(line)
+    if hasattr(sys, "get_int_max_str_digits"):  # Python's limit on int literals (3.11, 3.10.7)
+        with pytest.raises(P.ProtocolError, match="integer of more than 4300 digits"):
+            P.decode_line(b'{"seed": 1%s}' % (b"0" * 5000))
 
 
 def test_events_encode_as_one_compact_line():

@@ -1,11 +1,10 @@
 """A real engine server process on the tiny checkpoint: streaming, concurrency, cancel, disconnect,
-slow readers, bad input. One server for the whole module (started on a stale socket at the default
-path under a private XDG_RUNTIME_DIR)."""
+slow readers, bad input (hostile input and the fuzz run: test_server_hostile.py). One server for the
+whole module (started on a stale socket at the default path under a private XDG_RUNTIME_DIR)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import stat
@@ -15,8 +14,6 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from test_server_helpers import RawConn, start_server, stop_server, wait_ready
 
 from inference.client import AsyncEngineClient, EngineClient
@@ -193,7 +190,7 @@ BAD_REQUESTS = [  # (request, code, words the message must contain)
     ({"op": "generate", "id": "g", "prompt_ids": [999999]}, "bad_request", "outside the model's vocabulary"),
     ({"op": "generate", "id": "g", "prompt_ids": [1] * 1100}, "prompt_too_long", "1100 tokens"),
     ({"op": "generate", "id": "g", "prompt_ids": [1], "top_p": "high"}, "bad_request", "'top_p' must be"),
-    ({"op": "generate", "id": "g", "prompt_ids": [1], "top_p": 1.5}, "bad_request", "top_p must be in (0, 1]"),
+    ({"op": "generate", "id": "g", "prompt_ids": [1], "top_p": 1.5}, "bad_request", "in (0, 1], got number 1.5"),
     ({"op": "generate", "id": "g", "prompt_ids": [1], "max_new_tokens": True}, "bad_request", "max_new_tokens"),
     ({"op": "generate", "id": "g", "prompt_ids": [1], "temprature": 1}, "bad_request", "unknown field 'temprature'"),
     ({"op": "generate", "id": "g", "messages": [{"role": "bot", "content": "x"}]}, "bad_request", "role"),
@@ -273,32 +270,3 @@ def test_bad_requests_get_precise_errors_and_the_connection_stays_usable(server)
     conn.send({"op": "generate", "id": "ok", "prompt_ids": [5, 6], "max_new_tokens": 3})
     assert conn.until(lambda e: e["event"] == "done")[-1]["usage"]["completion_tokens"] <= 3
     conn.close()
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
-    max_leaves=12)
-requests = st.fixed_dictionaries(
-    {"op": st.sampled_from(["generate", "cancel", "stats", "health", "tokenize", "shutdown", "x"])},
-    optional={k: json_values for k in ("id", "prompt_ids", "messages", "top_p", "text", "seed", "protocol")})
-garbage = (st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" ") + b"\n")
-           | json_values.map(lambda v: json.dumps(v).encode() + b"\n")
-           | requests.map(lambda r: {**r, "bogus": 1} if r["op"] == "shutdown" else r).map(  # a valid
-               lambda r: json.dumps(r).encode() + b"\n"))  # shutdown would rightly stop the server
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(garbage, min_size=1, max_size=4))
-def test_protocol_garbage_never_kills_the_server(server, lines):
-    conn = RawConn(server.path)
-    try:
-        for line in lines:
-            conn.send(line)
-        conn.send({"op": "health", "id": "probe"})  # answered after every line before it
-        evs = conn.until(lambda e: e.get("id") == "probe" and e["event"] == "result", timeout=20)
-        assert evs[-1]["result"]["status"] == "ready"
-        assert all(e["event"] in ("error", "result", "token", "done") for e in evs)
-    finally:
-        conn.close()
-    assert server.proc.poll() is None

@@ -66,6 +66,7 @@ class DiskTier:
         self.load_s: float | None = None  # rank 0: measured seconds to load one block from disk
         self.compute_s: float | None = None  # rank 0: measured seconds to prefill one token
         self.skipped = 0  # blocks left on disk because recomputing them was measured to be faster
+        self.loaded = 0  # blocks loaded into the cache and used (read but past a damaged one: not counted)
 
     def note_blocks(self, pairs: list[tuple[int, bytes]]) -> None:
         self.pending += pairs
@@ -110,6 +111,7 @@ class DiskTier:
         if n < len(pairs):  # unreadable on some rank: forget it here too, the next save rewrites it
             self.store.discard(pairs[n][1])
         self.bm.mark_loaded(seq, hashes[:n])
+        self.loaded += n
         return n
 
     def note_prefill(self, tokens: int, seconds: float) -> None:
@@ -173,7 +175,7 @@ class DiskTier:
         self.store.close()
 
     def stats(self) -> dict:
-        return {**self.store.stats(), "kv_disk_skipped": self.skipped}
+        return {**self.store.stats(), "kv_disk_loaded": self.loaded, "kv_disk_skipped": self.skipped}
 
 
 def open_tier(root: str, model_dir: Path, salt: bytes, block_size: int, max_gb: float, runner, rank: int

@@ -118,7 +118,7 @@ class KVDiskStore:
         self.total = 0
         self.queued: set[bytes] = set()
         self.backlog = 0
-        self.counts = {"saved": 0, "loaded": 0, "corrupt": 0, "evicted": 0, "dropped": 0, "write_errors": 0}
+        self.counts = {"saved": 0, "corrupt": 0, "evicted": 0, "dropped": 0, "write_errors": 0}
         self._scan()
         self.queue: queue.Queue = queue.Queue()
         self.closed = False
@@ -228,8 +228,6 @@ class KVDiskStore:
             self.discard(h)
             return None
         self.touch([h])
-        with self.lock:
-            self.counts["loaded"] += 1
         return data
 
     def put(self, h: bytes, k: torch.Tensor, v: torch.Tensor) -> bool:

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 
 from inference import protocol as P
 from inference.config import EngineConfig
-from inference.errors import UserError
 from inference.model_path import is_demo
 from inference.server.connection import Connection
 from inference.server.engine_loop import EngineLoop, Output
-from inference.server.history import fit_messages
+from inference.server.prompt import generate_prompt, tokenize_ids
 from inference.tokenizer import StreamDecoder
 
 log = logging.getLogger("inference.server")
 EXIT_TIMEOUT = 20.0  # seconds to wait for the engine thread at shutdown before exiting anyway
+BIG_LINE = 64 << 10  # request lines at least this long are parsed in a worker thread, off the event loop
 
 
 @dataclass
@@ -146,25 +146,32 @@ class EngineServer:
             t = self.requests.get(o.request_id)
             if t is None:
                 continue  # its connection went away, or it was already failed
-            if o.error is not None:
-                t.conn.send(P.error_event(t.client_id, o.error, _error_code(o.error)))
-                self._untrack(t)
-                continue
-            if o.logprobs is not None or o.prompt_logprobs is not None:  # only HTTP requests ask for them
-                t.conn.send({"id": t.client_id, "event": "logprobs", "token": o.logprobs, "prompt": o.prompt_logprobs})
-            if o.token_ids:
-                t.t_first = t.t_first or time.monotonic()
-                t.completion_tokens += len(o.token_ids)
-                if not t.conn.send(P.token_event(t.client_id, o.token_ids, t.decoder.push(o.token_ids)),
-                                   control=False):
-                    self._overloaded(t.conn)
+            try:
+                if o.error is not None:
+                    t.conn.send(P.error_event(t.client_id, o.error, _error_code(o.error)))
+                    self._untrack(t)
                     continue
-            if o.finished:
-                rest = t.decoder.flush()
-                if rest:
-                    t.conn.send(P.token_event(t.client_id, [], rest))
-                t.conn.send(P.done_event(t.client_id, o.finish_reason or "stop", self._usage(t, o.usage)))
+                if o.logprobs is not None or o.prompt_logprobs is not None:  # only HTTP requests ask for them
+                    t.conn.send({"id": t.client_id, "event": "logprobs", "token": o.logprobs,
+                                 "prompt": o.prompt_logprobs})
+                if o.token_ids:
+                    t.t_first = t.t_first or time.monotonic()
+                    t.completion_tokens += len(o.token_ids)
+                    if not t.conn.send(P.token_event(t.client_id, o.token_ids, t.decoder.push(o.token_ids)),
+                                       control=False):
+                        self._overloaded(t.conn)
+                        continue
+                if o.finished:
+                    rest = t.decoder.flush()
+                    if rest:
+                        t.conn.send(P.token_event(t.client_id, [], rest))
+                    t.conn.send(P.done_event(t.client_id, o.finish_reason or "stop", self._usage(t, o.usage)))
+                    self._untrack(t)
+            except Exception as e:  # a failure serving one request never costs another its output
+                log.exception("request %s of connection %d failed; cancelled", t.rid, t.conn.number)
                 self._untrack(t)
+                self.loop.abort(t.rid)
+                t.conn.send(P.error_event(t.client_id, _internal(e), P.INTERNAL_ERROR))
 
     def _usage(self, t: Tracked, usage: dict | None) -> dict:
         extra = {"dropped_messages": t.dropped_messages} if t.dropped_messages else {}
@@ -208,10 +215,7 @@ class EngineServer:
                     conn.send(P.error_event(None, f"request line longer than {P.MAX_LINE_BYTES} bytes; "
                                                   "it was skipped", P.LINE_TOO_LONG))
                     continue
-                try:
-                    self._handle_line(conn, line)
-                except P.ProtocolError as e:
-                    conn.send(P.error_event(e.request_id, e.message, e.code))
+                await self._answer(conn, line)
         finally:
             self.connections.discard(conn)
             if self.loop is not None and conn.active:
@@ -220,10 +224,21 @@ class EngineServer:
                 self._cancel_all(conn, None)
             await conn.flush_and_close(0.5)
 
-    def _handle_line(self, conn: Connection, line: bytes) -> None:
-        req = P.parse_request(P.decode_line(line))
+    async def _answer(self, conn: Connection, line: bytes) -> None:
+        """Serve one request line: every line gets its events or one error event, whatever goes wrong."""
+        req = None
+        try:
+            req = _parse(line) if len(line) < BIG_LINE else await asyncio.to_thread(_parse, line)
+            await self._serve(conn, req)
+        except P.ProtocolError as e:
+            conn.send(P.error_event(e.request_id, e.message, e.code))
+        except Exception as e:  # a bug: answer the line, log it, and keep serving this connection
+            log.exception("connection %d: a request failed", conn.number)
+            conn.send(P.error_event(getattr(req, "id", None), _internal(e), P.INTERNAL_ERROR))
+
+    async def _serve(self, conn: Connection, req: P.Request) -> None:
         if isinstance(req, P.GenerateRequest):
-            self._generate(conn, req)
+            await self._generate(conn, req)
         elif isinstance(req, P.CancelRequest):
             rid = conn.active.get(req.id)
             targets = [rid] if rid is not None else [t.rid for t in self.requests.values() if t.client_id == req.id]
@@ -231,10 +246,7 @@ class EngineServer:
                 self.loop.abort(rid)
         elif isinstance(req, P.TokenizeRequest):
             self._require_ready(req.id)
-            if req.text is not None:
-                ids = self.tokenizer.encode(req.text)
-            else:
-                ids = self._chat_ids(req.messages, req.id)
+            ids = await asyncio.to_thread(tokenize_ids, self.tokenizer, req, self.vocab_size)
             conn.send(P.result_event(req.id, "tokenize", {"token_ids": ids}))
         elif req.op == "health":
             conn.send(P.result_event(req.id, "health", self.health()))
@@ -253,38 +265,19 @@ class EngineServer:
                                   "wait until health reports status ready", P.NOT_READY, rid)
         raise P.ProtocolError(f"the engine server is {self.status}; start a new one", P.SHUTTING_DOWN, rid)
 
-    def _chat_ids(self, messages: list[dict], rid) -> list[int]:
-        try:
-            return self.tokenizer.chat_ids(messages)
-        except UserError as e:
-            raise P.ProtocolError(str(e), P.BAD_REQUEST, rid) from e
-
-    def _generate(self, conn: Connection, req: P.GenerateRequest) -> None:
+    async def _generate(self, conn: Connection, req: P.GenerateRequest) -> None:
         self._require_ready(req.id)
         if req.id in conn.active:
             raise P.ProtocolError(f"request id {req.id!r} is already streaming on this connection; "
                                   "use a new id per request", P.DUPLICATE_ID, req.id)
-        params = req.sampling_params()
-        dropped = 0
-        if req.prompt_ids is not None:
-            ids = list(req.prompt_ids)
-        elif req.history == "trim":
-            ids, dropped = fit_messages(lambda m: self._chat_ids(m, req.id), req.messages, self.max_model_len,
-                                        params.max_new_tokens)
-        else:
-            ids = self._chat_ids(req.messages, req.id)
-        bad = next((i for i in ids if i >= self.vocab_size), None)
-        if bad is not None:
-            raise P.ProtocolError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1})",
-                                  P.BAD_REQUEST, req.id)
-        if len(ids) >= self.max_model_len:
-            what = "with every earlier turn left out, the prompt" if req.history == "trim" else "the prompt"
-            raise P.ProtocolError(f"{what} has {len(ids)} tokens; this engine holds at most "
-                                  f"{self.max_model_len} per sequence: shorten it", P.PROMPT_TOO_LONG, req.id)
+        # rendering (and trimming) a long conversation runs in a worker thread: other connections go on
+        ids, dropped = await asyncio.to_thread(generate_prompt, self.tokenizer, req, self.vocab_size,
+                                               self.max_model_len)
+        self._require_ready(req.id)  # the server may have begun stopping meanwhile
         rid = f"c{conn.number}-{next(self._rids)}"
         self.requests[rid] = Tracked(rid, req.id, conn, StreamDecoder(self.tokenizer), len(ids), dropped)
         conn.active[req.id] = rid
-        self.loop.add(rid, ids, params)
+        self.loop.add(rid, ids, req.sampling_params())
 
     def _stats(self, conn: Connection, rid) -> None:
         base = {"status": self.status, "connections": len(self.connections), "requests": len(self.requests)}
@@ -304,6 +297,15 @@ class EngineServer:
         return {"status": self.status, **self.info, "progress": dict(self.progress),
                 "protocol": P.PROTOCOL_VERSION, "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started, 1), "max_model_len": self.max_model_len}
+
+
+def _parse(line: bytes) -> P.Request:
+    return P.parse_request(P.decode_line(line))
+
+
+def _internal(e: Exception) -> str:
+    return (f"the server failed on this request ({type(e).__name__}: {str(e)[:200]}); it was logged; "
+            "the connection stays usable")
 
 
 def _error_code(message: str) -> str:

@@ -5,6 +5,10 @@ a user message together with the assistant reply that follows it, until the prom
 TRIM_FILL of the window: dropping a chunk at once keeps the remaining prefix the same for the next
 several turns, so the prefix cache keeps hitting instead of missing on every turn after the first trim.
 The newest message is never dropped; if it alone does not fit, the request fails as before.
+
+Linear in the conversation: a ChatML prompt is the system block, one block per message and the reply
+header, so each dropped message's size is learnt by rendering it alone, and the kept turns are rendered
+once at the end (re-rendering the rest after every drop took 45 s for 10,000 short messages).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ def fit_messages(chat_ids, messages: list[dict], limit: int, max_new_tokens: int
         return ids, 0
     head = messages[:1] if messages and messages[0].get("role") == "system" else []
     body = messages[len(head):]
+    size, empty = len(ids), len(chat_ids([]))
     dropped, target = 0, int(TRIM_FILL * limit)
-    while len(body) > 1 and len(ids) > target:
-        n = 2 if len(body) > 2 and body[0].get("role") == "user" and body[1].get("role") == "assistant" else 1
-        body, dropped = body[n:], dropped + n
-        ids = chat_ids(head + body)
-    return ids, dropped
+    while len(body) - dropped > 1 and size > target:
+        rest = body[dropped:dropped + 3]
+        n = 2 if len(rest) > 2 and rest[0].get("role") == "user" and rest[1].get("role") == "assistant" else 1
+        size -= sum(len(chat_ids([m])) - empty for m in rest[:n])
+        dropped += n
+    return (chat_ids(head + body[dropped:]) if dropped else ids), dropped
