@@ -166,7 +166,7 @@ class HttpFront:
         stream = HttpStream(next(s._conn_numbers), s.send_limit)
         try:
             try:
-                s._generate(stream, api.request)
+                await s._generate(stream, api.request)
             except P.ProtocolError as e:
                 raise _event_error(P.error_event(None, e.message, e.code)) from None
             rid = stream.active[api.request.id]
