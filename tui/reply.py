@@ -153,6 +153,8 @@ class ReplyJob:
         finally:
             if pending:
                 self.post(ReplyDelta(pending))
+            if error:
+                stats = {**stats, "error": error}  # the reason is saved with the reply
             record = self.store.finish_reply(reply.id, content, ids, status=status, stats=stats)
             self.post(ReplyFinished(record, status, stats, error, self.session_id))
 
