@@ -159,3 +159,30 @@ def test_engine_that_cannot_start_shows_its_log_and_the_message_is_kept(runtime,
         assert [(m.role, m.content) for m in msgs] == [("user", "Still saved?")]
 
     asyncio.run(main())
+
+
+def test_quit_from_the_failure_screen_after_sending_while_browsing(runtime, tmp_path):
+    """start fails -> browse sessions -> send (the start fails again) -> q quits cleanly."""
+    bad = tmp_path / "not-qwen"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
+    db = tmp_path / "s.db"
+
+    async def main():
+        app = make_app(db, model=str(bad), new=True)
+        sid = app.current_session_id
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
+                           what="the failure screen")
+            await pilot.press("c")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
+            await send(pilot, "Anyone?")
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
+                           what="the failure screen again")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app._exit, timeout=10, what="q to quit")
+        assert app.return_code == 0 and app._exception is None
+        with SessionStore(db) as st:
+            assert [(m.role, m.content) for m in st.messages(sid)] == [("user", "Anyone?")]
+
+    asyncio.run(main())

@@ -53,6 +53,8 @@ class Sidebar(Vertical):
         sessions = self.store.list_sessions(search=self.search_text or None)
         lv = self.query_one(SessionList)
         await lv.clear()
+        if not lv.is_attached:  # the app is closing (a job that ended as it quit asked for this refresh)
+            return
         items = [SessionItem(s) for s in sessions]
         await lv.extend(items)
         lv.index = 0 if items else None
