@@ -11,7 +11,9 @@ import pytest
 from test_tui_support import SIZE, boxes, chat, make_app, wait_for
 
 from sessions import SessionStore
+from sessions.records import DEFAULT_SETTINGS
 from tui.screens.chat import ChatScreen
+from tui.store_ext import DEMO_MAX_NEW_TOKENS
 from tui.widgets.message_view import PAGE, MessageView
 from tui.widgets.sidebar import Sidebar
 
@@ -117,10 +119,42 @@ def test_a_1000_message_session_opens_in_under_a_second_and_loads_more_on_scroll
     asyncio.run(main())
 
 
+def test_new_chat_reuses_an_empty_chat_and_a_demo_chat_has_short_replies(db):
+    first = make_app(db, new=True, start_engine=False)  # qwen-chat --new, twice
+    sid = first.current_session_id
+    first.store.close()
+    again = make_app(db, new=True, start_engine=False)
+    assert again.current_session_id == sid and len(again.store.list_sessions()) == 1
+    assert again.store.get_session(sid).settings["max_new_tokens"] == DEMO_MAX_NEW_TOKENS < 512
+    other = make_app(db, model="7b", new=True, start_engine=False)  # another model: its own chat
+    assert other.current_session_id != sid
+    assert other.store.get_session(other.current_session_id).settings == DEFAULT_SETTINGS
+    other.store.close()
+
+    async def main():
+        async with again.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            sidebar = chat(again).query_one(Sidebar)
+            await pilot.press("ctrl+n")  # this chat is empty: it stays the new chat
+            await pilot.pause()
+            assert again.current_session_id == sid and sidebar.count() == 2
+            again.store.add_message(sid, "user", "hello")
+            await pilot.press("ctrl+n")
+            await wait_for(pilot, lambda: again.current_session_id != sid, what="a new chat")
+            new = again.current_session_id
+            await pilot.press("ctrl+n")
+            await pilot.pause()
+            assert again.current_session_id == new
+            await wait_for(pilot, lambda: sidebar.count() == 3, what="the sidebar")
+
+    asyncio.run(main())
+
+
 def test_command_palette_and_help_list_the_actions(db):
     async def main():
         app = make_app(db, start_engine=False)
         first = app.current_session_id
+        app.store.add_message(first, "user", "not empty")  # an empty chat would be reused by "New chat"
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             await pilot.press("f1")
