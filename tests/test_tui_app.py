@@ -225,8 +225,14 @@ def test_a_new_demo_chat_replies_in_a_few_tokens_and_the_length_is_a_setting(ser
             field.value = "2"
             await pilot.press("ctrl+s")
             await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
+            bar = chat(app).query_one(StatusBar)
+            assert "TTFT – " not in str(bar.render())  # the first reply's figures
+            shown = []  # the status bar while the next reply is written: not the last reply's figures
+            app.watch(bar, "state", lambda state: shown.append((state, str(bar.render()))), init=False)
             await type_and_send(pilot, "Again")
             await wait_for(pilot, lambda: len(boxes(app)) == 4 and idle(app), what="the second reply")
+            writing = [text for state, text in shown if state == "generating"]
+            assert writing and all("TTFT … · … tok/s" in text for text in writing), shown
         with SessionStore(db) as store:
             assert store.messages(sid)[-1].stats["completion_tokens"] <= 2
 

@@ -173,6 +173,27 @@ def test_command_palette_and_help_list_the_actions(db):
     asyncio.run(main())
 
 
+def test_help_lists_each_key_once_and_scrolls_to_its_last_section_in_a_short_terminal(db):
+    async def main():
+        app = make_app(db, start_engine=False)
+        async with app.run_test(size=(110, 45)) as pilot:
+            await pilot.pause()
+            await pilot.press("f1")
+            await pilot.pause()
+            text = "\n".join(str(w.render()) for w in app.screen.query(".help-rows"))
+            lines = [" ".join(line.split()) for line in text.splitlines()]
+            assert len(lines) == len(set(lines)), lines
+            assert [line for line in lines if "Copy code block" in line] == ["1 … 9 Copy code block 1 … 9"]
+            box = app.screen.query_one("#help-box")
+            assert box.region.bottom <= 45
+            await pilot.press("end")
+            await pilot.pause()
+            last = app.screen.query(".help-rows").last()
+            assert box.content_region.contains_region(last.region), (box.content_region, last.region)
+
+    asyncio.run(main())
+
+
 def test_the_view_keeps_up_with_a_stream_far_above_200_tokens_per_second(db):
     """Worst case for the UI: every token its own message (the reply job batches them ~30 a second)."""
     from textual.widgets import Markdown

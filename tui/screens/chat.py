@@ -164,12 +164,11 @@ class ChatScreen(Screen):
         await self.send(event.text)
 
     async def send(self, text: str) -> None:
+        """Send `text` (the prompt input already emptied itself and remembered it)."""
         if self.streaming:
             self.notify("A reply is still being written: Esc stops it", severity="warning")
+            self.query_one(PromptInput).give_back(text)
             return
-        prompt = self.query_one(PromptInput)
-        prompt.remember(text)
-        prompt.clear()
         box = await self.query_one(MessageView).add(MessageBox("user", text))
         self.start_job(ReplyJob(self, self.session_id, text, box))
 

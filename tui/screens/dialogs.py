@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
+from tui.widgets.ordered_keys import OrderedInput
+
 
 class TextPrompt(ModalScreen[str | None]):
     """Ask for one line of text; dismisses with it (stripped) or None on Esc."""
@@ -22,7 +24,7 @@ class TextPrompt(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Label(self.question)
-            yield Input(self.value, id="dialog-input")
+            yield OrderedInput(self.value, id="dialog-input")
             yield Label("Enter to save, Esc to cancel", classes="dialog-hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

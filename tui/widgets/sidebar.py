@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, ListItem, ListView
 
+from tui.widgets.ordered_keys import OrderedInput
+
 
 class SessionItem(ListItem):
     def __init__(self, session):
@@ -38,7 +40,7 @@ class Sidebar(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("Sessions", id="sidebar-title")
-        yield Input(placeholder="Search (ctrl+f)", id="session-search")
+        yield OrderedInput(placeholder="Search (ctrl+f)", id="session-search")
         yield SessionList(id="session-list")
 
     @property
