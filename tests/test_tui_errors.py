@@ -77,3 +77,41 @@ def test_a_refused_request_shows_and_saves_its_reason_and_the_app_stays_usable(s
     assert sessions_main(["--db", str(db), "show", sid]) == 0
     shown = capsys.readouterr().out
     assert "(error)" in shown and "shorten it" in shown
+
+    async def reopen():  # the reason is back with the chat
+        again = make_app(db, server.sock, session_id=sid, start_engine=False)
+        async with again.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            footer = str(boxes(again)[1].query_one(".message-footer").render())
+            assert boxes(again)[1].status == "error" and "shorten it" in footer, footer
+
+    asyncio.run(reopen())
+
+
+def test_an_unexpected_failure_in_the_reply_job_is_an_error_reply_not_a_complete_one(server, tmp_path, monkeypatch):
+    import tui.reply
+
+    def broken(done_event):
+        raise KeyError("usage")
+
+    monkeypatch.setattr(tui.reply, "usage_stats", broken)  # a bug met when the reply ends
+    db = tmp_path / "s.db"
+    app = make_app(db, server.sock, new=True)
+    sid = app.current_session_id
+    settings_of(db, sid, max_new_tokens=3)
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_ready(pilot, app)
+            await type_and_send(pilot, "Hi")
+            await wait_for(pilot, lambda: len(boxes(app)) == 2 and idle(app), what="the reply")
+            footer = str(boxes(app)[1].query_one(".message-footer").render())
+            assert boxes(app)[1].status == "error" and "KeyError" in footer, footer
+            monkeypatch.undo()
+            await type_and_send(pilot, "Again")
+            await wait_for(pilot, lambda: len(boxes(app)) == 4 and idle(app), what="the next reply")
+            assert boxes(app)[3].status == "complete"
+
+    asyncio.run(main())
+    with SessionStore(db) as store:
+        assert [m.status for m in store.messages(sid)] == ["complete", "error", "complete", "complete"]
