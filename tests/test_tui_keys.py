@@ -96,3 +96,17 @@ def test_a_burst_across_the_settings_fields_fills_each_field_in_order(app):
         assert (s.settings["temperature"], s.settings["top_k"], s.settings["max_new_tokens"]) == (0.5, 7, 32)
 
     asyncio.run(main())
+
+
+def test_keys_typed_behind_a_key_that_opens_a_dialog_go_to_the_dialog(app):
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            app.store.update_session(app.current_session_id, title="old")
+            burst(app, "<f2>", "<ctrl+u>", "renamed", "<enter>", "next")
+            prompt = chat(app).query_one(PromptInput)
+            await wait_for(pilot, lambda: prompt.text == "next", what="the burst")
+        with SessionStore(app.store.path) as st:
+            assert st.get_session(app.current_session_id).title == "renamed"
+
+    asyncio.run(main())

@@ -45,7 +45,7 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
                     with Horizontal(classes="setting-row"):
                         yield Label(label, classes="setting-label")
                         yield OrderedInput(str(self.settings.get(key, "")), id=f"set-{key}", classes="setting-input",
-                                    compact=True)
+                                           compact=True, submit=lambda _: self.action_save())
             yield Label("", id="settings-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="save", variant="primary")
@@ -80,6 +80,3 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
             self.action_save()
         else:
             self.action_cancel()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.action_save()

@@ -42,7 +42,7 @@ class PromptInput(OrderedTextArea):
         self._replace_via_keyboard("\n", start, end)
 
     async def _on_key(self, event: events.Key) -> None:
-        if self.passed_on(event):
+        if await self.passed_on(event):
             return
         if event.key == "enter":
             event.stop()
