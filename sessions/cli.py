@@ -82,6 +82,8 @@ def _show(store: SessionStore, args) -> int:
             if st.get("decode_tok_s") is not None:
                 stats = f"  [{st.get('completion_tokens', '?')} tokens, {st['decode_tok_s']:.1f} tok/s]"
             print(f"\n[{m.idx}] {m.role}{flag}{stats}\n{m.content}")
+            if st.get("error"):
+                print(f"(error: {st['error']})")
         if len(batch) < page:
             break
         offset += page

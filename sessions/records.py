@@ -27,6 +27,7 @@ DEFAULT_SETTINGS = {
     "max_new_tokens": 512,
 }
 STAT_KEYS = ("ttft_ms", "decode_tok_s", "prompt_tokens", "cached_tokens", "completion_tokens")
+ERROR_STAT = "error"  # the one text stat: why a reply with status "error" ended (what the user was shown)
 
 
 class SessionError(ValueError):
@@ -129,7 +130,10 @@ def check_stats(stats: dict | None) -> dict:
     if not isinstance(stats, dict):
         raise SessionError(f"message stats must be a mapping, got {type(stats).__name__}")
     for key, value in stats.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if key == ERROR_STAT:
+            if not isinstance(value, str):
+                raise SessionError(f"message stat {key!r} must be a text, got {value!r}")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise SessionError(f"message stat {key!r} must be a number, got {value!r}")
     return dict(stats)
 

@@ -57,11 +57,11 @@ def to_markdown(session: Session, messages: list[Message]) -> str:
         out += ["## System", "", session.system_prompt, ""]
     for m in messages:
         out += [f"## {m.role.capitalize()} ({m.idx})", "", m.content or "_(empty)_", ""]
-        notes = []
+        notes, stats = [], {k: v for k, v in m.stats.items() if k != "error"}
         if m.status != "complete":
-            notes.append(m.status)
-        if m.stats:
-            notes.append(", ".join(f"{k} {_fmt(v)}" for k, v in m.stats.items()))
+            notes.append(f"{m.status}: {m.stats['error']}" if m.stats.get("error") else m.status)
+        if stats:
+            notes.append(", ".join(f"{k} {_fmt(v)}" for k, v in stats.items()))
         if notes:
             out += [f"_({'; '.join(notes)})_", ""]
     return "\n".join(out)

@@ -92,6 +92,25 @@ def test_export_import_round_trip_via_files(db, tmp_path, capsys):
     assert "not a qwen-chat session export" in capsys.readouterr().err
 
 
+def test_the_reason_of_a_failed_reply_is_kept_shown_exported_and_imported(db, tmp_path, capsys):
+    path, sid, _ = db
+    reason = "the prompt has 300 tokens; this engine holds at most 256 per sequence: shorten it"
+    with SessionStore(path) as st:
+        reply = st.begin_reply(sid)
+        st.finish_reply(reply.id, "", [], status="error", stats={"error": reason})
+        with pytest.raises(ValueError, match="must be a text"):
+            st.add_message(sid, "assistant", "x", stats={"error": 1})
+    assert main(["--db", str(path), "show", sid]) == 0
+    assert f"[4] assistant (error)\n\n(error: {reason})" in capsys.readouterr().out
+    assert main(["--db", str(path), "export", sid, "--format", "md"]) == 0
+    assert f"_(error: {reason})_" in capsys.readouterr().out
+    out = tmp_path / "s.json"
+    assert main(["--db", str(path), "export", sid, "--format", "json", "--out", str(out)]) == 0
+    assert main(["--db", str(tmp_path / "other.db"), "import", str(out)]) == 0
+    with SessionStore(tmp_path / "other.db") as st:
+        assert st.messages(sid)[-1].stats == {"error": reason}
+
+
 def test_fork(db, capsys):
     path, sid, _ = db
     assert main(["--db", str(path), "fork", sid, "--at", "4"]) == 2

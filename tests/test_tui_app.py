@@ -26,6 +26,7 @@ from inference.client import EngineClient
 from sessions import SessionStore
 from tui.screens.chat import ChatScreen
 from tui.screens.settings import SettingsScreen
+from tui.store_ext import DEMO_MAX_NEW_TOKENS
 from tui.widgets.message import MessageBox
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.sidebar import Sidebar
@@ -203,6 +204,37 @@ def test_settings_are_saved_with_the_session_and_used(server, db):
             assert s.system_prompt == "Answer briefly."
             assert s.settings["max_new_tokens"] == 3 and s.settings["temperature"] == 0 and s.settings["top_k"] == 5
             assert store.messages(sid)[-1].stats["completion_tokens"] <= 3
+
+    asyncio.run(main())
+
+
+def test_a_new_demo_chat_replies_in_a_few_tokens_and_the_length_is_a_setting(server, db):
+    """The demo's random weights never end a reply early: a new demo chat stops it at DEMO_MAX_NEW_TOKENS."""
+    async def main():
+        app = make_app(db, server.sock, new=True)  # model "demo", on the tiny checkpoint's server
+        sid = app.current_session_id
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_ready(pilot, app)
+            await type_and_send(pilot, "Hi")
+            await wait_for(pilot, lambda: len(boxes(app)) == 2 and idle(app), what="the reply")
+            assert 0 < boxes(app)[1].stats["completion_tokens"] <= DEMO_MAX_NEW_TOKENS
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="the settings")
+            field = app.screen.query_one("#set-max_new_tokens")
+            assert field.value == str(DEMO_MAX_NEW_TOKENS)
+            field.value = "2"
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
+            bar = chat(app).query_one(StatusBar)
+            assert "TTFT – " not in str(bar.render())  # the first reply's figures
+            shown = []  # the status bar while the next reply is written: not the last reply's figures
+            app.watch(bar, "state", lambda state: shown.append((state, str(bar.render()))), init=False)
+            await type_and_send(pilot, "Again")
+            await wait_for(pilot, lambda: len(boxes(app)) == 4 and idle(app), what="the second reply")
+            writing = [text for state, text in shown if state == "generating"]
+            assert writing and all("TTFT … · … tok/s" in text for text in writing), shown
+        with SessionStore(db) as store:
+            assert store.messages(sid)[-1].stats["completion_tokens"] <= 2
 
     asyncio.run(main())
 

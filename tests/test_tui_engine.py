@@ -77,6 +77,7 @@ def test_start_with_progress_then_engine_dies_mid_reply_and_the_next_message_res
             with SessionStore(db) as st:
                 kept = st.messages(sid)[-1]
             assert kept.status == "error" and kept.content == reply.content != ""
+            assert "engine stopped mid-reply" in kept.stats["error"]
             # the next message starts the engine again and gets an answer
             with SessionStore(db) as st:
                 st.update_session(sid, settings={"max_new_tokens": 3})
@@ -86,6 +87,45 @@ def test_start_with_progress_then_engine_dies_mid_reply_and_the_next_message_res
             assert app.link.info["pid"] != pid and isinstance(app.screen, ChatScreen)
         with SessionStore(db) as st:
             assert [m.status for m in st.messages(sid)] == ["complete", "error", "complete", "complete"]
+
+    asyncio.run(main())
+
+
+def test_engine_that_dies_before_the_first_token_leaves_the_app_usable(tiny_model, runtime, tmp_path):
+    db = tmp_path / "s.db"
+
+    async def main():
+        app = make_app(db, model=str(tiny_model), new=True)
+        sid = app.current_session_id
+        with SessionStore(db) as st:
+            st.update_session(sid, settings={"max_new_tokens": 3})
+        tokenize = app.link.tokenize
+
+        async def tokenize_then_kill(text):  # the engine dies between the user's message and the reply
+            ids = await tokenize(text)
+            os.killpg(app.link.info["pid"], signal.SIGKILL)
+            while launcher.probe(app.link.socket_path, timeout=1.0) is not None:
+                await asyncio.sleep(0.05)
+            app.link.tokenize = tokenize
+            return ids
+
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_ready(pilot, app)
+            app.link.tokenize = tokenize_then_kill
+            await send(pilot, "Hello?")
+            await wait_for(pilot, lambda: len(boxes(app)) == 2 and boxes(app)[1].status == "error"
+                           and not app.chat.streaming, what="the error")
+            footer = str(boxes(app)[1].query_one(".message-footer").render())
+            assert "engine stopped" in footer and boxes(app)[1].content == ""
+            await send(pilot, "Are you back?")  # the screen still answers: this starts the engine again
+            await wait_for(pilot, lambda: len(boxes(app)) == 4 and boxes(app)[3].status == "complete",
+                           timeout=90, what="a reply from the restarted engine")
+            await pilot.press("ctrl+q")
+            await wait_for(pilot, lambda: app._exit, timeout=10, what="ctrl+q to quit")
+        with SessionStore(db) as st:
+            msgs = st.messages(sid)
+        assert [m.status for m in msgs] == ["complete", "error", "complete", "complete"]
+        assert "engine stopped" in msgs[1].stats["error"]
 
     asyncio.run(main())
 
@@ -117,5 +157,32 @@ def test_engine_that_cannot_start_shows_its_log_and_the_message_is_kept(runtime,
         with SessionStore(db) as st:
             msgs = st.messages(sid)
         assert [(m.role, m.content) for m in msgs] == [("user", "Still saved?")]
+
+    asyncio.run(main())
+
+
+def test_quit_from_the_failure_screen_after_sending_while_browsing(runtime, tmp_path):
+    """start fails -> browse sessions -> send (the start fails again) -> q quits cleanly."""
+    bad = tmp_path / "not-qwen"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
+    db = tmp_path / "s.db"
+
+    async def main():
+        app = make_app(db, model=str(bad), new=True)
+        sid = app.current_session_id
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
+                           what="the failure screen")
+            await pilot.press("c")
+            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
+            await send(pilot, "Anyone?")
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
+                           what="the failure screen again")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app._exit, timeout=10, what="q to quit")
+        assert app.return_code == 0 and app._exception is None
+        with SessionStore(db) as st:
+            assert [(m.role, m.content) for m in st.messages(sid)] == [("user", "Anyone?")]
 
     asyncio.run(main())

@@ -11,7 +11,9 @@ import pytest
 from test_tui_support import SIZE, boxes, chat, make_app, wait_for
 
 from sessions import SessionStore
+from sessions.records import DEFAULT_SETTINGS
 from tui.screens.chat import ChatScreen
+from tui.store_ext import DEMO_MAX_NEW_TOKENS
 from tui.widgets.message_view import PAGE, MessageView
 from tui.widgets.sidebar import Sidebar
 
@@ -117,10 +119,42 @@ def test_a_1000_message_session_opens_in_under_a_second_and_loads_more_on_scroll
     asyncio.run(main())
 
 
+def test_new_chat_reuses_an_empty_chat_and_a_demo_chat_has_short_replies(db):
+    first = make_app(db, new=True, start_engine=False)  # qwen-chat --new, twice
+    sid = first.current_session_id
+    first.store.close()
+    again = make_app(db, new=True, start_engine=False)
+    assert again.current_session_id == sid and len(again.store.list_sessions()) == 1
+    assert again.store.get_session(sid).settings["max_new_tokens"] == DEMO_MAX_NEW_TOKENS < 512
+    other = make_app(db, model="7b", new=True, start_engine=False)  # another model: its own chat
+    assert other.current_session_id != sid
+    assert other.store.get_session(other.current_session_id).settings == DEFAULT_SETTINGS
+    other.store.close()
+
+    async def main():
+        async with again.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            sidebar = chat(again).query_one(Sidebar)
+            await pilot.press("ctrl+n")  # this chat is empty: it stays the new chat
+            await pilot.pause()
+            assert again.current_session_id == sid and sidebar.count() == 2
+            again.store.add_message(sid, "user", "hello")
+            await pilot.press("ctrl+n")
+            await wait_for(pilot, lambda: again.current_session_id != sid, what="a new chat")
+            new = again.current_session_id
+            await pilot.press("ctrl+n")
+            await pilot.pause()
+            assert again.current_session_id == new
+            await wait_for(pilot, lambda: sidebar.count() == 3, what="the sidebar")
+
+    asyncio.run(main())
+
+
 def test_command_palette_and_help_list_the_actions(db):
     async def main():
         app = make_app(db, start_engine=False)
         first = app.current_session_id
+        app.store.add_message(first, "user", "not empty")  # an empty chat would be reused by "New chat"
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             await pilot.press("f1")
@@ -135,6 +169,27 @@ def test_command_palette_and_help_list_the_actions(db):
             await pilot.pause(0.3)
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.current_session_id != first, what="the new chat")
+
+    asyncio.run(main())
+
+
+def test_help_lists_each_key_once_and_scrolls_to_its_last_section_in_a_short_terminal(db):
+    async def main():
+        app = make_app(db, start_engine=False)
+        async with app.run_test(size=(110, 45)) as pilot:
+            await pilot.pause()
+            await pilot.press("f1")
+            await pilot.pause()
+            text = "\n".join(str(w.render()) for w in app.screen.query(".help-rows"))
+            lines = [" ".join(line.split()) for line in text.splitlines()]
+            assert len(lines) == len(set(lines)), lines
+            assert [line for line in lines if "Copy code block" in line] == ["1 … 9 Copy code block 1 … 9"]
+            box = app.screen.query_one("#help-box")
+            assert box.region.bottom <= 45
+            await pilot.press("end")
+            await pilot.pause()
+            last = app.screen.query(".help-rows").last()
+            assert box.content_region.contains_region(last.region), (box.content_region, last.region)
 
     asyncio.run(main())
 

@@ -11,11 +11,11 @@ from textual.binding import Binding
 
 from inference.model_path import model_id
 from sessions import SessionStore
-from sessions.records import DEFAULT_SETTINGS
 from tui.commands import ChatCommands
 from tui.engine_link import EngineLink, EngineOptions, StartFailed
 from tui.screens.chat import ChatScreen
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
+from tui.store_ext import new_chat
 from tui.widgets.status_bar import DEMO_LABEL, StatusBar
 
 STATS_EVERY_S = 2.0
@@ -29,7 +29,7 @@ def pick_session(store: SessionStore, model: str, session_id: str | None = None,
         latest = store.list_sessions()
         if latest:
             return latest[0].id
-    return store.create_session(model=model, settings=dict(DEFAULT_SETTINGS)).id
+    return new_chat(store, model)
 
 
 class ChatApp(App):

@@ -150,9 +150,13 @@ class ReplyJob:
         except ENGINE_ERRORS as e:
             self.link.state = "down"
             status, error = "error", DIED.format(e)
+        except Exception as e:  # noqa: BLE001 - whatever it was, the reply says so and the app goes on
+            status, error = "error", f"the reply failed: {type(e).__name__}: {e}"
         finally:
             if pending:
                 self.post(ReplyDelta(pending))
+            if error:
+                stats = {**stats, "error": error}  # the reason is saved with the reply
             record = self.store.finish_reply(reply.id, content, ids, status=status, stats=stats)
             self.post(ReplyFinished(record, status, stats, error, self.session_id))
 

@@ -10,12 +10,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
-from sessions.records import DEFAULT_SETTINGS
 from tui.reply import ReplyDelta, ReplyFinished, ReplyJob, ReplyStarted, UserSaved
 from tui.screens.dialogs import Confirm, TextPrompt
 from tui.screens.help import HelpScreen
 from tui.screens.settings import SettingsScreen
-from tui.store_ext import truncate_from
+from tui.store_ext import new_chat, truncate_from
 from tui.widgets.message import MessageBox, code_blocks
 from tui.widgets.message_view import MessageView
 from tui.widgets.prompt_input import PromptInput
@@ -91,9 +90,9 @@ class ChatScreen(Screen):
         self.query_one(PromptInput).focus()
 
     async def action_new_session(self) -> None:
-        s = self.store.create_session(model=self.app.options.model, settings=dict(DEFAULT_SETTINGS))
+        sid = new_chat(self.store, self.app.options.model)  # an empty chat is reused
         self.query_one("#session-search", Input).value = ""
-        await self.open_session(s.id)
+        await self.open_session(sid)
         self.query_one(PromptInput).focus()
 
     async def action_fork(self, at: int | None = None) -> None:
@@ -165,12 +164,11 @@ class ChatScreen(Screen):
         await self.send(event.text)
 
     async def send(self, text: str) -> None:
+        """Send `text` (the prompt input already emptied itself and remembered it)."""
         if self.streaming:
             self.notify("A reply is still being written: Esc stops it", severity="warning")
+            self.query_one(PromptInput).give_back(text)
             return
-        prompt = self.query_one(PromptInput)
-        prompt.remember(text)
-        prompt.clear()
         box = await self.query_one(MessageView).add(MessageBox("user", text))
         self.start_job(ReplyJob(self, self.session_id, text, box))
 

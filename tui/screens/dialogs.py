@@ -6,7 +6,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label
+from textual.widgets import Button, Label
+
+from tui.widgets.ordered_keys import OrderedInput
 
 
 class TextPrompt(ModalScreen[str | None]):
@@ -22,12 +24,11 @@ class TextPrompt(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Label(self.question)
-            yield Input(self.value, id="dialog-input")
+            yield OrderedInput(self.value, id="dialog-input", submit=self.submit)
             yield Label("Enter to save, Esc to cancel", classes="dialog-hint")
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        text = event.value.strip()
+    def submit(self, value: str) -> None:
+        text = value.strip()
         if not text:
             self.notify("Type something, or press Esc to cancel", severity="warning")
             return

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 PROMPT_KEYS = [
     ("enter", "Send the message"),
-    ("ctrl+j", "New line (shift+enter / alt+enter where the terminal sends them)"),
+    ("ctrl+j", "New line (also shift+enter, alt+enter)"),
     ("up", "On the first line: the previous prompt of this chat"),
     ("down", "While recalling: the next prompt, then your draft"),
     ("tab / shift+tab", "Focus sidebar, messages, input"),
@@ -44,7 +44,8 @@ def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
     return [
         ("Chat", key_rows(ChatScreen.BINDINGS)),
         ("Prompt input", PROMPT_KEYS),
-        ("A focused message", key_rows(MessageBox.BINDINGS) + [("1 … 9", "Copy code block 1 … 9")]),
+        ("A focused message", key_rows(b for b in MessageBox.BINDINGS if not b.action.startswith("copy_code"))
+         + [("1 … 9", "Copy code block 1 … 9")]),
         ("Session list", [("enter", "Open the session"), *key_rows(SessionList.BINDINGS)]),
         ("Settings", key_rows(SettingsScreen.BINDINGS)),
         ("App", app_keys),
@@ -55,16 +56,17 @@ def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,f1", "dismiss", "Close")]
 
+    AUTO_FOCUS = "#help-box"  # the arrows and PgUp / PgDn scroll it where the terminal is short
+
     def compose(self) -> ComposeResult:
-        with Vertical(id="help-box"):
-            yield Label("qwen-chat keys  (Esc closes)", id="help-title")
+        with VerticalScroll(id="help-box"):
+            yield Label("qwen-chat keys  (Esc closes · ↑ ↓ scroll)", id="help-title")
             sections = help_sections()
             width = max(len(k) for _, rows in sections for k, _ in rows)
-            with VerticalScroll(id="help-scroll"):
-                for title, rows in sections:
-                    yield Label(title, classes="help-section")
-                    text = "\n".join(f"  {k.ljust(width)}   {d}" for k, d in rows)
-                    yield Static(text, markup=False, classes="help-rows")
+            for title, rows in sections:
+                yield Label(title, classes="help-section")
+                text = "\n".join(f"  {k.ljust(width)}   {d}" for k, d in rows)
+                yield Static(text, markup=False, classes="help-rows")
 
     async def action_dismiss(self, result=None) -> None:
         self.dismiss(result)

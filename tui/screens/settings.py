@@ -9,6 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
 from sessions.records import SessionError, validate_settings
+from tui.widgets.ordered_keys import OrderedInput, OrderedTextArea
 
 FIELDS = [  # (key, label, parse)
     ("temperature", "Temperature (0 = greedy)", float),
@@ -24,8 +25,9 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
 
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+s", "save", "Save"),  # not priority: it runs after the keys typed before it
     ]
+    AUTO_FOCUS = "#system-prompt"  # the first field (the default would focus the scrolling container)
 
     def __init__(self, title: str, system_prompt: str, settings: dict):
         super().__init__(id="settings")
@@ -38,12 +40,12 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
             yield Label(f"Settings of “{self.session_title}”", id="settings-title", markup=False)
             with VerticalScroll(id="settings-fields"):
                 yield Label("System prompt")
-                yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True, tab_behavior="focus")
+                yield OrderedTextArea(self.system_prompt, id="system-prompt", soft_wrap=True, tab_behavior="focus")
                 for key, label, _ in FIELDS:
                     with Horizontal(classes="setting-row"):
                         yield Label(label, classes="setting-label")
-                        yield Input(str(self.settings.get(key, "")), id=f"set-{key}", classes="setting-input",
-                                    compact=True)
+                        yield OrderedInput(str(self.settings.get(key, "")), id=f"set-{key}", classes="setting-input",
+                                           compact=True, submit=lambda _: self.action_save())
             yield Label("", id="settings-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="save", variant="primary")
@@ -78,6 +80,3 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
             self.action_save()
         else:
             self.action_cancel()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.action_save()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from markdown_it import MarkdownIt
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -78,7 +80,7 @@ class MessageBox(Vertical, can_focus=True):
         self.message_id = message_id
         self.status = status
         self.stats = dict(stats or {})
-        self.error = error
+        self.error = error or str(self.stats.get("error") or "")
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
@@ -114,26 +116,41 @@ class MessageBox(Vertical, can_focus=True):
 
     # -- streaming --------------------------------------------------------------------------------
     def start_stream(self) -> None:
-        """Begin streaming into the body: later text is appended, never re-rendered whole."""
+        """Mark the reply as being written; its first text starts the Markdown stream (appended to, never
+        re-rendered whole)."""
         self.status = "streaming"
         self._refresh_labels()
-        self._stream = Markdown.get_stream(self.query_one(Markdown))
 
     async def append(self, text: str) -> None:
         if not text:
             return
         self.content += text
-        if self._stream is None:
+        if self.status != "streaming":
             self.start_stream()
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
         await self._stream.write(text)
 
+    async def _stop_stream(self) -> None:
+        """Stop the Markdown stream. `MarkdownStream.stop()` awaits its task, which raises CancelledError
+        when the task was cancelled before it ever ran; that error is the stream's, not this handler's, and
+        let through it would end the screen's message loop (the app would stop responding)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            await stream.stop()
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and getattr(me, "cancelling", lambda: 0)():
+                raise  # this handler itself is being cancelled
+            await self.query_one(Markdown).update(self.content)  # the text the stream never showed
+
     async def finish(self, status: str, stats: dict | None = None, error: str = "") -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        await self._stop_stream()
         self.status = status
         self.stats = dict(stats or {})
-        self.error = error
+        self.error = error or str(self.stats.get("error") or "")
         self._refresh_labels()
 
     async def set_content(self, content: str) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from textual import events
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import TextArea
+
+from tui.widgets.ordered_keys import OrderedTextArea
 
 NEWLINE_KEYS = ("ctrl+j", "shift+enter", "alt+enter")
 
 
-class PromptInput(TextArea):
-    """Enter sends the prompt. Up on the first line recalls earlier prompts, Down goes forward again."""
+class PromptInput(OrderedTextArea):
+    """Enter sends the prompt (and empties the field at once, so keys typed right after it start the next
+    one). Up on the first line recalls earlier prompts, Down goes forward again."""
 
     BINDINGS = [
         Binding(",".join(NEWLINE_KEYS), "newline", "New line", show=False),
@@ -40,11 +42,15 @@ class PromptInput(TextArea):
         self._replace_via_keyboard("\n", start, end)
 
     async def _on_key(self, event: events.Key) -> None:
+        if await self.passed_on(event):
+            return
         if event.key == "enter":
             event.stop()
             event.prevent_default()
             text = self.text
             if text.strip():
+                self.remember(text)
+                self.clear()
                 self.post_message(self.Submitted(self, text))
             return
         if event.key == "up" and self.cursor_location[0] == 0 and self.prompts:
@@ -77,6 +83,12 @@ class PromptInput(TextArea):
         else:
             self._recall = index
             self.load_text(self.prompts[index])
+        self.move_cursor(self.document.end)
+
+    def give_back(self, text: str) -> None:
+        """Put a prompt that could not be sent back in front of whatever was typed since."""
+        rest = self.text
+        self.load_text(text + ("\n" + rest if rest.strip() else ""))
         self.move_cursor(self.document.end)
 
     def remember(self, text: str) -> None:

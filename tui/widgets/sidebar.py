@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, ListItem, ListView
 
+from tui.widgets.ordered_keys import OrderedInput
+
 
 class SessionItem(ListItem):
     def __init__(self, session):
@@ -38,7 +40,7 @@ class Sidebar(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("Sessions", id="sidebar-title")
-        yield Input(placeholder="Search (ctrl+f)", id="session-search")
+        yield OrderedInput(placeholder="Search (ctrl+f)", id="session-search")
         yield SessionList(id="session-list")
 
     @property
@@ -53,6 +55,8 @@ class Sidebar(Vertical):
         sessions = self.store.list_sessions(search=self.search_text or None)
         lv = self.query_one(SessionList)
         await lv.clear()
+        if not lv.is_attached:  # the app is closing (a job that ended as it quit asked for this refresh)
+            return
         items = [SessionItem(s) for s in sessions]
         await lv.extend(items)
         lv.index = 0 if items else None

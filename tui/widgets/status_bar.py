@@ -19,7 +19,8 @@ def kv_text(stats: dict | None) -> str:
 
 
 class StatusBar(Static):
-    """Reads `info` (engine health), `state`, `last` (stats of the last reply) and `kv` (engine stats)."""
+    """Reads `info` (engine health), `state`, `last` (stats of the last reply; "…" while a reply is being
+    written) and `kv` (engine stats)."""
 
     info: reactive[dict] = reactive(dict, always_update=True)
     state: reactive[str] = reactive("starting")
@@ -34,16 +35,21 @@ class StatusBar(Static):
             t.append(" DEMO ", style="bold black on yellow")
             t.append(" ")
         ttft, rate, cached = last.get("ttft_ms"), last.get("decode_tok_s"), last.get("cached_tokens")
+        if self.state == "generating":  # the last reply's figures are not this one's: they come at its end
+            ttft = rate = cached = None
+            none = "…"
+        else:
+            none = "–"
         fields = [
             (str(info.get("model_id") or info.get("model") or "no model"), "bold"),
             (f"{info.get('device', '?')} {info.get('dtype', '?')}", ""),
             (info.get("quant") or "no quant", ""),
             (f"tp{info.get('tp', 1)}", ""),
             (self.state, STATE_STYLES.get(self.state, "")),
-            ("TTFT " + (f"{ttft:.0f} ms" if ttft is not None else "–"), ""),
-            (f"{rate:.1f} tok/s" if rate else "– tok/s", ""),
+            ("TTFT " + (f"{ttft:.0f} ms" if ttft is not None else none), ""),
+            (f"{rate:.1f} tok/s" if rate else f"{none} tok/s", ""),
             (kv_text(self.kv), ""),
-            (f"cached {int(cached)}" if cached is not None else "cached –", ""),
+            (f"cached {int(cached)}" if cached is not None else f"cached {none}", ""),
         ]
         for i, (text, style) in enumerate(fields):
             if i:
