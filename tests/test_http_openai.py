@@ -183,7 +183,7 @@ BAD = [  # (path, body, status, error code, words of the message, param)
     ("/v1/completions", b"{not json", 400, None, "not valid JSON", None),
     ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model_not_found", "'gpt-4' does not exist", "model"),
     ("/v1/completions", {"prompt": "x", "top_p": "high"}, 400, None, "'top_p' must be", "top_p"),
-    ("/v1/completions", {"prompt": "x", "top_p": 1.5}, 400, None, "'top_p' must be a number in (0, 1]", None),
+    ("/v1/completions", {"prompt": "x", "top_p": 1.5}, 400, None, "'top_p' must be a number in (0, 1]", "top_p"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, None, "'max_tokens' must be", "max_tokens"),
     ("/v1/completions", {"prompt": [1, 2, 999999]}, 400, None, "outside the model's vocabulary", None),
     ("/v1/completions", {"prompt": [1] * 1100}, 400, "context_length_exceeded", "1100 tokens", None),
