@@ -216,7 +216,7 @@ def ncu_step(engine, batch: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--variant", default="none")
     ap.add_argument("--batches", default="16,64")
     ap.add_argument("--attn", default="")

@@ -36,7 +36,7 @@ def timed(fn, reps: int, iters: int = 20) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     p.add_argument("--hidden", type=int, default=5120)
     p.add_argument("--rows", default="1,16,512")
     p.add_argument("--reps", type=int, default=80)

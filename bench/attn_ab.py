@@ -60,7 +60,8 @@ def engine(fn):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("old")
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--batches", default="1,4,16,64")

@@ -209,7 +209,8 @@ def attention_layers(q, caches, table, lens, ctx, splits, cfg=None, dot=None):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--ctx", type=int, default=576)
     p.add_argument("--parts", default="shapes,stack,attention")

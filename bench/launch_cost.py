@@ -19,7 +19,8 @@ from inference.kernels.skinny import skinny_linear
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--rows", default="64,256,1024,4096,12288")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--k", type=int, default=4096)

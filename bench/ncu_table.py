@@ -29,7 +29,7 @@ def read(path: str) -> dict[str, dict[str, str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("csv")
     ap.add_argument("--step-ms", type=float, default=0.0, help="the step's time in the graph, for the gap")
     ap.add_argument("--copy-gbs", type=float, default=4260.0, help="copy bandwidth measured, GB/s")

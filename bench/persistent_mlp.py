@@ -98,7 +98,7 @@ def persistent_mlp(x, wgu, wd, residual, nw, eps, ctr, config, grid, wait=True):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--batches", default="16,64")
     p.add_argument("--configs", default="16=64,128,3,64,128,4,2;16=64,128,3,64,64,6,4;64=128,64,5,64,128,6,2",

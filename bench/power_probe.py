@@ -148,7 +148,8 @@ def report(runs, log: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--batches", default="16,64")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--parts", action="store_true", help="also the linear stack and attention alone")

@@ -128,7 +128,8 @@ def skinny_op(x, w, b, gated, tma=None):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--batches", default="16,64")
     p.add_argument("--tiles", default="deep", choices=["deep", "wide", "occupancy"],

@@ -102,7 +102,8 @@ def by_class(kernels):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--batches", default="16,64")
     a = p.parse_args()

@@ -24,7 +24,7 @@ COLUMNS = ["Model", "Batchsize", "In_seq", "Out_seq", "Total time(s)", "First to
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="qwen-chat bench", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat bench", description=__doc__)
     p.add_argument("--random-weights", choices=sorted(SHAPES), help="random weights of a published shape")
     p.add_argument("--batch-sizes", default="1,16,64")
     p.add_argument("--case-pairs", default="[[256,256],[512,512],[1024,1024],[2048,2048]]")

@@ -25,14 +25,17 @@ ENGINE_COMMANDS = {"generate", "serve", "eval", "bench"}
 
 
 def peek_tp(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     p.add_argument("--tp", default="1")
     p.add_argument("--reference-tp", default="1")
     a, _ = p.parse_known_args(argv)
-    try:
-        return max(int(a.tp), int(a.reference_tp))
-    except ValueError as e:
-        raise UserError(f"--tp must be an integer, got {a.tp!r}") from e
+    sizes = []
+    for flag, value in (("--tp", a.tp), ("--reference-tp", a.reference_tp)):
+        try:
+            sizes.append(int(value))
+        except ValueError:
+            raise UserError(f"{flag} must be a positive integer (1, 2, 4 or 8), got {value!r}") from None
+    return max(sizes)
 
 
 def preflight(argv: list[str]) -> None:
@@ -42,7 +45,7 @@ def preflight(argv: list[str]) -> None:
     from inference.engine.device import device_count  # noqa: PLC0415
     from inference.engine.llm_engine import check_tp  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     add_engine_args(p)
     a, _ = p.parse_known_args(argv)
     cfg = engine_config_from_args(a)

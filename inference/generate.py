@@ -13,7 +13,7 @@ from inference.model_path import is_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qwen-chat generate", description="Generate from one prompt.")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat generate", description="Generate from one prompt.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="raw completion prompt")
     src.add_argument("--prompt-ids", help="comma-separated token ids")

@@ -197,7 +197,8 @@ def stop_server(path: Path, timeout: float = 30.0) -> str:
 
 def stop_main(argv: Sequence[str] | None = None) -> int:
     """`qwen-chat stop [--model M | --socket PATH]`: no option stops every server in the default directory."""
-    ap = argparse.ArgumentParser(prog="qwen-chat stop", description="Stop background engine servers.")
+    ap = argparse.ArgumentParser(prog="qwen-chat stop", description="Stop background engine servers.",
+                                 allow_abbrev=False)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--model", help="stop the server of this model (path, alias or demo)")
     g.add_argument("--socket", help="stop the server listening on this socket")

@@ -19,6 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
+        allow_abbrev=False,
         prog="qwen-chat",
         description="Chat with Qwen v1 models in the terminal. Engine commands: "
                     + ", ".join(ENGINE_COMMANDS) + "; saved chats: `qwen-chat sessions --help`.",

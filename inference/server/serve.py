@@ -26,7 +26,7 @@ DEFAULT_SEND_LIMIT = 4 << 20
 def build_parser() -> argparse.ArgumentParser:
     from inference.cli_args import add_engine_args
 
-    ap = argparse.ArgumentParser(prog="qwen-chat serve",
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat serve",
                                  description="Serve the engine on a local Unix socket (docs/protocol.md).")
     add_engine_args(ap, kv_disk_default=True)
     ap.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/qwen-chat/<model-id>.sock, "
