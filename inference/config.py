@@ -81,6 +81,12 @@ class ModelConfig:
                                "vocab_size") if n not in raw]
         if missing:
             raise UserError(f"{source}: missing {', '.join(missing)}; the file is incomplete, re-download it")
+        for n in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                  "kv_channels", "seq_length", "max_position_embeddings"):
+            v = raw.get(n, 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{source}: {n} must be a positive integer, got {v!r}; "
+                                "the file is damaged, re-download it")
         kw = {k: v for k, v in raw.items() if k in names}
         kw.setdefault("kv_channels", raw["hidden_size"] // raw["num_attention_heads"])
         kw.setdefault("seq_length", raw.get("max_position_embeddings", 2048))
