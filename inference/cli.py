@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd, rest = argv[0], argv[1:]
     try:
-        if cmd in ENGINE_COMMANDS and "LOCAL_RANK" not in os.environ and "-h" not in rest and "--help" not in rest:
+        remote = cmd == "generate" and "--connect" in rest  # the server runs torchrun itself
+        if (cmd in ENGINE_COMMANDS and not remote and "LOCAL_RANK" not in os.environ and "-h" not in rest
+                and "--help" not in rest):
             tp = peek_tp(rest)
             if tp > 1:
                 preflight(rest)
