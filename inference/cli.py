@@ -41,9 +41,8 @@ def peek_tp(argv: list[str]) -> int:
 def preflight(argv: list[str]) -> None:
     """Refuse bad tensor-parallel setups before any rank starts."""
     from inference.cli_args import add_engine_args, engine_config_from_args  # noqa: PLC0415
-    from inference.config import ModelConfig  # noqa: PLC0415
+    from inference.config import ModelConfig, check_tp  # noqa: PLC0415
     from inference.engine.device import device_count  # noqa: PLC0415
-    from inference.engine.llm_engine import check_tp  # noqa: PLC0415
 
     p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     add_engine_args(p)

@@ -100,6 +100,12 @@ class ModelConfig:
         return cfg
 
 
+def check_tp(m: ModelConfig, tp: int) -> None:
+    if m.num_attention_heads % tp or m.ffn_size % tp:
+        raise UserError(f"--tp {tp} does not divide the model's {m.num_attention_heads} attention heads "
+                        f"and {m.ffn_size} MLP columns; use a tensor-parallel size that does (1, 2, 4 or 8)")
+
+
 @dataclass
 class SamplingParams:
     """How one request samples. temperature 0 means greedy."""
