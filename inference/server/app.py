@@ -128,7 +128,7 @@ class EngineServer:
         if tb:  # without one (bad input at load) `serve` prints the one `error:` line itself
             log.error("%s\n%s", message, tb)
         self.status = "failed"
-        self.exit_code = 1
+        self.exit_code = 1 if tb else 2  # 2: bad input, re-raised by serve.main as one `error:` line
         msg = f"{message}; the engine server is exiting (log: {self.info.get('log_file') or 'its stderr'})"
         for t in list(self.requests.values()):
             t.conn.send(P.error_event(t.client_id, msg, P.ENGINE_ERROR))
