@@ -57,7 +57,7 @@ def run_remote(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     last = [None]
 
     def progress(done, total, what):
-        if (done, total, what) != last[0]:
+        if (done, total, what) != last[0] and not (total == 0 and what == "starting"):  # said just before
             last[0] = (done, total, what)
             _progress(done, total, what)
 
