@@ -39,7 +39,7 @@ WORDS = ("cache block token prefix model turn session disk memory reuse answer q
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bench/multiturn.py", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="bench/multiturn.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--user-tokens", type=int, default=96, help="tokens of each new user message")

@@ -104,7 +104,7 @@ def scenario(engine, name, prof_rows, trace=None):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--shape", default="7b")
     ap.add_argument("--scenarios", default="prefill512,decode1,prefill4096,decode64")
     ap.add_argument("--rows", type=int, default=12)

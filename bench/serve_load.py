@@ -83,7 +83,8 @@ def leaked_blocks(path, timeout: float = 10.0) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--model", default="demo")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")

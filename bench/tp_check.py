@@ -116,7 +116,8 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker(sys.argv[2], sys.argv[3])
         return
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--shape", default="7b", choices=[*SHAPES, "demo"], help="demo: the tiny demo shape")
     p.add_argument("--tps", default="1,2")
     p.add_argument("--layers", type=int, default=None, help="fewer layers than the shape has (quicker)")

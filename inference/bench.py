@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -17,17 +19,24 @@ from inference.bench_shapes import SHAPES, decode_bytes
 from inference.cli_args import add_engine_args, engine_config_from_args
 from inference.config import SamplingParams
 from inference.errors import UserError
+from inference.generate import progress_printer
 
 COLUMNS = ["Model", "Batchsize", "In_seq", "Out_seq", "Total time(s)", "First token time(ms)",
            "Non-first token time(ms)", "Non-first token Throughput(Tokens/s)", "E2E Throughput(Tokens/s)",
            "Floor(Tokens/s)", "% of floor"]
 
 
+GPU_DEFAULTS = ("1,16,64", "[[256,256],[512,512],[1024,1024],[2048,2048]]")
+CPU_DEFAULTS = ("1,4", "[[32,32],[128,64]]")  # minutes, not hours, on a CPU
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="qwen-chat bench", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat bench", description=__doc__)
     p.add_argument("--random-weights", choices=sorted(SHAPES), help="random weights of a published shape")
-    p.add_argument("--batch-sizes", default="1,16,64")
-    p.add_argument("--case-pairs", default="[[256,256],[512,512],[1024,1024],[2048,2048]]")
+    p.add_argument("--batch-sizes", default=None,
+                   help=f"default {GPU_DEFAULTS[0]} on a GPU/NPU, {CPU_DEFAULTS[0]} on the CPU")
+    p.add_argument("--case-pairs", default=None, help=f"[[in, out], ...]; default {GPU_DEFAULTS[1]} on a GPU/NPU, "
+                                                      f"{CPU_DEFAULTS[1]} on the CPU")
     p.add_argument("--cases", default=None, help="explicit batch:in:out list, e.g. 1:512:128,64:512:64")
     p.add_argument("--ttft-lens", default="", help="prompt lengths for a batch-1 first-token test, e.g. 4096")
     p.add_argument("--baseline", choices=["hf"], default=None)
@@ -35,17 +44,36 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="CSV file")
     add_engine_args(p)
     a = p.parse_args(argv)
-    try:
-        a.batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
-        a.case_pairs = [tuple(map(int, c)) for c in json.loads(a.case_pairs)]
-        a.ttft_lens = [int(x) for x in a.ttft_lens.split(",") if x]
-    except (ValueError, TypeError) as e:
-        raise UserError(f"bad --batch-sizes/--case-pairs/--ttft-lens: {e}") from e
-    a.cases = ([tuple(int(v) for v in c.split(":")) for c in a.cases.split(",")] if a.cases else
-               [(b, i, o) for b in a.batch_sizes for i, o in a.case_pairs])
-    a.baseline_batch_sizes = ([int(x) for x in a.baseline_batch_sizes.split(",")] if a.baseline_batch_sizes
-                              else a.batch_sizes)
+    plan_cases(a, GPU_DEFAULTS)  # refuses a bad list before the engine loads
     return a
+
+
+def _positive(values: list[int], flag: str) -> list[int]:
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"{flag}: every number must be a positive integer, got {values}")
+    return values
+
+
+def plan_cases(a, defaults: tuple[str, str]) -> None:
+    """a.cases [(batch, in, out)], a.ttft_lens, a.baseline_batch_sizes from the flags, else from `defaults`."""
+    batch_sizes = a.batch_sizes if a.batch_sizes is not None else defaults[0]
+    case_pairs = a.case_pairs if a.case_pairs is not None else defaults[1]
+    try:
+        sizes = _positive([int(x) for x in str(batch_sizes).split(",")], "--batch-sizes")
+        pairs = [tuple(int(v) for v in c) for c in json.loads(case_pairs)]
+        if any(len(c) != 2 for c in pairs):
+            raise ValueError("each pair is [in, out]")
+        _positive([v for c in pairs for v in c], "--case-pairs")
+        ttft = _positive([int(x) for x in a.ttft_lens.split(",") if x], "--ttft-lens") if a.ttft_lens else []
+        cases = ([tuple(int(v) for v in c.split(":")) for c in a.cases.split(",")] if a.cases else
+                 [(b, i, o) for b in sizes for i, o in pairs])
+        if any(len(c) != 3 for c in cases):
+            raise ValueError("each case is batch:in:out")
+        _positive([v for c in cases for v in c], "--cases")
+        base = [int(x) for x in a.baseline_batch_sizes.split(",")] if a.baseline_batch_sizes else sizes
+    except (ValueError, TypeError) as e:
+        raise UserError(f"bad --batch-sizes/--case-pairs/--cases/--ttft-lens: {e}") from e
+    a.plan = SimpleNamespace(cases=cases, ttft_lens=ttft, baseline_batch_sizes=base)
 
 
 def copy_bandwidth(device) -> float:
@@ -88,15 +116,24 @@ def run_case(engine, batch: int, n_in: int, n_out: int, seed: int) -> dict:
 
 
 def row(model, batch, n_in, n_out, r, floor_tok_s):
-    non_first = (r["e2e"] - r["first"]) / max(n_out - 1, 1)
-    nf_tput = batch / non_first if non_first > 0 else float("nan")
+    """One table row; None where a value does not apply (one output token, no bandwidth floor)."""
+    non_first = (r["e2e"] - r["first"]) / (n_out - 1) if n_out > 1 else None
+    nf_tput = batch / non_first if non_first else None
+    floor = floor_tok_s if floor_tok_s and math.isfinite(floor_tok_s) else None
     return {"Model": model, "Batchsize": batch, "In_seq": n_in, "Out_seq": n_out,
             "Total time(s)": round(r["e2e"], 4), "First token time(ms)": round(r["first"] * 1000, 2),
-            "Non-first token time(ms)": round(non_first * 1000, 3),
-            "Non-first token Throughput(Tokens/s)": round(nf_tput, 1),
+            "Non-first token time(ms)": None if non_first is None else round(non_first * 1000, 3),
+            "Non-first token Throughput(Tokens/s)": None if nf_tput is None else round(nf_tput, 1),
             "E2E Throughput(Tokens/s)": round(batch * n_out / r["e2e"], 1),
-            "Floor(Tokens/s)": round(floor_tok_s, 1),
-            "% of floor": round(100 * nf_tput / floor_tok_s, 1) if floor_tok_s == floor_tok_s else ""}
+            "Floor(Tokens/s)": None if floor is None else round(floor, 1),
+            "% of floor": round(100 * nf_tput / floor, 1) if floor and nf_tput else None}
+
+
+def progress_line(i: int, n: int, r: dict) -> str:
+    """What stderr shows as each case ends."""
+    tput = r["Non-first token Throughput(Tokens/s)"]
+    return (f"[{i}/{n}] batch {r['Batchsize']}, {r['In_seq']} in / {r['Out_seq']} out: {r['Total time(s)']:.2f} s, "
+            f"first token {r['First token time(ms)']:.1f} ms" + (f", {tput} tok/s" if tput is not None else ""))
 
 
 def make_engine(a):
@@ -111,14 +148,17 @@ def make_engine(a):
     cfg.enable_prefix_caching = False  # every case is new work, also across repeats
     if a.random_weights:
         cfg.extra["random_weights"] = True
-    return LLMEngine(cfg)
+    return LLMEngine(cfg, progress=progress_printer)
 
 
 def print_table(rows) -> None:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS}
-    print(" | ".join(c.ljust(widths[c]) for c in COLUMNS))
+    """One table on stdout: "-" where a value does not apply."""
+    cell = lambda v: "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
+    widths = {c: max(len(c), *(len(cell(r[c])) for r in rows)) for c in COLUMNS}
+    print(" | ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip())
+    print("-+-".join("-" * widths[c] for c in COLUMNS))
     for r in rows:
-        print(" | ".join(str(r[c]).ljust(widths[c]) for c in COLUMNS))
+        print(" | ".join(cell(r[c]).ljust(widths[c]) for c in COLUMNS).rstrip())
 
 
 def main(argv) -> int:
@@ -132,20 +172,26 @@ def main(argv) -> int:
     bw = copy_bandwidth(dev)
     name = a.random_weights or Path(a.model).name
     label = f"{name} {str(engine.dtype).removeprefix('torch.')} tp{a.tp}{' ' + a.quant if a.quant else ''}"
-    print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev}; copy bandwidth "
-          f"{bw / 1e12:.2f} TB/s", file=sys.stderr)
+    if dev.type == "cpu":
+        plan_cases(a, CPU_DEFAULTS)  # flags the user gave stay; only the defaults change
+    plan = a.plan
+    name_dev = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    bw_text = f"copy bandwidth {bw / 1e12:.2f} TB/s" if math.isfinite(bw) else "no bandwidth floor off CUDA"
+    total = len(plan.cases) + len(plan.ttft_lens)
+    print(f"bench: {total} case(s) on {name_dev} ({label}); {bw_text}; warming up", file=sys.stderr, flush=True)
     rows = []
     run_case(engine, 1, 32, 8, seed=99)  # warm-up
-    for batch, n_in, n_out in a.cases:
+    for batch, n_in, n_out in plan.cases:
         run_case(engine, batch, n_in, min(n_out, 4), seed=batch * 7 + n_in + 1)  # warm-up of this shape
         r = run_case(engine, batch, n_in, n_out, seed=batch * 7 + n_in)
         floor = batch * bw / decode_bytes(m, batch, n_in + n_out / 2, el, wel, a.tp)
         rows.append(row(label, batch, n_in, n_out, r, floor))
-        print(rows[-1], file=sys.stderr, flush=True)
-    for n_in in a.ttft_lens:  # median of 3 after a warm-up of the shape
+        print(progress_line(len(rows), total, rows[-1]), file=sys.stderr, flush=True)
+    for n_in in plan.ttft_lens:  # median of 3 after a warm-up of the shape
         run_case(engine, 1, n_in, 1, seed=n_in + 1)
         runs = sorted((run_case(engine, 1, n_in, 1, seed=n_in + i) for i in range(3)), key=lambda r: r["first"])
         rows.append(row(label + " ttft", 1, n_in, 1, runs[1], float("nan")))
+        print(progress_line(len(rows), total, rows[-1]), file=sys.stderr, flush=True)
     if a.baseline == "hf":
         from inference.bench_hf import hf_rows
 

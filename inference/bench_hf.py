@@ -44,7 +44,7 @@ def hf_model_from_engine(engine):
 
 
 def hf_rows(engine, a, bw, el, label) -> list[dict]:
-    from inference.bench import row
+    from inference.bench import progress_line, row
 
     dev, m = engine.device, engine.model_config
     engine.runner.graphs = None
@@ -65,7 +65,8 @@ def hf_rows(engine, a, bw, el, label) -> list[dict]:
         torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    cases = [c for c in a.cases if c[0] in a.baseline_batch_sizes] + [(1, n, 1) for n in a.ttft_lens]
+    plan = a.plan
+    cases = [c for c in plan.cases if c[0] in plan.baseline_batch_sizes] + [(1, n, 1) for n in plan.ttft_lens]
     for batch, n_in, n_out in cases:
         try:
             ids = torch.randint(0, 150000, (batch, n_in), device=dev)
@@ -75,7 +76,7 @@ def hf_rows(engine, a, bw, el, label) -> list[dict]:
             e2e = gen(ids, n_out) if n_out > 1 else first
             floor = batch * bw / decode_bytes(m, batch, n_in + n_out / 2, el)
             rows.append(row("hf-static " + label, batch, n_in, n_out, {"e2e": e2e, "first": first}, floor))
-            print(rows[-1], file=sys.stderr, flush=True)
+            print("baseline " + progress_line(len(rows), len(cases), rows[-1]), file=sys.stderr, flush=True)
         except Exception as e:  # report, keep the rest of the table
             print(f"baseline failed for batch {batch} {n_in}/{n_out}: {e!r}"[:500], file=sys.stderr)
     return rows

@@ -45,6 +45,25 @@ def default_loader(param, src, name="", shard_id=None) -> None:
     param.data.copy_(src[:])
 
 
+FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+INT_DTYPES = {"I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
+
+
+def check_dtype(key: str, src, param, file: str) -> None:
+    """A float parameter takes a float tensor and an int8 one an int8 tensor: anything else (int8 values
+    where the checkpoint is bf16) would load as numbers cast to the wrong type and produce garbage."""
+    code = src.get_dtype() if hasattr(src, "get_dtype") else None
+    if code is None:
+        return
+    got = FLOAT_DTYPES.get(code) or INT_DTYPES.get(code) or code.lower()
+    want = str(param.dtype).removeprefix("torch.")
+    if param.dtype.is_floating_point == (code in FLOAT_DTYPES) and (param.dtype.is_floating_point or got == want):
+        return
+    kind = "a floating-point tensor (the checkpoint's float dtype)" if param.dtype.is_floating_point else want
+    raise UserError(f"{file}: tensor {key} is stored as {got} but must be {kind}; the file is damaged or "
+                    "mixes in tensors of another (quantized) checkpoint: re-download it")
+
+
 def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()) -> None:
     """Fill every parameter of `model`; a missing or unexpected tensor is a UserError naming it."""
     if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
@@ -77,6 +96,7 @@ def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()
                     src = f.get_slice(key)
                 except Exception as e:
                     raise UserError(f"{path.name}: tensor {key} cannot be read ({e}); re-download this shard") from e
+                check_dtype(key, src, param, path.name)
                 getattr(param, "weight_loader", default_loader)(param, src, name=key, shard_id=shard)
                 loaded.add(pname if shard is None else f"{pname}#{shard}")
     expected = set()
@@ -90,3 +110,46 @@ def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()
     if progress:
         progress(total, total, "weights loaded")
 
+
+def published_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a float Qwen v1 checkpoint and its shape, from its config (a ModelConfig)."""
+    h, f, v = cfg.hidden_size, cfg.ffn_size, cfg.vocab_size
+    shapes = {"transformer.wte.weight": (v, h), "transformer.ln_f.weight": (h,), "lm_head.weight": (v, h)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"transformer.h.{i}."
+        shapes.update({p + "ln_1.weight": (h,), p + "attn.c_attn.weight": (3 * h, h), p + "attn.c_attn.bias": (3 * h,),
+                       p + "attn.c_proj.weight": (h, h), p + "ln_2.weight": (h,), p + "mlp.w1.weight": (f, h),
+                       p + "mlp.w2.weight": (f, h), p + "mlp.c_proj.weight": (h, f)})
+    return shapes
+
+
+def check_float_checkpoint(model_dir: Path, cfg, files: dict[str, list[str]]) -> None:
+    """For tools that read a float checkpoint tensor by tensor (quantize), from the shard headers only:
+    every shard readable, every published tensor there with its shape and a float dtype, nothing else."""
+    want, seen = published_shapes(cfg), set()
+    for fname, names in sorted(files.items()):
+        path = model_dir / fname
+        try:
+            handle = safe_open(str(path), "pt")
+        except Exception as e:  # corrupt header, truncated file
+            raise UserError(f"{path} cannot be read ({e}); re-download this shard") from e
+        with handle as f:
+            for key in names:
+                if key.endswith(".rotary_emb.inv_freq"):
+                    continue
+                if key not in want:
+                    raise UserError(f"{fname}: unexpected tensor {key}; is this a Qwen v1 checkpoint?")
+                try:
+                    src = f.get_slice(key)
+                except Exception as e:
+                    raise UserError(f"{fname}: tensor {key} cannot be read ({e}); re-download this shard") from e
+                if tuple(src.get_shape()) != want[key]:
+                    raise UserError(f"tensor {key}: shape {list(src.get_shape())} does not fit the config (expected "
+                                    f"{list(want[key])}); config.json and the weights disagree, re-download the "
+                                    "checkpoint")
+                check_dtype(key, src, torch.empty(0), fname)
+                seen.add(key)
+    missing = sorted(set(want) - seen)
+    if missing:
+        raise UserError(f"{model_dir}: the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[0]}; "
+                        "a shard is missing or incomplete, re-download it")

@@ -25,24 +25,26 @@ ENGINE_COMMANDS = {"generate", "serve", "eval", "bench"}
 
 
 def peek_tp(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     p.add_argument("--tp", default="1")
     p.add_argument("--reference-tp", default="1")
     a, _ = p.parse_known_args(argv)
-    try:
-        return max(int(a.tp), int(a.reference_tp))
-    except ValueError as e:
-        raise UserError(f"--tp must be an integer, got {a.tp!r}") from e
+    sizes = []
+    for flag, value in (("--tp", a.tp), ("--reference-tp", a.reference_tp)):
+        try:
+            sizes.append(int(value))
+        except ValueError:
+            raise UserError(f"{flag} must be a positive integer (1, 2, 4 or 8), got {value!r}") from None
+    return max(sizes)
 
 
 def preflight(argv: list[str]) -> None:
     """Refuse bad tensor-parallel setups before any rank starts."""
     from inference.cli_args import add_engine_args, engine_config_from_args  # noqa: PLC0415
-    from inference.config import ModelConfig  # noqa: PLC0415
+    from inference.config import ModelConfig, check_tp  # noqa: PLC0415
     from inference.engine.device import device_count  # noqa: PLC0415
-    from inference.engine.llm_engine import check_tp  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     add_engine_args(p)
     a, _ = p.parse_known_args(argv)
     cfg = engine_config_from_args(a)
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd, rest = argv[0], argv[1:]
     try:
-        if cmd in ENGINE_COMMANDS and "LOCAL_RANK" not in os.environ and "-h" not in rest and "--help" not in rest:
+        remote = cmd == "generate" and "--connect" in rest  # the server runs torchrun itself
+        if (cmd in ENGINE_COMMANDS and not remote and "LOCAL_RANK" not in os.environ and "-h" not in rest
+                and "--help" not in rest):
             tp = peek_tp(rest)
             if tp > 1:
                 preflight(rest)

@@ -82,6 +82,12 @@ class ModelConfig:
                                "vocab_size") if n not in raw]
         if missing:
             raise UserError(f"{source}: missing {', '.join(missing)}; the file is incomplete, re-download it")
+        for n in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                  "kv_channels", "seq_length", "max_position_embeddings"):
+            v = raw.get(n, 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{source}: {n} must be a positive integer, got {v!r}; "
+                                "the file is damaged, re-download it")
         kw = {k: v for k, v in raw.items() if k in names}
         kw.setdefault("kv_channels", raw["hidden_size"] // raw["num_attention_heads"])
         kw.setdefault("seq_length", raw.get("max_position_embeddings", 2048))
@@ -93,6 +99,12 @@ class ModelConfig:
         if cfg.num_attention_heads * cfg.kv_channels != cfg.hidden_size:
             raise UserError(f"{source}: num_attention_heads x kv_channels must equal hidden_size")
         return cfg
+
+
+def check_tp(m: ModelConfig, tp: int) -> None:
+    if m.num_attention_heads % tp or m.ffn_size % tp:
+        raise UserError(f"--tp {tp} does not divide the model's {m.num_attention_heads} attention heads "
+                        f"and {m.ffn_size} MLP columns; use a tensor-parallel size that does (1, 2, 4 or 8)")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from inference.model_path import is_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qwen-chat generate", description="Generate from one prompt.")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat generate", description="Generate from one prompt.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="raw completion prompt")
     src.add_argument("--prompt-ids", help="comma-separated token ids")
@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--connect", action="store_true", help="use (or start) a background engine server")
-    p.add_argument("--socket", default=None)
+    p.add_argument("--connect", action="store_true",
+                   help="use the background engine server of --model, starting one if none runs")
+    p.add_argument("--socket", default=None, help="with --connect: the server's socket (default: the model's)")
     add_engine_args(p)
     return p
 
@@ -54,11 +55,12 @@ def progress_printer(done: int, total: int, what: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
     if a.connect:
         from inference.generate_remote import run_remote
 
-        return run_remote(a)
+        return run_remote(a, parser)
     from inference.engine.llm_engine import LLMEngine
     from inference.tokenizer import StreamDecoder
 

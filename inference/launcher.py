@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +27,8 @@ from inference import private_files
 from inference.client import EngineClient, EngineError, EngineUnavailable, UntrustedPeer
 from inference.errors import UserError
 
+START_MARK = "--- "  # spawn_server's line before each start: "--- <time> starting: <command>"
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b[^\s]*: \S")
 EXIT_ALREADY_RUNNING = 3  # `serve` exit code when a live server owns the socket path
 LOG_ROTATE_BYTES = 10 << 20
 START_TIMEOUT = 1800.0  # a 72B checkpoint from a slow disk takes a while
@@ -36,11 +37,18 @@ _spawned: dict[int, subprocess.Popen] = {}  # servers this process started
 
 
 class EngineStartError(UserError):
-    """The background server exited or timed out while starting; carries the log's last lines."""
+    """The background server exited or timed out while starting; carries this start's last log lines.
+
+    `what` says what happened ("... exited with code 2 while starting"), `reason` is the engine's own
+    error line from the log (its last `error:` line, else a traceback's last line), or None."""
 
     def __init__(self, message: str, log_file: Path | None = None, log_tail: Sequence[str] = ()):
         self.log_file = log_file
         self.log_tail = list(log_tail)
+        self.what = message
+        self.reason = error_line(self.log_tail)
+        if self.reason:
+            message += ": " + (self.reason.split(": ", 1)[-1] if self.reason.startswith("error") else self.reason)
         if self.log_tail:
             message += f"\nlast lines of {log_file}:\n" + "\n".join("  " + s for s in self.log_tail)
         super().__init__(message)
@@ -89,14 +97,31 @@ def log_path(socket_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".log") if p.suffix == ".sock" else p.with_name(p.name + ".log")
 
 
-def read_log_tail(path: str | os.PathLike, n: int = 20) -> list[str]:
-    """The last `n` lines of a log file ([] when it does not exist)."""
+def read_log_tail(path: str | os.PathLike, n: int = 20, this_run: bool = False) -> list[str]:
+    """The last `n` lines of a log file ([] when it does not exist). With `this_run`, only the lines
+    after the last start marker that `spawn_server` writes: nothing from earlier runs."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))
-            return [ln.decode("utf-8", "replace").rstrip("\r\n") for ln in deque(f, maxlen=n)]
+            lines = [ln.decode("utf-8", "replace").rstrip("\r\n") for ln in f]
     except OSError:
         return []
+    if this_run:
+        starts = [i for i, ln in enumerate(lines) if ln.startswith(START_MARK) and " starting: " in ln]
+        lines = lines[starts[-1] + 1:] if starts else lines
+    return lines[-n:] if n > 0 else []
+
+
+def error_line(lines: Sequence[str]) -> str | None:
+    """A failed start's own reason in its log lines: the last `error: ...` line (what the CLI prints for
+    bad input), else the last line of a traceback (`SomeError: ...`), else None."""
+    for line in reversed(lines):
+        if line.startswith(("error: ", "error (rank")):
+            return line.strip()
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line.strip()
+    return None
 
 
 def probe(socket_path: str | os.PathLike, timeout: float = 3.0) -> dict | None:
@@ -137,7 +162,7 @@ def spawn_server(cmd: Sequence[str], log_file: Path) -> subprocess.Popen:
     except OSError:
         pass
     with open(private_files.open_private(log_file, os.O_WRONLY | os.O_APPEND, "log file"), "ab") as log:
-        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+        log.write(f"\n{START_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
@@ -176,20 +201,20 @@ def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "a
         if proc is not None and proc.poll() is not None:
             if proc.returncode != EXIT_ALREADY_RUNNING:
                 raise EngineStartError(f"the engine server exited with code {proc.returncode} while starting",
-                                       log_file, read_log_tail(log_file, 15))
+                                       log_file, read_log_tail(log_file, 15, this_run=True))
             proc = None  # another start won the race for the socket: wait for that server instead
         if proc is None and health is None:
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > 10.0:
                 raise EngineStartError(f"the engine server on {path} went away while starting", log_file,
-                                       read_log_tail(log_file, 15))
+                                       read_log_tail(log_file, 15, this_run=True))
         else:
             gone_since = None
         if time.monotonic() > deadline:
             if proc is not None:
                 _kill_group(proc.pid)
             raise EngineStartError(f"the engine server was not ready after {timeout:.0f}s", log_file,
-                                   read_log_tail(log_file, 15))
+                                   read_log_tail(log_file, 15, this_run=True))
         time.sleep(0.2)
         health = _probe_trusted(path)
 
@@ -274,7 +299,8 @@ def stop_server(path: Path, timeout: float = 30.0) -> str:
 def stop_main(argv: Sequence[str] | None = None) -> int:
     """`qwen-chat stop [--model M | --socket PATH]`: no option stops every server in the default directory;
     `--model M` every configuration of M."""
-    ap = argparse.ArgumentParser(prog="qwen-chat stop", description="Stop background engine servers.")
+    ap = argparse.ArgumentParser(prog="qwen-chat stop", description="Stop background engine servers.",
+                                 allow_abbrev=False)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--model", help="stop the servers of this model (path, alias or demo), every configuration")
     g.add_argument("--socket", help="stop the server listening on this socket")

@@ -14,10 +14,10 @@ from sessions.store import SessionStore, default_db_path
 
 
 def _parser() -> argparse.ArgumentParser:
-    db = argparse.ArgumentParser(add_help=False)
+    db = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     db.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
                     help=f"sessions database (default: $QWEN_CHAT_SESSIONS_DB or {default_db_path()})")
-    p = argparse.ArgumentParser(prog="qwen-chat sessions", parents=[db],
+    p = argparse.ArgumentParser(prog="qwen-chat sessions", parents=[db], allow_abbrev=False,
                                 description="List, show, export, import, delete and fork saved chats.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     fk = sub.add_parser("fork", parents=[db], help="copy messages 0..N of a session into a new session")
     fk.add_argument("id")
     fk.add_argument("--at", type=int, required=True, metavar="N", help="last message index to copy (0-based)")
+    for sp in sub.choices.values():  # no prefix matching: --s must not mean --search
+        sp.allow_abbrev = False
     return p
 
 

@@ -19,6 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
+        allow_abbrev=False,
         prog="qwen-chat",
         description="Chat with Qwen v1 models in the terminal. Engine commands: "
                     + ", ".join(ENGINE_COMMANDS) + "; saved chats: `qwen-chat sessions --help`.",
@@ -64,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.socket is None:
         from inference.errors import UserError
-        from inference.model_path import resolve_model
+        from inference.preflight import check_start
 
-        try:
-            resolve_model(args.model)  # fail here, in one line, for a model that is not on disk
+        try:  # fail here, in one line, for what needs no engine: files, config, --tp, the device
+            check_start(args.model, tp=args.tp, device=args.device, dtype=args.dtype, quant=args.quant)
         except UserError as e:
             return _fail(str(e).replace("\n", " "))
     elif not os.path.exists(args.socket):

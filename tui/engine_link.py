@@ -101,9 +101,12 @@ class EngineLink:
             time.sleep(0.2)
 
     def _start_error(self, e: Exception) -> StartFailed:
+        """The engine's own error line first (from this start's log lines only), then what happened."""
         log_path = str(getattr(e, "log_file", None) or self.log_path)
-        lines = launcher.read_log_tail(log_path, 30)
-        message = (str(e) or type(e).__name__).split("\nlast lines of", 1)[0]
+        lines = launcher.read_log_tail(log_path, 30, this_run=True)
+        what = getattr(e, "what", None) or (str(e) or type(e).__name__).split("\nlast lines of", 1)[0]
+        reason = launcher.error_line(lines) or getattr(e, "reason", None)
+        message = f"{reason}\n({what})" if reason and reason not in what else what
         hint = (f"Check the model ({self.opts.model!r}), --device and --dtype. Run "
                 f"`qwen-chat serve --model {self.opts.model}` in a terminal to see the whole output, "
                 "then press r to retry.")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from inference import distributed as dist
-from inference.config import EngineConfig, ModelConfig, SamplingParams
+from inference.config import EngineConfig, ModelConfig, SamplingParams, check_tp
 from inference.engine import memory
 from inference.engine.block_manager import BlockManager
 from inference.engine.device import cpu_threads, resolve_device, resolve_dtype
@@ -35,12 +35,6 @@ def fingerprint(model_dir: Path) -> bytes:
     for p in sorted(model_dir.glob("*.safetensors*")):
         h.update(p.name.encode() + str(p.stat().st_size).encode())
     return h.digest()[:16]
-
-
-def check_tp(m: ModelConfig, tp: int) -> None:
-    if m.num_attention_heads % tp or m.ffn_size % tp:
-        raise UserError(f"--tp {tp} does not divide the model's {m.num_attention_heads} attention heads "
-                        f"and {m.ffn_size} MLP columns; use a tensor-parallel size that does (1, 2, 4 or 8)")
 
 
 class LLMEngine:

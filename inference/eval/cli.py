@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     from inference.cli_args import add_engine_args
 
     p = argparse.ArgumentParser(
-        prog="qwen-chat eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="qwen-chat eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False)
     p.add_argument("--task", required=True, choices=(*TASKS, "logits-dump"), metavar="{ceval,boolq,logits}",
                    help="ceval: C-Eval 5-shot; boolq: BoolQ; logits: compare --model with --reference")
     p.add_argument("--data", help="dataset folder: C-Eval (subject_mapping.json, dev/, val/) or BoolQ "

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from inference.checkpoint import shard_map
+from inference.checkpoint import check_float_checkpoint, shard_map
 from inference.config import ModelConfig
 from inference.errors import UserError
 from inference.eval.progress import ProgressBar
@@ -55,6 +55,9 @@ def _validate(o: QuantizeOptions) -> tuple[Path, Path, ModelConfig]:
 
         if find_layout(src) is not None:
             raise UserError(f"{src} holds msmodelslim quantized weights; load it directly with --model {src}")
+    if not (src / "qwen.tiktoken").is_file():
+        raise UserError(f"{src / 'qwen.tiktoken'} not found: the checkpoint's tokenizer file is missing; "
+                        "re-download it")
     if out.resolve() == src.resolve():
         raise UserError("--out must be a new folder, not the source checkpoint")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -133,6 +136,7 @@ def quantize_checkpoint(o: QuantizeOptions) -> dict:
     skip = utils.DEFAULT_SKIP[o.scheme] if o.skip is None else tuple(o.skip)
     quantized = quantized_modules(cfg, skip)
     files = shard_map(src)  # validates the source layout before any work
+    check_float_checkpoint(src, cfg, files)
     device = _device(o.device)
     calib, alpha = None, None
     if o.calib is not None:

@@ -79,7 +79,7 @@ class EngineServer:
         self.loop.start()
         log.info("listening on %s (pid %d); loading %s", self.info["socket"], os.getpid(), self.info["model"])
         await self._stop.wait()
-        self.status = "stopping"
+        failed, self.status = self.status == "failed", "stopping"
         server.close()
         try:  # gone from the path at once; the lock stays held until the process exits
             os.unlink(self.info["socket"])
@@ -92,7 +92,7 @@ class EngineServer:
         self.loop.stop()
         await asyncio.gather(*(c.flush_and_close(2.0) for c in list(self.connections)),
                              *([self.http.stop(2.0)] if self.http is not None else []))
-        if self.engine is None and self.status != "failed":  # stopped while loading: nothing to wind down
+        if self.engine is None and not failed:  # stopped while loading: nothing to wind down
             log.info("stopped while loading the model")
             return self.exit_code
         try:
@@ -130,9 +130,10 @@ class EngineServer:
                      self.info.get("dtype"), self.max_model_len)
 
     def _on_crash(self, message: str, tb: str) -> None:
-        log.error("%s\n%s", message, tb)
+        if tb:  # without one (bad input at load) `serve` prints the one `error:` line itself
+            log.error("%s\n%s", message, tb)
         self.status = "failed"
-        self.exit_code = 1
+        self.exit_code = 1 if tb else 2  # 2: bad input, re-raised by serve.main as one `error:` line
         msg = f"{message}; the engine server is exiting (log: {self.info.get('log_file') or 'its stderr'})"
         for t in list(self.requests.values()):
             t.conn.send(P.error_event(t.client_id, msg, P.ENGINE_ERROR))

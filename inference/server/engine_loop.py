@@ -61,6 +61,7 @@ class EngineLoop(threading.Thread):
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._live: set[str] = set()  # request ids added to the engine and not yet finished
         self.engine = None
+        self.load_error: UserError | None = None  # the model could not load because of bad input
 
     # -- called from the asyncio thread --------------------------------------------------------------
     def add(self, request_id: str, prompt_ids: list[int], params) -> None:
@@ -83,6 +84,11 @@ class EngineLoop(threading.Thread):
     def run(self) -> None:
         try:
             self.engine = self._make_engine(self._progress)
+        except UserError as e:  # a bad checkpoint or option: `serve` ends with one `error:` line, exit 2
+            self.load_error = e
+            self._call(self._on_crash, f"loading the model failed: {e}", "")
+            self._call(self._on_exit)
+            return
         except BaseException as e:  # any load failure is reported to clients
             self._call(self._on_crash, f"loading the model failed: {e}", traceback.format_exc())
             self._call(self._on_exit)

@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = asyncio.run(server.run())
     finally:
         release_socket(path, None, lock_fd)
+    if server.loop is not None and server.loop.load_error is not None:
+        raise server.loop.load_error  # bad checkpoint or option: one `error:` line, exit 2 (inference.cli)
     if server.loop is not None and server.loop.is_alive():  # stuck loading or in a collective: do not wait
         logging.shutdown()
         sys.stdout.flush()
