@@ -47,6 +47,7 @@ SAMPLING_FIELDS = {  # request field -> (is the value allowed?, what is allowed)
     "repetition_penalty": (lambda v: _is_number(v) and 0 < v <= 10, "a number in (0, 10]"),
     "seed": (lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED), "an integer in 0..2**63-1 or null"),
     "ignore_eos": (lambda v: isinstance(v, bool), "true or false"),
+    "logprobs": (lambda v: v is None or (_is_int(v) and 0 <= v <= 20), "an integer in 0..20 or null"),
 }
 COMMON_FIELDS = ("op", "id", "protocol")
 HISTORY_MODES = ("error", "trim")

@@ -270,3 +270,17 @@ def test_bad_requests_get_precise_errors_and_the_connection_stays_usable(server)
     conn.send({"op": "generate", "id": "ok", "prompt_ids": [5, 6], "max_new_tokens": 3})
     assert conn.until(lambda e: e["event"] == "done")[-1]["usage"]["completion_tokens"] <= 3
     conn.close()
+
+
+def test_logprobs_on_the_socket_come_with_each_greedy_token(server):
+    with EngineClient(server.path) as c:
+        evs = list(c.generate(prompt_ids=list(range(300, 320)), max_new_tokens=6, ignore_eos=True,
+                              temperature=0, repetition_penalty=1.0, logprobs=2))
+        with pytest.raises(ValueError, match="'logprobs' must be an integer in 0..20"):
+            list(c.generate(prompt_ids=[1, 2], logprobs=21))
+    tokens = [t for e in evs if e["event"] == "token" for t in e["token_ids"]]
+    entries = [x for e in evs if e["event"] == "logprobs" for x in e["token"]]
+    assert len(tokens) == len(entries) == 6
+    for tok, (lp, alts) in zip(tokens, entries):
+        assert len(alts) == 2 and alts[0][0] == tok and alts[0][1] == lp  # greedy: the best token was taken
+        assert lp >= alts[1][1] and lp <= 0
