@@ -51,6 +51,7 @@ async def socket_client(path, prompt, n, rec) -> int:
 
 async def http_client(session, url, key, prompt, n, rec) -> int:
     body = {"prompt": prompt, "max_tokens": n, "stream": True, "temperature": 0, "ignore_eos": True,
+            "repetition_penalty": 1.0,  # the socket's default; HTTP's comes from generation_config.json
             "stream_options": {"include_usage": True}}
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     t0, last, got = time.perf_counter(), None, 0
