@@ -27,14 +27,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from serve_load import add_load_args, pct  # bench/ is on sys.path when run as a script
 
 from inference.client import AsyncEngineClient, EngineClient
 from inference.launcher import ensure_server, probe
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
 async def socket_client(path, prompt, n, rec) -> int:
@@ -107,18 +103,11 @@ async def phase(front: str, args, prompts, path, url, pid=None) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-    ap.add_argument("--model", default="demo")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
+    add_load_args(ap, clients=16, max_new_tokens=128, prompt_len=64)  # a server it starts gets --http 0
     ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--socket", help="use the server on this socket (started here, with --http 0, if none answers)")
     ap.add_argument("--url", help="its HTTP base URL (default: from its health)")
     ap.add_argument("--api-key", default=None)
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     started = False

@@ -72,6 +72,18 @@ async def phase(path, prompts, n, actions, rng) -> dict:
     return {"tokens": sum(tokens), "wall": wall, "tok_s": sum(tokens) / wall, "itl": itl, "counts": counts}
 
 
+def add_load_args(ap: argparse.ArgumentParser, clients: int, max_new_tokens: int, prompt_len: int) -> None:
+    """The options every load benchmark shares: which server (started here unless --socket answers), how much load."""
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--socket", help="use the server on this socket (started here if none answers)")
+    ap.add_argument("--clients", type=int, default=clients)
+    ap.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    ap.add_argument("--prompt-len", type=int, default=prompt_len)
+    ap.add_argument("--seed", type=int, default=0)
+
+
 def leaked_blocks(path, timeout: float = 10.0) -> dict:
     with EngineClient(path) as c:
         deadline = time.monotonic() + timeout
@@ -85,16 +97,9 @@ def leaked_blocks(path, timeout: float = 10.0) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-    ap.add_argument("--model", default="demo")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--socket", help="use the server on this socket (started here if none answers)")
-    ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--prompt-len", type=int, default=48)
+    add_load_args(ap, clients=32, max_new_tokens=64, prompt_len=48)
     ap.add_argument("--cancel-frac", type=float, default=0.25)
     ap.add_argument("--disconnect-frac", type=float, default=0.25)
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     tmp = None

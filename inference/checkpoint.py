@@ -80,11 +80,7 @@ def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()
         if progress:
             progress(i, total, f"loading {fname}")
         path = model_dir / fname
-        try:
-            handle = safe_open(str(path), "pt")
-        except Exception as e:  # corrupt header, truncated file
-            raise UserError(f"{path} cannot be read ({e}); re-download this shard") from e
-        with handle as f:
+        with open_shard(path) as f:
             for key in names:
                 if key.endswith(".rotary_emb.inv_freq") or any(key.startswith(s) for s in skip):
                     continue
@@ -111,6 +107,14 @@ def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()
         progress(total, total, "weights loaded")
 
 
+def open_shard(path: Path):
+    """safe_open of one shard; a corrupt header or a truncated file is a UserError that says what to do."""
+    try:
+        return safe_open(str(path), "pt")
+    except Exception as e:
+        raise UserError(f"{path} cannot be read ({e}); re-download this shard") from e
+
+
 def published_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Every tensor of a float Qwen v1 checkpoint and its shape, from its config (a ModelConfig)."""
     h, f, v = cfg.hidden_size, cfg.ffn_size, cfg.vocab_size
@@ -129,11 +133,7 @@ def check_float_checkpoint(model_dir: Path, cfg, files: dict[str, list[str]]) ->
     want, seen = published_shapes(cfg), set()
     for fname, names in sorted(files.items()):
         path = model_dir / fname
-        try:
-            handle = safe_open(str(path), "pt")
-        except Exception as e:  # corrupt header, truncated file
-            raise UserError(f"{path} cannot be read ({e}); re-download this shard") from e
-        with handle as f:
+        with open_shard(path) as f:
             for key in names:
                 if key.endswith(".rotary_emb.inv_freq"):
                     continue

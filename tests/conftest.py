@@ -30,3 +30,19 @@ def tiny_engine(tiny_model):
     from inference.engine.llm_engine import LLMEngine
 
     return LLMEngine(EngineConfig(model=str(tiny_model), device="cpu", dtype="float32", num_kv_blocks=256))
+
+
+@pytest.fixture(scope="module")
+def tui_server(tiny_model, tmp_path_factory):
+    """An engine server on tiny_model (CPU, float32) for the app's pilot tests of one module."""
+    from types import SimpleNamespace
+
+    from test_tui_support import start_server, stop_server
+
+    tmp = tmp_path_factory.mktemp("tui-server")
+    sock, log = tmp / "engine.sock", tmp / "engine.log"
+    proc = start_server(tiny_model, sock, log)
+    try:
+        yield SimpleNamespace(sock=sock, model=str(tiny_model), log=log, proc=proc)
+    finally:
+        assert stop_server(proc) == 0, log.read_text()[-2000:]

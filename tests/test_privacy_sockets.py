@@ -78,16 +78,21 @@ def _all_clients_refuse(path, match: str) -> None:
         EngineLink(EngineOptions(socket=str(path))).start()
 
 
+def _refused_everywhere(tiny_model, path, squatter, match: str) -> list[int]:
+    """Every client and the launcher refuse `path` with `match`; returns the bytes the squatter got per connection."""
+    try:
+        _all_clients_refuse(path, match)
+        with pytest.raises(UserError, match=match):
+            launcher.ensure_server(str(tiny_model), device="cpu", socket=path, timeout=10)
+    finally:
+        got = squatter.received()
+    return got
+
+
 def test_a_squatter_in_a_shared_folder_gets_nothing(tiny_model):
     with folder(0o1777) as shared:
         path = shared / "x.sock"
-        squatter = Squatter("path", str(path))
-        try:
-            _all_clients_refuse(path, "writable by every user")
-            with pytest.raises(UserError, match="writable by every user"):
-                launcher.ensure_server(str(tiny_model), device="cpu", socket=path, timeout=10)
-        finally:
-            got = squatter.received()
+        got = _refused_everywhere(tiny_model, path, Squatter("path", str(path)), "writable by every user")
         assert sum(got) == 0, got
 
 
@@ -101,12 +106,7 @@ def test_a_listener_running_as_another_user_gets_nothing(tiny_model, tmp_path):
         squatter = Squatter("fd", str(s.fileno()), pass_fds=(s.fileno(),))
     finally:
         s.close()
-    try:
-        _all_clients_refuse(path, "runs as uid 65534, not as you")
-        with pytest.raises(UserError, match="runs as uid 65534"):
-            launcher.ensure_server(str(tiny_model), device="cpu", socket=path, timeout=10)
-    finally:
-        got = squatter.received()
+    got = _refused_everywhere(tiny_model, path, squatter, "runs as uid 65534, not as you")
     assert got and sum(got) == 0, got  # connections were made, not a byte was sent
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import pytest
 from test_tui_support import (
@@ -15,8 +14,6 @@ from test_tui_support import (
     idle,
     make_app,
     settings_of,
-    start_server,
-    stop_server,
     type_and_send,
     wait_for,
     wait_ready,
@@ -36,14 +33,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tui-server")
-    sock, log = tmp / "engine.sock", tmp / "engine.log"
-    proc = start_server(tiny_model, sock, log)
-    try:
-        yield SimpleNamespace(sock=sock, model=str(tiny_model), log=log, proc=proc)
-    finally:
-        assert stop_server(proc) == 0, log.read_text()[-2000:]
+def server(tui_server):
+    return tui_server
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ def test_engine_that_dies_before_the_first_token_leaves_the_app_usable(tiny_mode
 
 
 def test_engine_that_cannot_start_shows_its_log_and_the_message_is_kept(runtime, tmp_path):
+    """start fails -> browse sessions -> send (the start fails again, the message is kept) -> q quits cleanly."""
     bad = tmp_path / "not-qwen"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
@@ -152,37 +153,11 @@ def test_engine_that_cannot_start_shows_its_log_and_the_message_is_kept(runtime,
             await send(pilot, "Still saved?")
             await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
                            what="the failure screen again")
-            await pilot.press("c")
-            await wait_for(pilot, lambda: not app.chat.streaming, what="the job to end")
-        with SessionStore(db) as st:
-            msgs = st.messages(sid)
-        assert [(m.role, m.content) for m in msgs] == [("user", "Still saved?")]
-
-    asyncio.run(main())
-
-
-def test_quit_from_the_failure_screen_after_sending_while_browsing(runtime, tmp_path):
-    """start fails -> browse sessions -> send (the start fails again) -> q quits cleanly."""
-    bad = tmp_path / "not-qwen"
-    bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
-    db = tmp_path / "s.db"
-
-    async def main():
-        app = make_app(db, model=str(bad), new=True)
-        sid = app.current_session_id
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
-                           what="the failure screen")
-            await pilot.press("c")
-            await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
-            await send(pilot, "Anyone?")
-            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
-                           what="the failure screen again")
-            await pilot.press("q")
+            await pilot.press("q")  # quitting from here once crashed (MountError in the sidebar)
             await wait_for(pilot, lambda: app._exit, timeout=10, what="q to quit")
         assert app.return_code == 0 and app._exception is None
         with SessionStore(db) as st:
-            assert [(m.role, m.content) for m in st.messages(sid)] == [("user", "Anyone?")]
+            msgs = st.messages(sid)
+        assert [(m.role, m.content) for m in msgs] == [("user", "Still saved?")]
 
     asyncio.run(main())

@@ -5,22 +5,9 @@ reply box and saved with the reply; the next message gets an answer and ctrl+q q
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
-from test_tui_support import (
-    SIZE,
-    boxes,
-    chat,
-    idle,
-    make_app,
-    settings_of,
-    start_server,
-    stop_server,
-    type_and_send,
-    wait_for,
-    wait_ready,
-)
+from test_tui_support import SIZE, boxes, chat, idle, make_app, settings_of, type_and_send, wait_for, wait_ready
 
 from inference.client import EngineClient
 from sessions import SessionStore
@@ -31,14 +18,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tui-errors")
-    sock, log = tmp / "engine.sock", tmp / "engine.log"
-    proc = start_server(tiny_model, sock, log)
-    try:
-        yield SimpleNamespace(sock=sock, log=log, proc=proc)
-    finally:
-        assert stop_server(proc) == 0, log.read_text()[-2000:]
+def server(tui_server):
+    return tui_server
 
 
 def test_a_refused_request_shows_and_saves_its_reason_and_the_app_stays_usable(server, tmp_path, capsys):
