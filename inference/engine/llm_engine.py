@@ -24,7 +24,7 @@ from inference.engine.model_runner import ModelRunner, StepPlan
 from inference.engine.outputs import RequestOutput, Usage
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
-from inference.errors import UserError
+from inference.errors import PromptTooLong, UserError
 from inference.layers.sampler import Sampler, prompt_logprobs, sampled_logprobs
 from inference.model_path import demo_dir
 from inference.tokenizer import QwenTokenizer
@@ -99,7 +99,7 @@ class LLMEngine:
         if any(not isinstance(t, int) or not 0 <= t < vocab for t in prompt_ids):
             raise UserError(f"prompt token ids must be integers in [0, {vocab})")
         if len(prompt_ids) >= self.max_model_len:
-            raise UserError(f"the prompt has {len(prompt_ids)} tokens but the context window is "
+            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens but the context window is "
                             f"{self.max_model_len}; shorten it (or start a new session)")
         total = min(len(prompt_ids) + params.max_new_tokens, self.max_model_len)
         if self.block_manager.blocks_needed(total) > self.block_manager.num_blocks:
