@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from inference import envs
 from inference.errors import UserError
 
 COMMANDS = {
@@ -41,7 +42,7 @@ def peek_tp(argv: list[str]) -> int:
 def preflight(argv: list[str]) -> None:
     """Refuse bad tensor-parallel setups before any rank starts."""
     from inference.cli_args import add_engine_args, engine_config_from_args  # noqa: PLC0415
-    from inference.config import ModelConfig, check_tp  # noqa: PLC0415
+    from inference.config import ModelConfig, check_tp, check_tp_devices  # noqa: PLC0415
     from inference.engine.device import device_count  # noqa: PLC0415
 
     p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
@@ -58,9 +59,7 @@ def preflight(argv: list[str]) -> None:
         import torch  # noqa: PLC0415
 
         kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind != "cpu" and cfg.tp > device_count(kind):
-        raise UserError(f"--tp {cfg.tp} needs {cfg.tp} {kind} devices but only {device_count(kind)} are visible; "
-                        "lower --tp")
+    check_tp_devices(cfg.tp, kind, None if kind == "cpu" else device_count(kind))
 
 
 def relaunch_under_torchrun(tp: int, argv: list[str]) -> None:
@@ -94,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(rc)
         return rc
     except UserError as e:
-        rank = os.environ.get("RANK")
-        prefix = f"error (rank {rank}): " if rank not in (None, "0") else "error: "
+        rank = envs.rank()
+        prefix = f"error (rank {rank}): " if rank else "error: "
         print(prefix + str(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
