@@ -14,7 +14,7 @@ import sys
 from inference import envs
 from inference.errors import UserError
 
-COMMANDS = {
+COMMANDS = {  # every engine command, `python -m inference <command>` and `qwen-chat <command>` alike
     "generate": ("inference.generate", "main"),
     "serve": ("inference.server", "main"),
     "stop": ("inference.launcher", "stop_main"),
@@ -22,7 +22,7 @@ COMMANDS = {
     "quantize": ("inference.quant.cli", "main"),
     "bench": ("inference.bench", "main"),
 }
-ENGINE_COMMANDS = {"generate", "serve", "eval", "bench"}
+TORCHRUN_COMMANDS = {"generate", "serve", "eval", "bench"}  # they start ranks: relaunched under torchrun at --tp > 1
 
 
 def peek_tp(argv: list[str]) -> int:
@@ -41,22 +41,22 @@ def peek_tp(argv: list[str]) -> int:
 
 def preflight(argv: list[str]) -> None:
     """Refuse bad tensor-parallel setups before any rank starts."""
-    from inference.cli_args import add_engine_args, engine_config_from_args  # noqa: PLC0415
-    from inference.config import ModelConfig, check_tp, check_tp_devices  # noqa: PLC0415
-    from inference.engine.device import device_count  # noqa: PLC0415
+    from inference.cli_args import add_engine_args, engine_config_from_args
+    from inference.config import ModelConfig, check_tp, check_tp_devices
+    from inference.engine.device import device_count
 
     p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     add_engine_args(p)
     a, _ = p.parse_known_args(argv)
     cfg = engine_config_from_args(a)
     if a.model == "demo":
-        from inference.demo import ensure_demo  # noqa: PLC0415
+        from inference.demo import ensure_demo
 
         ensure_demo()
     check_tp(ModelConfig.from_dir(cfg.model), cfg.tp)
     kind = cfg.device
     if kind == "auto":
-        import torch  # noqa: PLC0415
+        import torch
 
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     check_tp_devices(cfg.tp, kind, None if kind == "cpu" else device_count(kind))
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     try:
         remote = cmd == "generate" and "--connect" in rest  # the server runs torchrun itself
-        if (cmd in ENGINE_COMMANDS and not remote and "LOCAL_RANK" not in os.environ and "-h" not in rest
+        if (cmd in TORCHRUN_COMMANDS and not remote and "LOCAL_RANK" not in os.environ and "-h" not in rest
                 and "--help" not in rest):
             tp = peek_tp(rest)
             if tp > 1:
