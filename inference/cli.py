@@ -11,9 +11,10 @@ import importlib
 import os
 import sys
 
+from inference import envs
 from inference.errors import UserError
 
-COMMANDS = {
+COMMANDS = {  # every engine command, `python -m inference <command>` and `qwen-chat <command>` alike
     "generate": ("inference.generate", "main"),
     "serve": ("inference.server", "main"),
     "stop": ("inference.launcher", "stop_main"),
@@ -21,7 +22,7 @@ COMMANDS = {
     "quantize": ("inference.quant.cli", "main"),
     "bench": ("inference.bench", "main"),
 }
-ENGINE_COMMANDS = {"generate", "serve", "eval", "bench"}
+TORCHRUN_COMMANDS = {"generate", "serve", "eval", "bench"}  # they start ranks: relaunched under torchrun at --tp > 1
 
 
 def peek_tp(argv: list[str]) -> int:
@@ -40,27 +41,25 @@ def peek_tp(argv: list[str]) -> int:
 
 def preflight(argv: list[str]) -> None:
     """Refuse bad tensor-parallel setups before any rank starts."""
-    from inference.cli_args import add_engine_args, engine_config_from_args  # noqa: PLC0415
-    from inference.config import ModelConfig, check_tp  # noqa: PLC0415
-    from inference.engine.device import device_count  # noqa: PLC0415
+    from inference.cli_args import add_engine_args, engine_config_from_args
+    from inference.config import ModelConfig, check_tp, check_tp_devices
+    from inference.engine.device import device_count
 
     p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     add_engine_args(p)
     a, _ = p.parse_known_args(argv)
     cfg = engine_config_from_args(a)
     if a.model == "demo":
-        from inference.demo import ensure_demo  # noqa: PLC0415
+        from inference.demo import ensure_demo
 
         ensure_demo()
     check_tp(ModelConfig.from_dir(cfg.model), cfg.tp)
     kind = cfg.device
     if kind == "auto":
-        import torch  # noqa: PLC0415
+        import torch
 
         kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind != "cpu" and cfg.tp > device_count(kind):
-        raise UserError(f"--tp {cfg.tp} needs {cfg.tp} {kind} devices but only {device_count(kind)} are visible; "
-                        "lower --tp")
+    check_tp_devices(cfg.tp, kind, None if kind == "cpu" else device_count(kind))
 
 
 def relaunch_under_torchrun(tp: int, argv: list[str]) -> None:
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     try:
         remote = cmd == "generate" and "--connect" in rest  # the server runs torchrun itself
-        if (cmd in ENGINE_COMMANDS and not remote and "LOCAL_RANK" not in os.environ and "-h" not in rest
+        if (cmd in TORCHRUN_COMMANDS and not remote and "LOCAL_RANK" not in os.environ and "-h" not in rest
                 and "--help" not in rest):
             tp = peek_tp(rest)
             if tp > 1:
@@ -94,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(rc)
         return rc
     except UserError as e:
-        rank = os.environ.get("RANK")
-        prefix = f"error (rank {rank}): " if rank not in (None, "0") else "error: "
+        rank = envs.rank()
+        prefix = f"error (rank {rank}): " if rank else "error: "
         print(prefix + str(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

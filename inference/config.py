@@ -107,6 +107,12 @@ def check_tp(m: ModelConfig, tp: int) -> None:
                         f"and {m.ffn_size} MLP columns; use a tensor-parallel size that does (1, 2, 4 or 8)")
 
 
+
+def check_tp_devices(tp: int, kind: str, count: int | None) -> None:
+    """Refuse a --tp larger than the `count` visible `kind` devices (no limit on the CPU or when unknown)."""
+    if kind != "cpu" and count is not None and tp > count:
+        raise UserError(f"--tp {tp} needs {tp} {kind} devices but only {count} are visible; lower --tp")
+
 @dataclass
 class SamplingParams:
     """How one request samples. temperature 0 means greedy."""

@@ -8,11 +8,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from inference import envs
+
 _cpu_group = None  # gloo group for pickled step plans (also under nccl/hccl)
 
 
 def get_rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+    return envs.rank()
 
 
 def get_world_size() -> int:

@@ -9,6 +9,7 @@ and QWEN_CHAT_MODEL as the app's default --model (tui/cli.py).
 from __future__ import annotations
 
 import os
+import sys
 
 # The default --model of the engine commands: a checkpoint directory, an alias (7b, 14b-chat, ...) or demo.
 MODEL: str = os.environ.get("QWEN_CHAT_MODEL", "demo")
@@ -28,3 +29,12 @@ ROW_PREFILL: bool = os.environ.get("QWEN_CHAT_ROW_PREFILL") != "0"
 # 0: the decode graphs get their inputs and give back their tokens by copies, instead of their first and
 # last kernels reading and writing pinned host memory directly (the fallback path, covered by the GPU tests).
 MAPPED_IO: bool = os.environ.get("QWEN_CHAT_MAPPED_IO", "1") != "0"
+
+
+def rank() -> int:
+    """This process's rank: its process group's when one is up, else torchrun's RANK (0 outside torchrun).
+    Read at each call, and torch-free: without torch loaded no process group can be up."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0))

@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from inference.config import EngineConfig, ModelConfig, check_tp
+from inference.config import EngineConfig, ModelConfig, check_tp, check_tp_devices
 from inference.errors import UserError
 from inference.model_path import demo_dir, resolve_model
 
@@ -94,5 +94,4 @@ def check_start(model: str, tp: int = 1, device: str = "auto", dtype: str = "aut
     n = device_count(kind)
     if n == 0:
         raise UserError(_NO_GPU[kind])
-    if n is not None and tp > n:
-        raise UserError(f"--tp {tp} needs {tp} {kind} devices but only {n} are visible; lower --tp")
+    check_tp_devices(tp, kind, n)

@@ -8,11 +8,11 @@ Textual app and the client import it.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
 from inference.config import SamplingParams
 from inference.errors import UserError
+from inference.json_values import is_int, is_number, reject_constant, show, type_name
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per line, requests and events alike
@@ -40,14 +40,14 @@ INTERNAL_ERROR = "internal_error"  # a server bug on this one request; logged, t
 DISCONNECTED = "disconnected"  # made by clients when the connection drops
 
 SAMPLING_FIELDS = {  # request field -> (is the value allowed?, what is allowed)
-    "max_new_tokens": (lambda v: _is_int(v) and 1 <= v <= MAX_INT, f"an integer in 1..{MAX_INT}"),
-    "temperature": (lambda v: _is_number(v) and 0 <= v <= 100, "a number in [0, 100] (0 = greedy)"),
-    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "top_k": (lambda v: _is_int(v) and 0 <= v <= MAX_INT, f"an integer in 0..{MAX_INT} (0 = off)"),
-    "repetition_penalty": (lambda v: _is_number(v) and 0 < v <= 10, "a number in (0, 10]"),
-    "seed": (lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_SEED), "an integer in 0..2**63-1 or null"),
+    "max_new_tokens": (lambda v: is_int(v) and 1 <= v <= MAX_INT, f"an integer in 1..{MAX_INT}"),
+    "temperature": (lambda v: is_number(v) and 0 <= v <= 100, "a number in [0, 100] (0 = greedy)"),
+    "top_p": (lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (lambda v: is_int(v) and 0 <= v <= MAX_INT, f"an integer in 0..{MAX_INT} (0 = off)"),
+    "repetition_penalty": (lambda v: is_number(v) and 0 < v <= 10, "a number in (0, 10]"),
+    "seed": (lambda v: v is None or (is_int(v) and 0 <= v <= MAX_SEED), "an integer in 0..2**63-1 or null"),
     "ignore_eos": (lambda v: isinstance(v, bool), "true or false"),
-    "logprobs": (lambda v: v is None or (_is_int(v) and 0 <= v <= 20), "an integer in 0..20 or null"),
+    "logprobs": (lambda v: v is None or (is_int(v) and 0 <= v <= 20), "an integer in 0..20 or null"),
 }
 COMMON_FIELDS = ("op", "id", "protocol")
 HISTORY_MODES = ("error", "trim")
@@ -103,10 +103,6 @@ Request = GenerateRequest | CancelRequest | TokenizeRequest | SimpleRequest
 
 
 # -- decoding -------------------------------------------------------------------------------------------
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON (use a finite number)")
-
-
 def decode_line(line: bytes) -> object:
     """Parse one line (without or with its trailing newline) into a JSON value, or raise ProtocolError."""
     if len(line) > MAX_LINE_BYTES + 1:
@@ -119,7 +115,7 @@ def decode_line(line: bytes) -> object:
         raise ProtocolError(f"request is not valid UTF-8 ({e}); send one JSON object per line",
                             BAD_JSON) from e
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=reject_constant)
     except RecursionError as e:
         raise ProtocolError("request JSON is nested too deeply", BAD_JSON) from e
     except ValueError as e:  # JSONDecodeError is a ValueError; so is Python's 4300-digit limit on ints
@@ -128,20 +124,6 @@ def decode_line(line: bytes) -> object:
                                 BAD_JSON) from None
         raise ProtocolError(f"request is not valid JSON ({e}); send one JSON object per line",
                             BAD_JSON) from e
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:  # an int of any size (no float conversion: 10**309 overflows it)
-    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
-
-
-def _show(v: object) -> str:
-    """The value as JSON, cut to 40 characters (always ASCII: safe to echo)."""
-    text = json.dumps(v)
-    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _check_text(v: str, where: str) -> str:
@@ -157,15 +139,8 @@ def _check_text(v: str, where: str) -> str:
 def _opt_str(obj: dict, key: str) -> str | None:
     v = obj.get(key)
     if v is not None and not isinstance(v, str):
-        raise ProtocolError(f"'{key}' must be a string or null, got {_type_name(v)}")
+        raise ProtocolError(f"'{key}' must be a string or null, got {type_name(v)}")
     return None if v is None else _check_text(v, f"'{key}'")
-
-
-def _type_name(v: object) -> str:
-    if v is None:
-        return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object"}.get(type(v), type(v).__name__)
 
 
 def _check_id(v: object, required: bool) -> str | int | None:
@@ -178,36 +153,36 @@ def _check_id(v: object, required: bool) -> str | int | None:
             raise ProtocolError(
                 f"'id' must be a string of 1..{MAX_ID_CHARS} characters, got {len(v)} characters")
         return _check_text(v, "'id'")
-    if _is_int(v):
+    if is_int(v):
         if abs(v) <= MAX_SEED:
             return v
-        raise ProtocolError(f"'id' is an integer outside -(2**63-1)..2**63-1 ({_show(v)}): "
+        raise ProtocolError(f"'id' is an integer outside -(2**63-1)..2**63-1 ({show(v)}): "
                             f"use a smaller integer or a string of 1..{MAX_ID_CHARS} characters")
-    raise ProtocolError(f"'id' must be a string or an integer, got {_type_name(v)}")
+    raise ProtocolError(f"'id' must be a string or an integer, got {type_name(v)}")
 
 
 def _check_token_ids(v: object, where: str, allow_empty: bool) -> list[int]:
     if not isinstance(v, list):
-        raise ProtocolError(f"{where} must be an array of token ids (integers), got {_type_name(v)}")
+        raise ProtocolError(f"{where} must be an array of token ids (integers), got {type_name(v)}")
     if not v and not allow_empty:
         raise ProtocolError(f"{where} must not be empty")
     for i, t in enumerate(v):
-        if not _is_int(t) or not 0 <= t <= MAX_INT:
+        if not is_int(t) or not 0 <= t <= MAX_INT:
             raise ProtocolError(f"{where}[{i}] must be a token id (an integer in 0..{MAX_INT}), "
-                                f"got {_type_name(t)} {_show(t)}")
+                                f"got {type_name(t)} {show(t)}")
     return v
 
 
 def _check_messages(v: object) -> list[dict]:
     if not isinstance(v, list):
-        raise ProtocolError(f"'messages' must be an array of {{role, content}} objects, got {_type_name(v)}")
+        raise ProtocolError(f"'messages' must be an array of {{role, content}} objects, got {type_name(v)}")
     if not v:
         raise ProtocolError("'messages' must not be empty")
     if len(v) > MAX_MESSAGES:
         raise ProtocolError(f"'messages' has {len(v)} entries, more than the {MAX_MESSAGES} allowed")
     for n, m in enumerate(v):
         if not isinstance(m, dict):
-            raise ProtocolError(f"messages[{n}] must be an object with role and content, got {_type_name(m)}")
+            raise ProtocolError(f"messages[{n}] must be an object with role and content, got {type_name(m)}")
         unknown = sorted(set(m) - {"role", "content", "token_ids"})
         if unknown:
             raise ProtocolError(
@@ -216,7 +191,7 @@ def _check_messages(v: object) -> list[dict]:
             raise ProtocolError(
                 f"messages[{n}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}"[:300])
         if not isinstance(m.get("content"), str):
-            raise ProtocolError(f"messages[{n}].content must be a string, got {_type_name(m.get('content'))}")
+            raise ProtocolError(f"messages[{n}].content must be a string, got {type_name(m.get('content'))}")
         _check_text(m["content"], f"messages[{n}].content")
         if m.get("token_ids") is not None:
             _check_token_ids(m["token_ids"], f"messages[{n}].token_ids", allow_empty=True)
@@ -230,7 +205,7 @@ def _check_sampling(obj: dict) -> dict:
             continue
         v = obj[name]
         if not ok(v):
-            raise ProtocolError(f"'{name}' must be {desc}, got {_type_name(v)} {_show(v)}")
+            raise ProtocolError(f"'{name}' must be {desc}, got {type_name(v)} {show(v)}")
         kw[name] = v
     try:
         SamplingParams(**kw)
@@ -247,14 +222,14 @@ def check_vocab(req: GenerateRequest | TokenizeRequest, vocab_size: int) -> None
     for where, ids in lists:
         if ids and max(ids) >= vocab_size:
             i = next(i for i, t in enumerate(ids) if t >= vocab_size)
-            raise ProtocolError(f"{where}[{i}] is {_show(ids[i])}, outside the model's vocabulary: "
+            raise ProtocolError(f"{where}[{i}] is {show(ids[i])}, outside the model's vocabulary: "
                                 f"token ids must be in 0..{vocab_size - 1}", BAD_REQUEST, req.id)
 
 
 def parse_request(obj: object) -> Request:
     """Validate one decoded JSON value as a request; raises ProtocolError with the request's id if known."""
     if not isinstance(obj, dict):
-        raise ProtocolError(f"a request must be a JSON object with an 'op', got {_type_name(obj)}")
+        raise ProtocolError(f"a request must be a JSON object with an 'op', got {type_name(obj)}")
     raw_id = obj.get("id")
     try:
         rid = _check_id(raw_id, required=False)

@@ -111,6 +111,17 @@ class SessionStore:
             sid = self._insert_session(c, None, title, model, system_prompt, settings)
         return self.get_session(sid)
 
+    def empty_chat(self, model: str, settings: dict | None = None) -> str:
+        """The id of an empty chat on `model` (what a new chat opens: empty ones are reused, never piled up):
+        the newest untitled one without messages, made the latest, else a new one with `settings`."""
+        rows = self._read(
+            "SELECT id FROM sessions s WHERE title = ? AND model = ? AND NOT EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.session_id = s.id) ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+            (DEFAULT_TITLE, model))
+        if rows:
+            return self.update_session(rows[0][0]).id  # touched: it is the latest chat now
+        return self.create_session(model=model, settings=settings).id
+
     def get_session(self, session_id: str) -> Session:
         rows = self._read(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
         if not rows:

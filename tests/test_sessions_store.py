@@ -265,3 +265,14 @@ def test_helpers():
     assert title_from("") == "New chat" and title_from("a" * 100) == "a" * 40 + "…"
     ids = [0, 1, 151643, 2**31 - 1]
     assert len(pack_ids(ids)) == 16 and unpack_ids(pack_ids(ids)) == ids and unpack_ids(b"") == []
+
+
+def test_empty_chat_reuses_the_newest_empty_chat_of_the_model(store):
+    old = store.empty_chat("7b", {"max_new_tokens": 64})
+    assert store.get_session(old).settings["max_new_tokens"] == 64
+    newer = store.create_session(model="7b").id
+    other = store.empty_chat("14b")  # another model: a chat of its own
+    assert store.empty_chat("7b") == newer != old and other not in (old, newer)
+    assert store.list_sessions()[0].id == newer  # reused: it is the latest chat now
+    store.add_message(newer, "user", "hi")
+    assert store.empty_chat("7b") == old  # a chat with messages is never reused

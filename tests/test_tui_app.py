@@ -21,9 +21,9 @@ from test_tui_support import (
 
 from inference.client import EngineClient
 from sessions import SessionStore
+from tui.app import DEMO_MAX_NEW_TOKENS
 from tui.screens.chat import ChatScreen
 from tui.screens.settings import SettingsScreen
-from tui.store_ext import DEMO_MAX_NEW_TOKENS
 from tui.widgets.message import MessageBox
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.sidebar import Sidebar

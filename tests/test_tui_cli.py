@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from inference.cli import COMMANDS
 from sessions import SessionStore
 from tui.cli import main
 
@@ -57,3 +58,4 @@ def test_installed_entry_point_shows_help():
         pytest.skip("qwen-chat is not installed (pip install -e .)")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--model" in out.stdout and "--session" in out.stdout
+    assert "Engine commands: " + ", ".join(COMMANDS) + ";" in " ".join(out.stdout.split())

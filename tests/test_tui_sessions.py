@@ -12,8 +12,8 @@ from test_tui_support import SIZE, boxes, chat, make_app, wait_for
 
 from sessions import SessionStore
 from sessions.records import DEFAULT_SETTINGS
+from tui.app import DEMO_MAX_NEW_TOKENS
 from tui.screens.chat import ChatScreen
-from tui.store_ext import DEMO_MAX_NEW_TOKENS
 from tui.widgets.message_view import PAGE, MessageView
 from tui.widgets.sidebar import Sidebar
 

@@ -11,14 +11,26 @@ from textual.binding import Binding
 
 from inference.model_path import model_id
 from sessions import SessionStore
+from sessions.records import DEFAULT_SETTINGS
 from tui.commands import ChatCommands
 from tui.engine_link import EngineLink, EngineOptions, StartFailed
 from tui.screens.chat import ChatScreen
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
-from tui.store_ext import new_chat
 from tui.widgets.status_bar import DEMO_LABEL, StatusBar
 
 STATS_EVERY_S = 2.0
+# The demo model has random weights: its replies never end early, so each would run to the Qwen default
+# of 512 tokens (a minute or two on a CPU). A new demo chat shows the whole pipeline in seconds instead;
+# the chat's settings (ctrl+s) change it.
+DEMO_MAX_NEW_TOKENS = 64
+
+
+def new_chat_settings(model: str) -> dict:
+    """The settings of a new chat on `model`: the Qwen chat defaults, with short replies on the demo."""
+    settings = dict(DEFAULT_SETTINGS)
+    if model == "demo":
+        settings["max_new_tokens"] = DEMO_MAX_NEW_TOKENS
+    return settings
 
 
 def pick_session(store: SessionStore, model: str, session_id: str | None = None, new: bool = False) -> str:
@@ -29,7 +41,7 @@ def pick_session(store: SessionStore, model: str, session_id: str | None = None,
         latest = store.list_sessions()
         if latest:
             return latest[0].id
-    return new_chat(store, model)
+    return store.empty_chat(model, new_chat_settings(model))
 
 
 class ChatApp(App):
@@ -50,6 +62,10 @@ class ChatApp(App):
             self.link.state = "offline"
         self.last_stats: dict = {}
         self._engine_lock = asyncio.Lock()
+
+    def new_chat(self) -> str:
+        """The chat that ctrl+n opens: an empty one on this model is reused."""
+        return pick_session(self.store, self.options.model, new=True)
 
     # -- screens ----------------------------------------------------------------------------------
     async def on_mount(self) -> None:

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-ENGINE_COMMANDS = ("generate", "serve", "stop", "eval", "quantize", "bench")
+from inference.cli import COMMANDS as ENGINE_COMMANDS  # `qwen-chat <command>` execs `python -m inference <command>`
 
 
 class _Parser(argparse.ArgumentParser):

@@ -137,10 +137,3 @@ class EngineLink:
         except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
             self.stats = {}
         return self.stats
-
-    async def cancel(self, request_id: str) -> None:
-        try:
-            async with self.client() as c:
-                await asyncio.wait_for(c.cancel(request_id), 5)
-        except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
-            pass  # the engine is gone: nothing left to cancel

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from inference.config import EngineConfig, ModelConfig
+from inference.config import EngineConfig, ModelConfig, check_tp_devices
 from inference.errors import UserError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -56,9 +56,7 @@ def resolve_device(cfg: EngineConfig) -> torch.device:
     if kind == "npu" and npu_module() is None:
         raise UserError("--device npu: torch_npu is not installed or no Ascend NPU is visible; "
                         "install torch_npu with CANN, or use --device cpu")
-    if kind != "cpu" and cfg.tp > device_count(kind):
-        raise UserError(f"--tp {cfg.tp} needs {cfg.tp} {kind} devices but only {device_count(kind)} are visible; "
-                        "lower --tp")
+    check_tp_devices(cfg.tp, kind, None if kind == "cpu" else device_count(kind))
     local = int(os.environ.get("LOCAL_RANK", 0))
     if kind == "cuda":
         torch.cuda.set_device(local)

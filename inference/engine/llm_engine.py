@@ -24,8 +24,8 @@ from inference.engine.model_runner import ModelRunner, StepPlan
 from inference.engine.outputs import RequestOutput, Usage
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
-from inference.errors import UserError
-from inference.layers.sampler import Sampler, record_prompt_logprobs, sampled_logprobs
+from inference.errors import PromptTooLong, UserError
+from inference.layers.sampler import Sampler, prompt_logprobs, sampled_logprobs
 from inference.model_path import demo_dir
 from inference.tokenizer import QwenTokenizer
 
@@ -99,7 +99,7 @@ class LLMEngine:
         if any(not isinstance(t, int) or not 0 <= t < vocab for t in prompt_ids):
             raise UserError(f"prompt token ids must be integers in [0, {vocab})")
         if len(prompt_ids) >= self.max_model_len:
-            raise UserError(f"the prompt has {len(prompt_ids)} tokens but the context window is "
+            raise PromptTooLong(f"the prompt has {len(prompt_ids)} tokens but the context window is "
                             f"{self.max_model_len}; shorten it (or start a new session)")
         total = min(len(prompt_ids) + params.max_new_tokens, self.max_model_len)
         if self.block_manager.blocks_needed(total) > self.block_manager.num_blocks:
@@ -193,7 +193,8 @@ class LLMEngine:
                 if seq.params.logits == "all":
                     seq.logits_parts.append(logits[idx].float().cpu())
                 if seq.params.prompt_logprobs is not None:
-                    record_prompt_logprobs(seq, start, logits[idx])
+                    seq.set_prompt_logprobs(start, prompt_logprobs(
+                        logits[idx], seq.token_ids, start, seq.num_prompt_tokens, seq.params.prompt_logprobs))
             if last is not None:
                 sample_seqs.append(seq)
                 sample_rows.append(last)
@@ -203,8 +204,9 @@ class LLMEngine:
             return outputs
         if tokens is None:  # (indexing by a list uploads it and waits for the GPU: not on the lookahead path)
             rows = logits if sample_rows == list(range(logits.shape[0])) else logits[sample_rows]
-            tokens = self.sampler(rows, sample_seqs)
-        lps = sampled_logprobs(logits, sample_rows, sample_seqs, tokens)
+            tokens = self.sampler(rows, [s.params for s in sample_seqs], [s.token_ids for s in sample_seqs],
+                                  [s.request_id for s in sample_seqs])
+        lps = sampled_logprobs(logits, sample_rows, [s.params.logprobs for s in sample_seqs], tokens)
         for i, (seq, tok, row) in enumerate(zip(sample_seqs, tokens, sample_rows)):
             prompt_lps = None
             if seq.first_token_time is None:

@@ -49,6 +49,15 @@ class Sequence:
     def completion_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
 
+    def set_prompt_logprobs(self, start: int, lps: list) -> None:
+        """Keep the log-probabilities of prompt positions start + 1.. by position, so a preempted request's
+        recomputed rows overwrite their entries."""
+        if not lps:
+            return
+        if not self.prompt_lps:
+            self.prompt_lps = [None] * self.num_prompt_tokens
+        self.prompt_lps[start + 1:start + 1 + len(lps)] = lps
+
     @property
     def in_prefill(self) -> bool:
         return self.num_computed < len(self.token_ids) - 1

@@ -7,10 +7,10 @@ tokens in flight, for requests whose finishing output carries all-position logit
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from inference import envs
 from inference.config import SamplingParams
 from inference.errors import UserError
 
@@ -31,13 +31,7 @@ class Finished:
     logits: object  # torch.Tensor | None
 
 
-def get_rank() -> int:
-    try:
-        from inference.distributed import get_rank as _get_rank
-
-        return int(_get_rank())
-    except (ImportError, AttributeError):
-        return int(os.environ.get("RANK", "0"))
+get_rank = envs.rank  # this process's rank (0 outside torchrun)
 
 
 def open_engine(cfg, progress=None):

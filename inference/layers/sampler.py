@@ -1,10 +1,15 @@
-"""Sampling on the device: repetition penalty, temperature, top-k, top-p, per-request seeds; log-probabilities."""
+"""Sampling on the device: repetition penalty, temperature, top-k, top-p, per-request seeds; log-probabilities.
+
+A layer: it takes logits, sampling parameters and token lists; the engine passes what each request needs."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from inference.engine.sequence import Sequence
+if TYPE_CHECKING:
+    from inference.config import SamplingParams
 
 
 def apply_repetition_penalty(logits: torch.Tensor, token_ids: list[int], penalty: float) -> None:
@@ -47,28 +52,27 @@ def token_logprobs(logits: torch.Tensor, targets: list[int], top: int) -> list[T
     return out
 
 
-def sampled_logprobs(logits: torch.Tensor, rows: list[int], seqs: list[Sequence], tokens: list[int]
+def sampled_logprobs(logits: torch.Tensor, rows: list[int], tops: list[int | None], tokens: list[int]
                      ) -> dict[int, TokenLogprob]:
-    """{i: log-probability of tokens[i] (row rows[i]) and its alternatives} for the seqs asking for logprobs."""
-    want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+    """{i: log-probability of tokens[i] (row rows[i]) and its tops[i] best alternatives} where tops[i] is not
+    None (the request asked for logprobs)."""
+    want = [i for i, t in enumerate(tops) if t is not None]
     if not want:
         return {}
-    top = max(seqs[i].params.logprobs for i in want)
+    top = max(tops[i] for i in want)
     got = token_logprobs(logits[[rows[i] for i in want]], [tokens[i] for i in want], top)
-    return {i: (lp, alts[:seqs[i].params.logprobs]) for i, (lp, alts) in zip(want, got)}
+    return {i: (lp, alts[:tops[i]]) for i, (lp, alts) in zip(want, got)}
 
 
-def record_prompt_logprobs(seq: Sequence, start: int, rows: torch.Tensor) -> None:
+def prompt_logprobs(rows: torch.Tensor, token_ids: list[int], start: int, num_prompt_tokens: int, top: int
+                    ) -> list[TokenLogprob]:
     """`rows` are the logits of prompt positions start.. : row j scores the prompt token after position
-    start + j (the last prompt row predicts the reply and is left out). Kept in seq.prompt_lps by position,
-    so a preempted request's recomputed rows overwrite their entries."""
-    n = min(len(rows), seq.num_prompt_tokens - 1 - start)
+    start + j (the last prompt row predicts the reply and is left out). Returns the entries of prompt
+    positions start + 1, start + 2, ..."""
+    n = min(len(rows), num_prompt_tokens - 1 - start)
     if n <= 0:
-        return
-    if not seq.prompt_lps:
-        seq.prompt_lps = [None] * seq.num_prompt_tokens
-    targets = seq.token_ids[start + 1:start + 1 + n]
-    seq.prompt_lps[start + 1:start + 1 + n] = token_logprobs(rows[:n], targets, seq.params.prompt_logprobs)
+        return []
+    return token_logprobs(rows[:n], token_ids[start + 1:start + 1 + n], top)
 
 
 class Sampler:
@@ -78,32 +82,34 @@ class Sampler:
         self.default = torch.Generator(device=device)
         self.default.seed()
 
-    def _generator(self, seq: Sequence) -> torch.Generator:
-        if seq.params.seed is None:
+    def _generator(self, request_id: str, seed: int | None) -> torch.Generator:
+        if seed is None:
             return self.default
-        g = self.generators.get(seq.request_id)
+        g = self.generators.get(request_id)
         if g is None:
-            g = self.generators[seq.request_id] = torch.Generator(device=self.device).manual_seed(seq.params.seed)
+            g = self.generators[request_id] = torch.Generator(device=self.device).manual_seed(seed)
         return g
 
     def forget(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], token_ids: list[list[int]],
+                 request_ids: list[str]) -> list[int]:
+        """One token per row: row i samples with params[i]; token_ids[i] (the request's tokens so far) feed the
+        repetition penalty; request_ids[i] keys the generator of a seeded request."""
         logits = logits.float()
-        if all(s.params.greedy and s.params.repetition_penalty == 1.0 for s in seqs):
+        if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
             return logits.argmax(-1).tolist()
         out = []
-        for row, seq in zip(logits, seqs):
-            p = seq.params
+        for row, p, ids, rid in zip(logits, params, token_ids, request_ids):
             if p.repetition_penalty != 1.0:
                 row = row.clone()
-                apply_repetition_penalty(row, seq.token_ids, p.repetition_penalty)
+                apply_repetition_penalty(row, ids, p.repetition_penalty)
             if p.greedy:
                 out.append(row.argmax())
                 continue
             row = filter_top_k_top_p(row / p.temperature, p.top_k, p.top_p)
             probs = row.softmax(-1)
-            noise = torch.empty_like(probs).exponential_(generator=self._generator(seq))
+            noise = torch.empty_like(probs).exponential_(generator=self._generator(rid, p.seed))
             out.append((probs / noise).argmax())
         return torch.stack(out).tolist()

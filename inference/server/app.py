@@ -149,7 +149,7 @@ class EngineServer:
                 continue  # its connection went away, or it was already failed
             try:
                 if o.error is not None:
-                    t.conn.send(P.error_event(t.client_id, o.error, _error_code(o.error)))
+                    t.conn.send(P.error_event(t.client_id, o.error, o.error_code))
                     self._untrack(t)
                     continue
                 if o.logprobs is not None or o.prompt_logprobs is not None:  # only HTTP requests ask for them
@@ -307,8 +307,3 @@ def _parse(line: bytes) -> P.Request:
 def _internal(e: Exception) -> str:
     return (f"the server failed on this request ({type(e).__name__}: {str(e)[:200]}); it was logged; "
             "the connection stays usable")
-
-
-def _error_code(message: str) -> str:
-    text = message.lower()
-    return P.PROMPT_TOO_LONG if ("too long" in text or "max_model_len" in text) else P.BAD_REQUEST

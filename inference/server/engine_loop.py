@@ -15,7 +15,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inference.errors import UserError
+from inference import protocol as P
+from inference.errors import PromptTooLong, UserError
 
 log = logging.getLogger("inference.server")
 KEEPALIVE_S = 60.0  # idle seconds between keepalives (the process group times out after 300 s)
@@ -31,6 +32,7 @@ class Output:
     finish_reason: str | None = None
     usage: dict | None = None
     error: str | None = None  # add_request refused it (e.g. prompt too long)
+    error_code: str = P.BAD_REQUEST  # the protocol code of that refusal
     logprobs: list | None = None  # RequestOutput.logprobs / prompt_logprobs (asked for by HTTP requests)
     prompt_logprobs: list | None = None
 
@@ -143,7 +145,8 @@ class EngineLoop(threading.Thread):
                     try:
                         eng.add_request(prompt_ids, params, request_id=rid)
                     except (UserError, ValueError) as e:
-                        refused.append(Output(rid, [], True, None, error=str(e)))
+                        code = P.PROMPT_TOO_LONG if isinstance(e, PromptTooLong) else P.BAD_REQUEST
+                        refused.append(Output(rid, [], True, None, error=str(e), error_code=code))
                         continue
                     self._live.add(rid)
                 elif kind == "abort":

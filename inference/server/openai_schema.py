@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from inference import protocol as P
 from inference.config import MAX_LOGPROBS
+from inference.json_values import is_int, reject_constant, type_name
 
 MAX_STOP = 16  # stop strings per request
 MAX_STOP_CHARS = 1000
@@ -60,13 +61,13 @@ def _bad(message: str, param: str | None = None) -> ApiError:
 
 def parse_body(raw: bytes) -> dict:
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=P._reject_constant)
+        obj = json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
     except RecursionError:
         raise _bad("the request body is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise _bad(f"the request body is not valid JSON ({e}); send a JSON object") from None
     if not isinstance(obj, dict):
-        raise _bad(f"the request body must be a JSON object, got {P._type_name(obj)}")
+        raise _bad(f"the request body must be a JSON object, got {type_name(obj)}")
     return obj
 
 
@@ -104,7 +105,7 @@ def _bool(body: dict, name: str) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise _bad(f"'{name}' must be true or false, got {P._type_name(v)}", name)
+        raise _bad(f"'{name}' must be true or false, got {type_name(v)}", name)
     return v
 
 
@@ -113,7 +114,7 @@ def _stop(v: object) -> list[str]:
         return []
     stops = [v] if isinstance(v, str) else v
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise _bad(f"'stop' must be a string or an array of strings, got {P._type_name(v)}", "stop")
+        raise _bad(f"'stop' must be a string or an array of strings, got {type_name(v)}", "stop")
     if len(stops) > MAX_STOP:
         raise _bad(f"'stop' has {len(stops)} strings; at most {MAX_STOP} are allowed", "stop")
     if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
@@ -129,9 +130,9 @@ def _max_tokens(body: dict, allow_zero: bool) -> int | None:
         return None
     name, v = next(iter(given.items()))
     low = 0 if allow_zero else 1
-    if not P._is_int(v) or v < low or v >= 2**31:
+    if not is_int(v) or v < low or v >= 2**31:
         what = "a non-negative integer (0 with echo: score the prompt only)" if allow_zero else "a positive integer"
-        raise _bad(f"'{name}' must be {what}, got {P._type_name(v)} {json.dumps(v)[:40]}", name)
+        raise _bad(f"'{name}' must be {what}, got {type_name(v)} {json.dumps(v)[:40]}", name)
     return v
 
 
@@ -151,11 +152,11 @@ def _content(n: int, content: object) -> str:
 
 def _messages(v: object) -> list[dict]:
     if not isinstance(v, list):
-        raise _bad(f"'messages' must be an array of {{role, content}} objects, got {P._type_name(v)}", "messages")
+        raise _bad(f"'messages' must be an array of {{role, content}} objects, got {type_name(v)}", "messages")
     out = []
     for n, m in enumerate(v):
         if not isinstance(m, dict):
-            raise _bad(f"messages[{n}] must be an object with role and content, got {P._type_name(m)}", "messages")
+            raise _bad(f"messages[{n}] must be an object with role and content, got {type_name(m)}", "messages")
         role = "system" if m.get("role") == "developer" else m.get("role")
         if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
             raise _bad(f"messages[{n}]: tool and function calls are not supported", "messages")
@@ -178,7 +179,7 @@ def _prompt_ids(v: object, tokenizer) -> list[int]:
         return ids
     if isinstance(v, list):
         return v  # token ids: the protocol check names a bad entry
-    raise _bad(f"'prompt' must be a string or an array of token ids, got {P._type_name(v)}", "prompt")
+    raise _bad(f"'prompt' must be a string or an array of token ids, got {type_name(v)}", "prompt")
 
 
 def _logprobs(body: dict, kind: str) -> int | None:
@@ -193,7 +194,7 @@ def _logprobs(body: dict, kind: str) -> int | None:
         v, name = body.get("logprobs"), "logprobs"
         if v is None:
             return None
-    if not P._is_int(v) or not 0 <= v <= MAX_LOGPROBS:
+    if not is_int(v) or not 0 <= v <= MAX_LOGPROBS:
         raise _bad(f"'{name}' must be an integer in 0..{MAX_LOGPROBS}, got {json.dumps(v)[:40]}", name)
     return v
 
@@ -212,7 +213,7 @@ def parse(body: dict, kind: str, defaults: dict, tokenizer) -> ApiRequest:
     _unsupported(body)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise _bad(f"'model' must be a string, got {P._type_name(model)}", "model")
+        raise _bad(f"'model' must be a string, got {type_name(model)}", "model")
     stream, echo = _bool(body, "stream"), kind == "completion" and _bool(body, "echo")
     opts = body.get("stream_options")
     if opts is not None and (not isinstance(opts, dict) or set(opts) - {"include_usage", "continuous_usage_stats"}):

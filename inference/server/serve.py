@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference import private_files
+from inference import envs, private_files
 from inference.errors import UserError
 from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path, runtime_dir
 from inference.server.app import EngineServer
@@ -44,14 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default: $QWEN_CHAT_API_KEY)")
     g.add_argument("--insecure", action="store_true", help="allow --http on a non-loopback address without a key")
     return ap
-
-
-def _rank() -> int:
-    try:
-        from inference.distributed import get_rank
-    except ImportError:
-        return int(os.environ.get("RANK", "0"))
-    return get_rank()
 
 
 def _engine_factory(cfg):
@@ -99,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--send-buffer-limit {args.send_buffer_limit} is too small: use at least 4096 bytes")
     cfg = engine_config_from_args(args)
     http = None
-    if args.http is not None and _rank() == 0:
+    if args.http is not None and envs.rank() == 0:
         from inference.server.http_bind import API_KEY_ENV, check_key_policy, parse_address
 
         args.api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
@@ -107,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_key_policy(http[0], args.api_key, args.insecure)
     elif args.http is None and (args.api_key is not None or args.insecure):
         raise UserError("--api-key and --insecure apply to --http: add --http [HOST:]PORT")
-    if _rank() != 0:
+    if envs.rank() != 0:
         _engine_factory(cfg)(None)
         return 0
     mid = model_id(args.model)

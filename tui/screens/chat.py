@@ -14,7 +14,6 @@ from tui.reply import ReplyDelta, ReplyFinished, ReplyJob, ReplyStarted, UserSav
 from tui.screens.dialogs import Confirm, TextPrompt
 from tui.screens.help import HelpScreen
 from tui.screens.settings import SettingsScreen
-from tui.store_ext import new_chat, truncate_from
 from tui.widgets.message import MessageBox, code_blocks
 from tui.widgets.message_view import MessageView
 from tui.widgets.prompt_input import PromptInput
@@ -90,7 +89,7 @@ class ChatScreen(Screen):
         self.query_one(PromptInput).focus()
 
     async def action_new_session(self) -> None:
-        sid = new_chat(self.store, self.app.options.model)  # an empty chat is reused
+        sid = self.app.new_chat()  # an empty chat is reused
         self.query_one("#session-search", Input).value = ""
         await self.open_session(sid)
         self.query_one(PromptInput).focus()
@@ -188,7 +187,7 @@ class ChatScreen(Screen):
             return
         last = msgs[-1]
         if last.role == "assistant":
-            truncate_from(self.store, self.session_id, last.idx)
+            self.store.truncate(self.session_id, last.idx)
             view = self.query_one(MessageView)
             for box in view.boxes():
                 if box.idx is not None and box.idx >= last.idx:
@@ -265,6 +264,3 @@ class ChatScreen(Screen):
                 self.notify(f"Copied the last code block ({len(blocks[-1].splitlines())} lines)")
                 return
         self.notify("No code block in this chat", severity="warning")
-
-    def status_bar(self) -> StatusBar:
-        return self.query_one(StatusBar)

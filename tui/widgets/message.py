@@ -153,14 +153,6 @@ class MessageBox(Vertical, can_focus=True):
         self.error = error or str(self.stats.get("error") or "")
         self._refresh_labels()
 
-    async def set_content(self, content: str) -> None:
-        self.content = content
-        body = self.query_one(".message-body")
-        if isinstance(body, Markdown):
-            await body.update(content)
-        else:
-            body.update(content)
-
     # -- actions ----------------------------------------------------------------------------------
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.content)
