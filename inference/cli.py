@@ -22,6 +22,8 @@ COMMANDS = {
     "bench": ("inference.bench", "main"),
 }
 ENGINE_COMMANDS = {"generate", "serve", "eval", "bench"}
+PARSERS = {"generate": ("inference.generate", "build_parser"), "serve": ("inference.server.serve", "build_parser"),
+           "eval": ("inference.eval.cli", "build_parser"), "bench": ("inference.bench", "parse_args")}
 
 
 def peek_tp(argv: list[str]) -> int:
@@ -63,6 +65,17 @@ def preflight(argv: list[str]) -> None:
                         "lower --tp")
 
 
+def check_flags(cmd: str, argv: list[str]) -> None:
+    """Parse `cmd`'s flags once before torchrun, so a bad one is one error line, not one per rank plus
+    torchrun's traceback."""
+    module, func = PARSERS[cmd]
+    build = getattr(importlib.import_module(module), func)
+    if cmd == "bench":
+        build(argv)  # parses (and checks the case list) itself
+    else:
+        build().parse_args(argv)
+
+
 def relaunch_under_torchrun(tp: int, argv: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}",
            "--monitor-interval=0.5", "-m", "inference", *argv]
@@ -84,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 and "--help" not in rest):
             tp = peek_tp(rest)
             if tp > 1:
+                check_flags(cmd, rest)
                 preflight(rest)
                 relaunch_under_torchrun(tp, argv)
         module, func = COMMANDS[cmd]
