@@ -272,7 +272,17 @@ def _pid_alive(pid) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet (e.g. a server the app started, stopped by
+    `qwen-chat stop`): gone, though kill(pid, 0) still finds it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def stop_server(path: Path, timeout: float = 30.0) -> str:
