@@ -3,7 +3,6 @@ batch size and input/output lengths), with the bandwidth floor and an optional t
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -18,7 +17,7 @@ import torch
 from inference.bench_shapes import SHAPES, decode_bytes
 from inference.cli_args import add_engine_args, engine_config_from_args
 from inference.config import SamplingParams
-from inference.errors import UserError
+from inference.errors import CliParser, UserError
 from inference.generate import progress_printer
 
 COLUMNS = ["Model", "Batchsize", "In_seq", "Out_seq", "Total time(s)", "First token time(ms)",
@@ -31,7 +30,7 @@ CPU_DEFAULTS = ("1,4", "[[32,32],[128,64]]")  # minutes, not hours, on a CPU
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat bench", description=__doc__)
+    p = CliParser(allow_abbrev=False, prog="qwen-chat bench", description=__doc__)
     p.add_argument("--random-weights", choices=sorted(SHAPES), help="random weights of a published shape")
     p.add_argument("--batch-sizes", default=None,
                    help=f"default {GPU_DEFAULTS[0]} on a GPU/NPU, {CPU_DEFAULTS[0]} on the CPU")

@@ -23,6 +23,8 @@ COMMANDS = {  # every engine command, `python -m inference <command>` and `qwen-
     "bench": ("inference.bench", "main"),
 }
 TORCHRUN_COMMANDS = {"generate", "serve", "eval", "bench"}  # they start ranks: relaunched under torchrun at --tp > 1
+PARSERS = {"generate": ("inference.generate", "build_parser"), "serve": ("inference.server.serve", "build_parser"),
+           "eval": ("inference.eval.cli", "build_parser"), "bench": ("inference.bench", "parse_args")}
 
 
 def peek_tp(argv: list[str]) -> int:
@@ -62,6 +64,17 @@ def preflight(argv: list[str]) -> None:
     check_tp_devices(cfg.tp, kind, None if kind == "cpu" else device_count(kind))
 
 
+def check_flags(cmd: str, argv: list[str]) -> None:
+    """Parse `cmd`'s flags once before torchrun, so a bad one is one error line, not one per rank plus
+    torchrun's traceback."""
+    module, func = PARSERS[cmd]
+    build = getattr(importlib.import_module(module), func)
+    if cmd == "bench":
+        build(argv)  # parses (and checks the case list) itself
+    else:
+        build().parse_args(argv)
+
+
 def relaunch_under_torchrun(tp: int, argv: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}",
            "--monitor-interval=0.5", "-m", "inference", *argv]
@@ -83,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 and "--help" not in rest):
             tp = peek_tp(rest)
             if tp > 1:
+                check_flags(cmd, rest)
                 preflight(rest)
                 relaunch_under_torchrun(tp, argv)
         module, func = COMMANDS[cmd]

@@ -8,12 +8,12 @@ import sys
 
 from inference.cli_args import add_engine_args, engine_config_from_args
 from inference.config import SamplingParams, generation_defaults
-from inference.errors import UserError
+from inference.errors import CliParser, UserError
 from inference.model_path import is_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat generate", description="Generate from one prompt.")
+    p = CliParser(allow_abbrev=False, prog="qwen-chat generate", description="Generate from one prompt.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="raw completion prompt")
     src.add_argument("--prompt-ids", help="comma-separated token ids")

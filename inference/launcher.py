@@ -12,7 +12,6 @@ user that no one else can write to is used, and its files are opened without fol
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from inference import private_files
 from inference.client import EngineClient, EngineError, EngineUnavailable, UntrustedPeer
-from inference.errors import UserError
+from inference.errors import CliParser, UserError
 
 START_MARK = "--- "  # spawn_server's line before each start: "--- <time> starting: <command>"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b[^\s]*: \S")
@@ -273,7 +272,17 @@ def _pid_alive(pid) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet (e.g. a server the app started, stopped by
+    `qwen-chat stop`): gone, though kill(pid, 0) still finds it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def stop_server(path: Path, timeout: float = 30.0) -> str:
@@ -299,8 +308,7 @@ def stop_server(path: Path, timeout: float = 30.0) -> str:
 def stop_main(argv: Sequence[str] | None = None) -> int:
     """`qwen-chat stop [--model M | --socket PATH]`: no option stops every server in the default directory;
     `--model M` every configuration of M."""
-    ap = argparse.ArgumentParser(prog="qwen-chat stop", description="Stop background engine servers.",
-                                 allow_abbrev=False)
+    ap = CliParser(prog="qwen-chat stop", description="Stop background engine servers.", allow_abbrev=False)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--model", help="stop the servers of this model (path, alias or demo), every configuration")
     g.add_argument("--socket", help="stop the server listening on this socket")

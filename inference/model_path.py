@@ -73,10 +73,10 @@ def resolve_model(spec: str) -> Path:
         snap = _hf_snapshot(f"Qwen/{name}")
         if snap is not None:
             return snap
-        where = "\n  ".join(str(p) for p in looked)
-        raise UserError(
-            f"model {spec!r} not found offline. Looked in:\n  {where}\n"
-            f"Get the weights with `huggingface-cli download Qwen/{name}` (or copy them to "
+        where = ", ".join(str(p) for p in looked)
+        raise UserError(  # one line: the CLIs print it as their one `error:` line
+            f"model {spec!r} not found offline (looked in {where}): get the weights with "
+            f"`huggingface-cli download Qwen/{name}` (or copy them to "
             f"$QWEN_CHAT_MODEL_DIR/{spec.lower()}), or pass --model /path/to/{name}"
         )
     path = Path(spec).expanduser()

@@ -13,12 +13,17 @@ from sessions.records import SessionError
 from sessions.store import SessionStore, default_db_path
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one `error:` line (exit 2), not the usage block
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     db = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     db.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS,
                     help=f"sessions database (default: $QWEN_CHAT_SESSIONS_DB or {default_db_path()})")
-    p = argparse.ArgumentParser(prog="qwen-chat sessions", parents=[db], allow_abbrev=False,
-                                description="List, show, export, import, delete and fork saved chats.")
+    p = _Parser(prog="qwen-chat sessions", parents=[db], allow_abbrev=False,
+                description="List, show, export, import, delete and fork saved chats.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     ls = sub.add_parser("list", parents=[db], help="saved sessions, newest first")

@@ -63,6 +63,18 @@ def wrong_arch(d):
     (None, ["--prompt-ids", "1,x"], "comma-separated integers"),
 ])
 def test_bad_input_is_one_clear_line(capsys, broken, damage, args, message):
+    _check_one_line(capsys, broken, damage, args, message)
+
+
+def test_missing_alias_is_one_clear_line(capsys, broken, tmp_path, monkeypatch):
+    from inference import envs
+
+    monkeypatch.setattr(envs, "MODEL_DIR", None)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
+    _check_one_line(capsys, broken, None, ["--model", "14b-chat"], "huggingface-cli download Qwen/Qwen-14B-Chat")
+
+
+def _check_one_line(capsys, broken, damage, args, message):
     if damage:
         damage(broken)
     if "--prompt-ids" not in args:

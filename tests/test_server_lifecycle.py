@@ -154,3 +154,19 @@ def test_stop_ends_a_streaming_server(launched, capsys):
     assert not launched.path.exists() and probe(launched.path) is None
     stop_main(["--socket", str(launched.path)])
     assert "no engine server is running" in capsys.readouterr().out
+
+
+def test_an_exited_unreaped_server_counts_as_stopped():
+    """`qwen-chat stop` of a server the app started: it exits, but stays a zombie until the app reaps it;
+    stop must not wait 30 s for it and then say it did not stop."""
+    from inference.launcher import _pid_alive
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # not the launcher's: nobody reaps it
+    state = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and state.read_text().split(")")[-1].split()[0] != "Z":
+        time.sleep(0.05)
+    try:
+        assert not _pid_alive(proc.pid)
+    finally:
+        proc.wait()

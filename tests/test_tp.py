@@ -71,6 +71,12 @@ def test_refusals_before_anything_loads(tiny_model, tp, env, message):
     assert "loading" not in r.stderr
 
 
+def test_a_bad_flag_with_tp_is_one_error_line_before_torchrun(tiny_model):
+    r = run_cli("generate", "--model", str(tiny_model), "--prompt", "x", "--tp", "2", "--device", "cpu", "--bogus")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: unrecognized arguments: --bogus (see `qwen-chat generate --help`)"
+
+
 def test_fake_300i_duo_defaults_to_float16_and_refuses_bf16(tiny_model):
     code = ("from inference.config import EngineConfig, ModelConfig\n"
             "from inference.engine.device import resolve_device, resolve_dtype\n"

@@ -28,6 +28,15 @@ def test_bad_options_print_one_line_and_exit_2(argv, expected, tmp_path, capsys)
     assert err.startswith("error: ") and expected in err and "\n" not in err, err
 
 
+def test_a_socket_in_a_shared_folder_is_refused_before_nothing_there(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: serving there is refused, so "start one there" would be wrong advice
+    assert main(["--socket", str(shared / "e.sock"), "--db", str(tmp_path / "s.db")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the folder ") and "writable by every user" in err and "nothing there" not in err
+
+
 def test_sessions_subcommand_runs_the_sessions_cli(tmp_path, capsys):
     db = tmp_path / "s.db"
     with SessionStore(db) as store:

@@ -45,6 +45,17 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _shared_socket_dir(socket: str) -> str | None:
+    from inference.errors import UserError
+    from inference.private_files import check_socket_dir
+
+    try:
+        check_socket_dir(os.path.dirname(os.path.abspath(socket)))
+    except UserError as e:
+        return str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ENGINE_COMMANDS:
@@ -71,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             check_start(args.model, tp=args.tp, device=args.device, dtype=args.dtype, quant=args.quant)
         except UserError as e:
             return _fail(str(e).replace("\n", " "))
+    elif os.path.isdir(os.path.dirname(os.path.abspath(args.socket))) and (
+            problem := _shared_socket_dir(args.socket)):
+        return _fail(problem)  # before "nothing there": the hint would be to serve in that folder
     elif not os.path.exists(args.socket):
         return _fail(f"--socket {args.socket}: nothing there; start an engine with "
                      f"`qwen-chat serve --model M --socket {args.socket}` or leave --socket out")

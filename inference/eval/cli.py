@@ -18,7 +18,7 @@ import argparse
 import copy
 import sys
 
-from inference.errors import UserError
+from inference.errors import CliParser, UserError
 
 TASKS = ("ceval", "boolq", "logits")
 
@@ -36,7 +36,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from inference.cli_args import add_engine_args
 
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="qwen-chat eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False)
     p.add_argument("--task", required=True, choices=(*TASKS, "logits-dump"), metavar="{ceval,boolq,logits}",

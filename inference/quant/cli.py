@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from inference.errors import UserError
+from inference.errors import CliParser, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="qwen-chat quantize", description=__doc__,
+    p = CliParser(allow_abbrev=False, prog="qwen-chat quantize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="float checkpoint: a directory, an alias (7b, 14b, ...) or demo")
     p.add_argument("--out", required=True, help="new directory for the quantized checkpoint")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inference import envs, private_files
-from inference.errors import UserError
+from inference.errors import CliParser, UserError
 from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path, runtime_dir
 from inference.server.app import EngineServer
 from inference.server.listen import AlreadyRunning, claim_socket, prepare_socket_dir, release_socket
@@ -27,9 +27,9 @@ DEFAULT_SEND_LIMIT = 4 << 20
 def build_parser() -> argparse.ArgumentParser:
     from inference.cli_args import add_engine_args
 
-    ap = argparse.ArgumentParser(prog="qwen-chat serve", allow_abbrev=False,
-                                 description="Serve the engine on a local Unix socket (docs/protocol.md) "
-                                             "and, with --http, the OpenAI API (docs/openai.md).")
+    ap = CliParser(prog="qwen-chat serve", allow_abbrev=False,
+                   description="Serve the engine on a local Unix socket (docs/protocol.md) "
+                               "and, with --http, the OpenAI API (docs/openai.md).")
     add_engine_args(ap, kv_disk_default=True)
     ap.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/qwen-chat/<model-id>.sock, "
                                      "else ~/.cache/qwen-chat/<model-id>.sock)")
