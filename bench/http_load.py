@@ -7,7 +7,9 @@
 Starts `serve --http 0` (unless --socket names a live server, whose health gives the URL), then runs
 rounds of: N socket clients at once, then N HTTP streaming clients at once (POST /v1/completions,
 stream, token-id prompts, ignore_eos, greedy), each with a fresh random prompt so neither front gets
-prefix-cache hits the other did not. Prints, per front, the median over rounds of the aggregate tok/s,
+prefix-cache hits the other did not. Both fronts' connections are opened before the clock starts, and
+both time the first token that has text (the HTTP front sends no chunk for a token whose text is held
+back, e.g. half a UTF-8 character). Prints, per front, the median over rounds of the aggregate tok/s,
 TTFT / inter-token latency percentiles and (server on this machine) the CPU time of the server's event-loop
 thread per token: the front's own cost, which the engine thread competes with for the GIL. The HTTP
 front should cost at most a few percent.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -33,15 +36,16 @@ from inference.client import AsyncEngineClient, EngineClient
 from inference.launcher import ensure_server, probe
 
 
-async def socket_client(path, prompt, n, rec) -> int:
-    t0, last, got = time.perf_counter(), None, 0
-    async with AsyncEngineClient(path, timeout=60, stall_timeout=300) as c:
-        async for ev in c.generate(prompt_ids=prompt, max_new_tokens=n, ignore_eos=True, temperature=0):
-            if ev["event"] == "token" and ev["token_ids"]:
-                last = rec(t0, last, len(ev["token_ids"]))
-                got += len(ev["token_ids"])
-            elif ev["event"] == "error":
-                raise RuntimeError(f"socket error event: {ev}")
+async def socket_client(c, prompt, n, rec) -> int:
+    t0, last, got, held = time.perf_counter(), None, 0, 0
+    async for ev in c.generate(prompt_ids=prompt, max_new_tokens=n, ignore_eos=True, temperature=0):
+        if ev["event"] == "token" and ev["token_ids"]:
+            got += len(ev["token_ids"])
+            held += len(ev["token_ids"])
+            if ev["text"]:  # what HTTP can see: its front sends a chunk only for tokens with text
+                last, held = rec(t0, last, held), 0
+        elif ev["event"] == "error":
+            raise RuntimeError(f"socket error event: {ev}")
     return got
 
 
@@ -63,6 +67,11 @@ async def http_client(session, url, key, prompt, n, rec) -> int:
             elif chunk["choices"] and chunk["choices"][0]["text"]:
                 last = rec(t0, last, 1)
     return got
+
+
+async def _health(session, url) -> None:
+    async with session.get(url + "/health") as r:
+        await r.read()
 
 
 def loop_cpu_s(pid: int | None) -> float | None:
@@ -87,15 +96,23 @@ async def phase(front: str, args, prompts, path, url, pid=None) -> dict:
             itl.extend([(now - last) / k] * k)
         return now
 
-    t0, cpu0 = time.perf_counter(), loop_cpu_s(pid)
+    # connections are opened before the clock starts, on both fronts: what is timed is the requests
     if front == "socket":
-        tokens = await asyncio.gather(*(socket_client(path, p, args.max_new_tokens, rec) for p in prompts))
+        async with contextlib.AsyncExitStack() as stack:
+            cs = [await stack.enter_async_context(AsyncEngineClient(path, timeout=60, stall_timeout=300))
+                  for _ in prompts]
+            t0, cpu0 = time.perf_counter(), loop_cpu_s(pid)
+            tokens = await asyncio.gather(*(socket_client(c, p, args.max_new_tokens, rec)
+                                            for c, p in zip(cs, prompts)))
+            wall, cpu1 = time.perf_counter() - t0, loop_cpu_s(pid)
     else:
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as s:
+            await asyncio.gather(*(_health(s, url) for _ in prompts))  # one kept-alive connection per client
+            t0, cpu0 = time.perf_counter(), loop_cpu_s(pid)
             tokens = await asyncio.gather(*(http_client(s, url, args.api_key, p, args.max_new_tokens, rec)
                                             for p in prompts))
-    wall, cpu1 = time.perf_counter() - t0, loop_cpu_s(pid)
+            wall, cpu1 = time.perf_counter() - t0, loop_cpu_s(pid)
     cpu = (cpu1 - cpu0) / max(1, sum(tokens)) * 1e6 if cpu0 is not None and cpu1 is not None else float("nan")
     return {"tok_s": sum(tokens) / wall, "tokens": sum(tokens), "ttft": ttft, "itl": itl, "loop_us": cpu}
 
