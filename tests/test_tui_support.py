@@ -56,11 +56,11 @@ def describe(app) -> str:
         msgs = [(b.role, b.status, b.content[:40], b.error) for b in app.chat.query_one(MessageView).boxes()]
     except Exception as e:  # noqa: BLE001
         msgs = repr(e)
-    return f"screen={app.screen!r} engine={app.link.state} messages={msgs}"
+    return f"screen={app.screen!r} engine={app.engine_state} messages={msgs}"
 
 
 async def wait_ready(pilot, app: ChatApp, timeout: float = 60.0) -> None:
-    await wait_for(pilot, lambda: app.link.state == "ready" and isinstance(app.screen, ChatScreen), timeout,
+    await wait_for(pilot, lambda: app.engine_state == "ready" and isinstance(app.screen, ChatScreen), timeout,
                    "the engine to be ready")
 
 
