@@ -10,10 +10,10 @@ import os
 import signal
 
 import pytest
-from test_tui_support import SIZE, make_app, wait_for, wait_ready
 
 from inference import launcher
 from sessions import SessionStore
+from tests.support.app import SIZE, make_app, wait_for, wait_ready
 from tui.screens.chat import ChatScreen
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
 from tui.widgets.message_view import MessageView

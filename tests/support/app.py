@@ -7,10 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import test_server_helpers as server_helpers
-from test_server_helpers import stop_server  # noqa: F401 (the app tests import it from here)
-
 from sessions import SessionStore
+from tests.support import server as server_helpers
+from tests.support.server import stop_server
 from tui.app import ChatApp
 from tui.engine_link import EngineOptions
 from tui.screens.chat import ChatScreen
