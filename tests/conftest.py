@@ -37,7 +37,8 @@ def tui_server(tiny_model, tmp_path_factory):
     """An engine server on tiny_model (CPU, float32) for the app's pilot tests of one module."""
     from types import SimpleNamespace
 
-    from test_tui_support import start_server, stop_server
+    from tests.support.app import start_server
+    from tests.support.server import stop_server
 
     tmp = tmp_path_factory.mktemp("tui-server")
     sock, log = tmp / "engine.sock", tmp / "engine.log"

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from test_server_helpers import CPU_ARGS, stop_server, wait_ready
 
 from inference.client import EngineClient
 from inference.config import EngineConfig
 from inference.engine.device import cpu_threads
 from inference.errors import UserError
+from tests.support.server import CPU_ARGS, stop_server, wait_ready
 
 
 def serve_threads(model, tmp_path, *extra: str, omp: str | None = None) -> int:

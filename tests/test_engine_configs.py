@@ -11,12 +11,12 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
-from test_server_helpers import start_server, stop_server, wait_ready
 
 from inference import launcher
 from inference.errors import UserError
 from inference.model_path import model_id
 from inference.quant.cli import main as quantize_main
+from tests.support.server import start_server, stop_server, wait_ready
 from tui.engine_link import EngineLink, EngineOptions
 
 CPU = {"device": "cpu", "dtype": "float32", "extra_args": ("--num-kv-blocks", "64")}

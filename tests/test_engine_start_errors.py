@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from test_tui_support import SIZE, make_app, wait_for
 
 from inference import launcher
+from tests.support.app import SIZE, make_app, wait_for
 from tui.screens.engine_start import EngineFailedScreen
 
 pytestmark = pytest.mark.timeout(180)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import rel
+
+from tests.support.oracle import rel
 
 pytestmark = pytest.mark.gpu
 
@@ -18,9 +19,8 @@ def _engine(model, dtype, graphs=True):
 
 
 def test_cuda_engine_matches_oracle(tiny_model):
-    from oracle import hf_greedy, hf_qwen2
-
     from inference.config import SamplingParams
+    from tests.support.oracle import hf_greedy, hf_qwen2
 
     oracle = hf_qwen2(tiny_model)
     prompts = [[9707, 11, 847, 829, 374], list(range(3000, 3100)), [151644, 872, 198, 151643, 42]]
@@ -47,11 +47,10 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
     """A prefill step of at most the largest graph bucket's tokens replays the decode graph with one row per
     token (ModelRunner.as_rows). float32 greedy tokens equal the oracle's for a fresh prompt, and for a next
     turn on top of a cached prefix batched with a new prompt; QWEN_CHAT_ROW_PREFILL=0 takes the eager path."""
-    from oracle import hf_greedy, hf_qwen2
-
     from inference import envs
     from inference.config import EngineConfig, SamplingParams
     from inference.engine.llm_engine import LLMEngine
+    from tests.support.oracle import hf_greedy, hf_qwen2
 
     oracle = hf_qwen2(tiny_model)
     e = LLMEngine(EngineConfig(model=str(tiny_model), device="cuda", dtype="float32", num_kv_blocks=512,

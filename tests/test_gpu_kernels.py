@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import rel
+
+from tests.support.oracle import rel
 
 pytestmark = pytest.mark.gpu
 

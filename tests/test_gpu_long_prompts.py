@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
-from oracle import load_all, reference_logits, rel
 
 from inference.config import EngineConfig, SamplingParams
+from tests.support.oracle import load_all, reference_logits, rel
 
 pytestmark = pytest.mark.gpu
 

@@ -17,11 +17,11 @@ from types import SimpleNamespace
 import openai
 import pytest
 import torch
-from test_server_helpers import CPU_ARGS, start_server, stop_server, wait_ready
 
 from inference.client import EngineClient
 from inference.config import SamplingParams
 from inference.tokenizer import QwenTokenizer
+from tests.support.server import CPU_ARGS, start_server, stop_server, wait_ready
 
 KEY = "sk-test-3f9c"
 CHAT = [{"role": "user", "content": "Tell me a story about a cat."}]

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from oracle import hf_greedy, hf_qwen2, load_all, reference_logits
 
 from inference.config import EngineConfig, SamplingParams
 from inference.engine.llm_engine import LLMEngine
+from tests.support.oracle import hf_greedy, hf_qwen2, load_all, reference_logits
 
 PROMPTS = [
     "Hello, my name is",

@@ -13,14 +13,14 @@ import time
 
 import pytest
 import torch
-from privacy_support import as_other, folder, mode, need_second_uid, other_can_read, umask
-from sessions_support import make_chat
 
 from inference import launcher
 from inference.engine.kv_disk_store import KVDiskStore
 from inference.errors import UserError
 from inference.server.listen import claim_socket
 from sessions import SessionError, SessionStore
+from tests.support.chats import make_chat
+from tests.support.privacy import as_other, folder, mode, need_second_uid, other_can_read, umask
 
 UMASKS = [0o022, 0o000]
 

@@ -12,11 +12,11 @@ import subprocess
 import time
 
 import pytest
-from privacy_support import SYSTEM_PYTHON, as_other, folder
 
 from inference import launcher
 from inference.client import AsyncEngineClient, EngineClient, UntrustedPeer
 from inference.errors import UserError
+from tests.support.privacy import SYSTEM_PYTHON, as_other, folder
 from tui.engine_link import EngineLink, EngineOptions, StartFailed
 
 SQUATTER = r"""

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_quant_msmodelslim import CFG, activation_ranges, export_w8a8, write_dir
-from tp_worker import run_prompts
 
 from inference.config import EngineConfig
 from inference.demo import random_weights, write_checkpoint
 from inference.engine.llm_engine import LLMEngine
+from tests.support.tp_worker import run_prompts
 
 PROMPTS = [[9707, 11, 847, 829, 374], [100644, 101889, 99489], list(range(1000, 1040)), [151644, 872, 198]]
 
@@ -28,7 +28,7 @@ def generate(model, quant, tp, tmp_path):
         return out
     out = tmp_path / "out.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}",
-           str(Path(__file__).with_name("tp_worker.py")), str(model), json.dumps(PROMPTS), str(out), str(tp),
+           str(Path(__file__).parent / "support" / "tp_worker.py"), str(model), json.dumps(PROMPTS), str(out), str(tp),
            quant or ""]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
-from test_server_helpers import RawConn, start_server, stop_server, wait_ready
 
 from inference.client import AsyncEngineClient, EngineClient
 from inference.launcher import default_socket_path
 from inference.model_path import model_id
 from inference.tokenizer import QwenTokenizer
+from tests.support.server import RawConn, start_server, stop_server, wait_ready
 
 SEND_LIMIT = 32768
 CHAT_A = [{"role": "user", "content": "Tell me a story about a cat."}]

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_server_helpers import RawConn, start_server, stop_server, wait_ready
 
 from inference import protocol as P
 from inference.client import EngineClient
+from tests.support.server import RawConn, start_server, stop_server, wait_ready
 
 HUGE = b"1" + b"0" * 309  # 10**309 as a JSON integer literal: no float holds it
 

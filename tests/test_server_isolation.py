@@ -8,12 +8,11 @@ import asyncio
 import threading
 from unittest import mock
 
-from test_server_helpers import RawConn
-
 from inference import protocol as P
 from inference.config import EngineConfig
 from inference.server.app import EngineServer
 from inference.server.listen import claim_socket, release_socket
+from tests.support.server import RawConn
 
 
 def test_a_failure_serving_one_request_never_touches_another(tiny_model, tmp_path):

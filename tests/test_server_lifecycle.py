@@ -15,10 +15,10 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
-from test_server_helpers import CPU_ARGS, start_server, stop_server, wait_ready
 
 from inference.client import EngineClient
 from inference.launcher import EngineStartError, ensure_server, probe, stop_main
+from tests.support.server import CPU_ARGS, start_server, stop_server, wait_ready
 
 PROMPT = list(range(300, 340))
 

@@ -7,11 +7,11 @@ import threading
 import time
 
 import pytest
-from sessions_support import make_chat as _chat
 
 from sessions import schema
 from sessions.records import DEFAULT_SETTINGS, SessionError, SessionNotFound, pack_ids, title_from, unpack_ids
 from sessions.store import SessionStore, default_db_path
+from tests.support.chats import make_chat as _chat
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from sessions_support import make_chat as _chat
 
 from sessions.records import SessionError
 from sessions.store import SessionStore
+from tests.support.chats import make_chat as _chat
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tp_worker import run_prompts
 
 from inference.config import EngineConfig
 from inference.engine.llm_engine import LLMEngine
+from tests.support.tp_worker import run_prompts
 
 HERE = Path(__file__).parent
 PROMPTS = [[9707, 11, 847, 829, 374], [100644, 101889, 99489], list(range(1000, 1040)), [151644, 872, 198]]
@@ -36,7 +36,7 @@ def tp1(tiny_model):
 @pytest.mark.parametrize("n", [2, 4])
 def test_tp_matches_tp1(tiny_model, tp1, tmp_path, n):
     out = tmp_path / f"tp{n}.pt"
-    r = torchrun(n, str(HERE / "tp_worker.py"), str(tiny_model), json.dumps(PROMPTS), str(out), str(n))
+    r = torchrun(n, str(HERE / "support" / "tp_worker.py"), str(tiny_model), json.dumps(PROMPTS), str(out), str(n))
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(out)
     assert got["tokens"] == tp1[0]

@@ -7,7 +7,10 @@ import asyncio
 import time
 
 import pytest
-from test_tui_support import (
+
+from inference.client import EngineClient
+from sessions import SessionStore
+from tests.support.app import (
     SIZE,
     boxes,
     chat,
@@ -18,9 +21,6 @@ from test_tui_support import (
     wait_for,
     wait_ready,
 )
-
-from inference.client import EngineClient
-from sessions import SessionStore
 from tui.app import DEMO_MAX_NEW_TOKENS
 from tui.screens.chat import ChatScreen
 from tui.screens.settings import SettingsScreen

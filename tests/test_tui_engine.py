@@ -10,10 +10,10 @@ import os
 import signal
 
 import pytest
-from test_tui_support import SIZE, make_app, wait_for, wait_ready
 
 from inference import launcher
 from sessions import SessionStore
+from tests.support.app import SIZE, make_app, wait_for, wait_ready
 from tui.screens.chat import ChatScreen
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
 from tui.widgets.message_view import MessageView
@@ -72,7 +72,8 @@ def test_start_with_progress_then_engine_dies_mid_reply_and_the_next_message_res
             await wait_for(pilot, lambda: boxes(app)[1].status == "error", what="the error")
             reply = boxes(app)[1]
             footer = str(reply.query_one(".message-footer").render())
-            assert "engine stopped mid-reply" in footer and app.link.state == "down"
+            assert "engine stopped mid-reply" in footer
+            await wait_for(pilot, lambda: app.engine_state == "down", what="the engine marked down")
             await wait_for(pilot, lambda: not app.chat.streaming, what="the worker to end")
             with SessionStore(db) as st:
                 kept = st.messages(sid)[-1]
@@ -149,7 +150,7 @@ def test_engine_that_cannot_start_shows_its_log_and_the_message_is_kept(runtime,
             assert "qwen-chat serve --model" in str(screen.query_one("#failed-hint").render())
             await pilot.press("c")  # browse sessions without the engine
             await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
-            assert app.link.state == "failed"
+            assert app.engine_state == "failed"
             await send(pilot, "Still saved?")
             await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
                            what="the failure screen again")

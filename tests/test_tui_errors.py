@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_tui_support import SIZE, boxes, chat, idle, make_app, settings_of, type_and_send, wait_for, wait_ready
 
 from inference.client import EngineClient
 from sessions import SessionStore
 from sessions.cli import main as sessions_main
+from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, type_and_send, wait_for, wait_ready
 from tui.widgets.prompt_input import PromptInput
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,11 +8,11 @@ import asyncio
 import unicodedata
 
 import pytest
-from test_tui_support import SIZE, boxes, chat, make_app, wait_for
 from textual import events
 from textual.keys import _character_to_key
 
 from sessions import SessionStore
+from tests.support.app import SIZE, boxes, chat, make_app, wait_for
 from tui.screens.chat import ChatScreen
 from tui.screens.settings import SettingsScreen
 from tui.widgets.prompt_input import PromptInput

@@ -8,10 +8,10 @@ import asyncio
 import time
 
 import pytest
-from test_tui_support import SIZE, boxes, chat, make_app, wait_for
 
 from sessions import SessionStore
 from sessions.records import DEFAULT_SETTINGS
+from tests.support.app import SIZE, boxes, chat, make_app, wait_for
 from tui.app import DEMO_MAX_NEW_TOKENS
 from tui.screens.chat import ChatScreen
 from tui.widgets.message_view import PAGE, MessageView

@@ -6,9 +6,9 @@ deliberate change of the look."""
 from __future__ import annotations
 
 import pytest
-from test_tui_support import make_app
 
 from sessions import SessionStore
+from tests.support.app import make_app
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
 
 SIZE = (110, 34)

@@ -8,12 +8,14 @@ import threading
 
 from textual.app import App
 from textual.binding import Binding
+from textual.reactive import reactive
 
 from inference.model_path import model_id
 from sessions import SessionStore
 from sessions.records import DEFAULT_SETTINGS
 from tui.commands import ChatCommands
 from tui.engine_link import EngineLink, EngineOptions, StartFailed
+from tui.reply import EngineDown
 from tui.screens.chat import ChatScreen
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
 from tui.widgets.status_bar import DEMO_LABEL, StatusBar
@@ -49,6 +51,8 @@ class ChatApp(App):
     TITLE = "qwen-chat"
     COMMANDS = App.COMMANDS | {ChatCommands}
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    # "starting" -> "ready" | "failed"; "down" after it died; "offline" when the app starts none
+    engine_state: reactive[str] = reactive("starting")
 
     def __init__(self, options: EngineOptions, store: SessionStore, session_id: str | None = None,
                  new: bool = False, link: EngineLink | None = None, start_engine: bool = True):
@@ -59,7 +63,7 @@ class ChatApp(App):
         self.current_session_id = pick_session(store, options.model, session_id, new)
         self.start_engine = start_engine
         if not start_engine:
-            self.link.state = "offline"
+            self.set_reactive(ChatApp.engine_state, "offline")
         self.last_stats: dict = {}
         self._engine_lock = asyncio.Lock()
 
@@ -92,15 +96,16 @@ class ChatApp(App):
         bar.info = info
         if generating is None:
             generating = self.chat.streaming
-        bar.state = "generating" if generating and self.link.state == "ready" else self.link.state
+        bar.state = "generating" if generating and self.engine_state == "ready" else self.engine_state
         bar.last = self.last_stats
         bar.kv = self.link.stats
         self.title = f"qwen-chat · {DEMO_LABEL}" if info.get("demo") else "qwen-chat"
 
-    def set_engine_state(self, state: str) -> None:
-        bar = self.status_bar()
-        if bar is not None:
-            bar.state = state
+    def watch_engine_state(self) -> None:
+        self.update_status()
+
+    def on_engine_down(self, _: EngineDown) -> None:
+        self.engine_state = "down"
 
     def reply_done(self, stats: dict) -> None:
         if stats:
@@ -109,35 +114,39 @@ class ChatApp(App):
         self.run_worker(self.poll_stats(), group="stats", exclusive=True)
 
     async def poll_stats(self) -> None:
-        if self.link.state == "ready":
+        if self.engine_state == "ready":
             await self.link.poll_stats()
             bar = self.status_bar()
             if bar is not None:
                 bar.kv = self.link.stats
 
     # -- engine -----------------------------------------------------------------------------------
-    async def ensure_engine(self) -> bool:
-        """Start or reconnect the engine if needed (start screen, failure screen). True when ready."""
+    async def ensure_engine(self, restart: bool = False) -> bool:
+        """Start or reconnect the engine if needed (start screen, failure screen). True when ready.
+        `restart`: a request just failed, so the engine counts as down without asking it."""
         async with self._engine_lock:
-            if self.link.state == "ready" and await self.link.alive():
-                self.update_status()
-                return True
+            if restart:
+                self.engine_state = "down"
+            if self.engine_state == "ready":
+                if await self.link.alive():
+                    return True
+                self.engine_state = "down"
             while True:
                 screen = EngineStartScreen(self.options.model, demo=self.options.model == "demo")
                 await self.push_screen(screen)
-                self.update_status()
+                self.engine_state = "starting"
                 try:
                     await self._start_in_thread(screen)
                 except StartFailed as e:
                     screen.dismiss()
-                    self.update_status()
+                    self.engine_state = "failed"
                     choice = await self.push_screen_wait(
                         EngineFailedScreen(str(e), e.log_tail, e.hint, e.log_path))
                     if choice == "retry":
                         continue
                     return False
                 screen.dismiss()
-                self.update_status()
+                self.engine_state = "ready"
                 return True
 
     async def _start_in_thread(self, screen: EngineStartScreen) -> dict:
@@ -162,5 +171,4 @@ class ChatApp(App):
         return await done
 
     async def action_restart_engine(self) -> None:
-        self.link.state = "down"
-        self.run_worker(self.ensure_engine(), group="engine", exclusive=True)
+        self.run_worker(self.ensure_engine(restart=True), group="engine", exclusive=True)

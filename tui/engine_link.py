@@ -42,13 +42,13 @@ class StartFailed(RuntimeError):
 
 
 class EngineLink:
-    """Engine state for the app: "starting" -> "ready" | "failed"; "down" after it died."""
+    """Starts or attaches to the engine and talks to it; the app keeps the engine's state
+    (`ChatApp.engine_state`) from what these methods return or raise."""
 
     def __init__(self, opts: EngineOptions):
         self.opts = opts
         self.socket_path = str(opts.socket or launcher.default_socket_path(  # one engine per configuration
             model_id(opts.model), tp=opts.tp, dtype=opts.dtype, device=opts.device, quant=opts.quant))
-        self.state = "starting"
         self.info: dict = {}
         self.stats: dict = {}
 
@@ -59,7 +59,6 @@ class EngineLink:
     # -- start / attach (blocking: run in a thread) -----------------------------------------------
     def start(self, progress: Progress | None = None) -> dict:
         """Make sure an engine is ready (start one unless attaching) and return its health."""
-        self.state = "starting"
         try:
             if self.opts.attach:
                 health = self._attach(progress)
@@ -70,13 +69,10 @@ class EngineLink:
                 with EngineClient(self.socket_path) as c:
                     health = c.health()
         except StartFailed:
-            self.state = "failed"
             raise
         except Exception as e:  # noqa: BLE001 - every start failure becomes a screen with the log
-            self.state = "failed"
             raise self._start_error(e) from e
         self.info = health
-        self.state = "ready"
         return health
 
     def _attach(self, progress: Progress | None) -> dict:
@@ -123,7 +119,6 @@ class EngineLink:
                 self.info = await asyncio.wait_for(c.health(), 5)
             return self.info.get("status") == "ready"
         except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
-            self.state = "down"
             return False
 
     async def tokenize(self, text: str) -> list[int]:

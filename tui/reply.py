@@ -27,6 +27,10 @@ DIED = ("the engine stopped mid-reply ({}); the partial reply is kept and your n
         "restarts the engine")
 
 
+class EngineDown(Message):
+    """The engine stopped answering during a reply; the app marks it down (the next message restarts it)."""
+
+
 class UserSaved(Message):
     def __init__(self, box, record):
         super().__init__()
@@ -83,13 +87,12 @@ class ReplyJob:
                 try:
                     ids = await self.link.tokenize(self.user_text)
                 except ENGINE_ERRORS:
-                    self.link.state = "down"
-                    ok = await self.app.ensure_engine()
+                    ok = await self.app.ensure_engine(restart=True)
                     ids = await self.link.tokenize(self.user_text) if ok else None
         except asyncio.CancelledError:
             ok, cancelled = False, True
         except ENGINE_ERRORS:
-            self.link.state = "down"
+            self.post(EngineDown())
             ok = False
         if self.user_text is not None:
             # the user's message is kept whether or not the engine answers
@@ -141,14 +144,14 @@ class ReplyJob:
                     elif kind == "error":
                         status, error = "error", str(ev.get("message") or "engine error")
                         if ev.get("code") == DISCONNECTED:
-                            self.link.state = "down"
+                            self.post(EngineDown())
                             error = DIED.format(error)
         except asyncio.CancelledError:
             status = "interrupted"  # leaving the stream cancels the request on the server
         except ValueError as e:  # a request the client refuses to send (bad setting)
             status, error = "error", str(e)
         except ENGINE_ERRORS as e:
-            self.link.state = "down"
+            self.post(EngineDown())
             status, error = "error", DIED.format(e)
         except Exception as e:  # noqa: BLE001 - whatever it was, the reply says so and the app goes on
             status, error = "error", f"the reply failed: {type(e).__name__}: {e}"

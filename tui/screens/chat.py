@@ -172,7 +172,7 @@ class ChatScreen(Screen):
         self.start_job(ReplyJob(self, self.session_id, text, box))
 
     def start_job(self, job: ReplyJob) -> None:
-        self.app.set_engine_state("generating")
+        self.app.update_status(generating=True)
         self.job = job
         self.reply_worker = self.run_worker(job.run(), group="reply", exclusive=True, exit_on_error=False)
 

@@ -7,10 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import test_server_helpers as server_helpers
-from test_server_helpers import stop_server  # noqa: F401 (the app tests import it from here)
-
 from sessions import SessionStore
+from tests.support import server as server_helpers
+from tests.support.server import stop_server
 from tui.app import ChatApp
 from tui.engine_link import EngineOptions
 from tui.screens.chat import ChatScreen
@@ -56,11 +55,11 @@ def describe(app) -> str:
         msgs = [(b.role, b.status, b.content[:40], b.error) for b in app.chat.query_one(MessageView).boxes()]
     except Exception as e:  # noqa: BLE001
         msgs = repr(e)
-    return f"screen={app.screen!r} engine={app.link.state} messages={msgs}"
+    return f"screen={app.screen!r} engine={app.engine_state} messages={msgs}"
 
 
 async def wait_ready(pilot, app: ChatApp, timeout: float = 60.0) -> None:
-    await wait_for(pilot, lambda: app.link.state == "ready" and isinstance(app.screen, ChatScreen), timeout,
+    await wait_for(pilot, lambda: app.engine_state == "ready" and isinstance(app.screen, ChatScreen), timeout,
                    "the engine to be ready")
 
 
