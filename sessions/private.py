@@ -10,7 +10,6 @@ import os
 import stat
 from pathlib import Path
 
-from inference.private_files import private_dir  # stdlib only, as sessions/ is
 from sessions.records import SessionError
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -20,6 +19,25 @@ def default_dir() -> Path:
     """$XDG_DATA_HOME/qwen-chat (XDG default ~/.local/share/qwen-chat): ours, so made 0700 on every start."""
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data).expanduser() / "qwen-chat"
+
+
+def _make_dirs(folder: Path) -> None:
+    """Create `folder` and its missing parents 0700 each; tighten it when it is the default folder (the
+    same rule as inference/private_files.private_dir: sessions/ imports nothing of inference/)."""
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            pass
+    st = folder.stat()
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077 and (
+            missing or folder.absolute() == default_dir().absolute()):
+        os.chmod(folder, stat.S_IMODE(st.st_mode) & 0o700)
 
 
 def _check_file(path: Path) -> bool:
@@ -48,7 +66,7 @@ def secure_db_files(path: Path) -> None:
         return
     folder = path.parent
     try:
-        private_dir(folder, tighten=folder.absolute() == default_dir().absolute())
+        _make_dirs(folder)
     except OSError as e:
         raise SessionError(f"cannot create the folder for the sessions database {path}: {e}") from e
     st = folder.stat()
