@@ -18,6 +18,7 @@ from tui.engine_link import EngineLink, EngineOptions, StartFailed
 from tui.reply import EngineDown
 from tui.screens.chat import ChatScreen
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
+from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_bar import DEMO_LABEL, StatusBar
 
 STATS_EVERY_S = 2.0
@@ -132,7 +133,8 @@ class ChatApp(App):
                     return True
                 self.engine_state = "down"
             while True:
-                screen = EngineStartScreen(self.options.model, demo=self.options.model == "demo")
+                screen = EngineStartScreen(self.options.model, demo=self.options.model == "demo",
+                                           prompt=self.chat.query_one(PromptInput))
                 await self.push_screen(screen)
                 self.engine_state = "starting"
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -12,14 +13,30 @@ from tui.widgets.status_bar import DEMO_LABEL
 
 
 class EngineStartScreen(ModalScreen):
-    """Shown while the engine starts. `set_progress` is called with the launcher's progress."""
+    """Shown while the engine starts. `set_progress` is called with the launcher's progress. What the user
+    types meanwhile goes, in order, to `prompt` (the chat's prompt input, in view below): nothing is lost,
+    and an Enter sends the message, which waits for the engine."""
 
     BINDINGS = [Binding("ctrl+q", "app.quit", "Quit")]
 
-    def __init__(self, model: str, demo: bool = False):
+    def __init__(self, model: str, demo: bool = False, prompt=None):
         super().__init__(id="engine-start")
         self.model = model
         self.demo = demo
+        self.prompt = prompt  # an OrderedKeys field, or None
+
+    async def _on_key(self, event: events.Key) -> None:
+        if self.prompt is None or event.key in self._bindings.key_to_bindings:
+            await super()._on_key(event)
+            return
+        event.stop()
+        event.prevent_default()
+        await self.prompt.type_in(events.Key(event.key, event.character))
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        if self.prompt is not None:
+            event.stop()
+            await self.prompt._on_paste(event)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="start-box"):

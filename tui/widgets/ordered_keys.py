@@ -10,6 +10,9 @@ backspace, "c" gave "ab" ("abc", then the backspace) instead of "ac". (Textual i
 as the app would have (the app's priority bindings, such as ctrl+q, still run first, at the app). When a
 key moved the focus (tab, a dialog), the keys queued behind it are passed on to the newly focused widget
 instead of landing in this one (for a dialog that just opened, once it has focused its first field).
+
+`type_in` applies a key typed on a screen above the field's own (the engine start screen) as if the field
+had the focus: its own bindings, then the text.
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ class OrderedKeys:
     """Mix in before a Textual text widget (`class F(OrderedKeys, Input)`)."""
 
     _settling = None  # the screen whose first focus a passed-on key waited for
+    _typed_in = False  # the key being handled came through `type_in`
+
+    async def type_in(self, event: events.Key) -> None:
+        """Handle `event`, typed on another screen, as if this field had the focus (call it in the order typed)."""
+        self._typed_in = True
+        try:
+            await self._on_key(event)
+        finally:
+            self._typed_in = False
 
     async def passed_on(self, event: events.Key) -> bool:
         """True when the focus moved on while `event` waited here: it went to the focused widget."""
         app = self.app
-        if app.focused is self:
+        if app.focused is self or self._typed_in:
             return False
         event.stop()
         event.prevent_default()
@@ -46,11 +58,19 @@ class OrderedKeys:
     async def _on_key(self, event: events.Key) -> None:
         if await self.passed_on(event):
             return
-        if not self.check_consume_key(event.key, event.character) and await self.app._check_bindings(event.key):
+        if not self.check_consume_key(event.key, event.character) and await self._run_binding(event.key):
             event.stop()
             event.prevent_default()
             return
         await super()._on_key(event)
+
+    async def _run_binding(self, key: str) -> bool:
+        if not self._typed_in:
+            return await self.app._check_bindings(key)
+        for binding in self._bindings.key_to_bindings.get(key, ()):  # this field's own: the app's ran already
+            if await self.app.run_action(binding.action, self):
+                return True
+        return False
 
 
 class OrderedInput(OrderedKeys, Input):

@@ -1,0 +1,66 @@
+"""The engine's comings and goings as a user meets them: keys typed while it starts are kept (and an Enter
+typed meanwhile sends once it is ready); `qwen-chat stop` while it loads says so and r starts it again;
+`qwen-chat stop` while the app is idle shows the engine down within seconds, and the next message starts
+it again. Real server processes on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from inference import launcher
+from sessions import SessionStore
+from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, wait_for, wait_ready
+from tui.screens.engine_start import EngineStartScreen
+from tui.widgets.prompt_input import PromptInput
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    """A private $XDG_RUNTIME_DIR for the servers the app starts; every one is stopped afterwards."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield run
+    for sock in run.glob("qwen-chat/*.sock"):
+        launcher.stop_server(sock, timeout=20)
+
+
+def test_keys_typed_while_the_engine_starts_land_in_the_prompt_and_enter_sends_once_ready(tui_server, tmp_path):
+    db = tmp_path / "s.db"
+    app = make_app(db, tui_server.sock, new=True)
+    sid = app.current_session_id
+    settings_of(db, sid, max_new_tokens=3)
+    gate = threading.Event()  # the engine "loads" until the keys are in
+    start = app.link.start
+
+    def slow_start(progress=None):
+        gate.wait(60)
+        return start(progress)
+
+    app.link.start = slow_start
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineStartScreen), what="the start screen")
+            await pilot.press(*"Hello", "backspace", "p", "enter", *"more", "ctrl+j", "x", "backspace")
+            await pilot.pause()
+            assert isinstance(app.screen, EngineStartScreen)
+            gate.set()
+            await wait_ready(pilot, app)
+            await wait_for(pilot, lambda: len(boxes(app)) == 2 and idle(app), what="the reply")
+            assert [(b.role, b.content) for b in boxes(app)][0] == ("user", "Hellp")
+            assert boxes(app)[1].status == "complete"
+            assert chat(app).query_one(PromptInput).text == "more\n"
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+    with SessionStore(db) as store:
+        assert [(m.role, m.status) for m in store.messages(sid)] == [("user", "complete"), ("assistant", "complete")]
