@@ -39,10 +39,13 @@ class EngineStartError(UserError):
     """The background server exited or timed out while starting; carries this start's last log lines.
 
     `what` says what happened ("... exited with code 2 while starting"), `reason` is the engine's own
-    error line from the log (its last `error:` line, else a traceback's last line), or None."""
+    error line from the log (its last `error:` line, else a traceback's last line), or None; `returncode` the
+    server's exit status when it exited (0: stopped by `qwen-chat stop`, negative: killed by that signal)."""
 
-    def __init__(self, message: str, log_file: Path | None = None, log_tail: Sequence[str] = ()):
+    def __init__(self, message: str, log_file: Path | None = None, log_tail: Sequence[str] = (),
+                 returncode: int | None = None):
         self.log_file = log_file
+        self.returncode = returncode
         self.log_tail = list(log_tail)
         self.what = message
         self.reason = error_line(self.log_tail)
@@ -200,7 +203,7 @@ def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "a
         if proc is not None and proc.poll() is not None:
             if proc.returncode != EXIT_ALREADY_RUNNING:
                 raise EngineStartError(f"the engine server exited with code {proc.returncode} while starting",
-                                       log_file, read_log_tail(log_file, 15, this_run=True))
+                                       log_file, read_log_tail(log_file, 15, this_run=True), proc.returncode)
             proc = None  # another start won the race for the socket: wait for that server instead
         if proc is None and health is None:
             gone_since = gone_since or time.monotonic()

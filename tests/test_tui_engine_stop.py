@@ -13,7 +13,8 @@ import pytest
 from inference import launcher
 from sessions import SessionStore
 from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, wait_for, wait_ready
-from tui.screens.engine_start import EngineStartScreen
+from tui.engine_link import EngineLink, EngineOptions
+from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
 from tui.widgets.prompt_input import PromptInput
 
 pytestmark = pytest.mark.timeout(180)
@@ -64,3 +65,42 @@ def test_keys_typed_while_the_engine_starts_land_in_the_prompt_and_enter_sends_o
         gate.set()
     with SessionStore(db) as store:
         assert [(m.role, m.status) for m in store.messages(sid)] == [("user", "complete"), ("assistant", "complete")]
+
+
+def test_an_engine_stopped_while_it_starts_says_so_and_r_starts_it_again(tiny_model, runtime, tmp_path):
+    app = make_app(tmp_path / "s.db", model=str(tiny_model), new=True)
+    start, stopped = app.link.start, []
+
+    def start_and_stop(progress=None):
+        def report(done, total, what):
+            if not stopped and what != "starting the engine server":  # the server answers: it is loading
+                stopped.append(launcher.stop_main(["--socket", app.link.socket_path]))
+            progress(done, total, what)
+
+        return start(report)
+
+    app.link.start = start_and_stop
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, EngineFailedScreen), timeout=90,
+                           what="the failure screen")
+            error, hint = app.screen.error, app.screen.hint
+            assert "stopped while starting" in error and "qwen-chat stop" in error, error
+            assert "exited with code" not in error and "Check the model" not in hint, hint
+            assert "press r" in hint.lower(), hint
+            app.link.start = start
+            await pilot.press("r")
+            await wait_ready(pilot, app, timeout=90)
+
+    asyncio.run(main())
+    assert stopped == [0]
+
+
+@pytest.mark.parametrize("code", [0, -15, -9])
+def test_a_start_ended_by_a_stop_or_a_signal_is_not_reported_as_a_broken_model(code, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    link = EngineLink(EngineOptions(model="demo"))
+    e = launcher.EngineStartError(f"the engine server exited with code {code} while starting", returncode=code)
+    failed = link._start_error(e)
+    assert "stopped while starting" in str(failed) and "Check the model" not in failed.hint

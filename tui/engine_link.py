@@ -6,6 +6,7 @@ Torch-free: uses only `inference.launcher`, `inference.client` and `inference.mo
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,6 +104,13 @@ class EngineLink:
         what = getattr(e, "what", None) or (str(e) or type(e).__name__).split("\nlast lines of", 1)[0]
         reason = launcher.error_line(lines) or getattr(e, "reason", None)
         message = f"{reason}\n({what})" if reason and reason not in what else what
+        code = getattr(e, "returncode", None)
+        if code is not None and code <= 0 and not reason:  # 0: asked to stop (stop, SIGTERM); < 0: killed
+            how = "by `qwen-chat stop` or a signal" if code == 0 else f"by signal {_signal_name(-code)}"
+            hint = "Press r to start it again, c to browse your sessions without it, or q to quit."
+            if code == -signal.SIGKILL:
+                hint += " If nobody stopped it, the system may have run out of memory."
+            return StartFailed(f"the engine was stopped while starting ({how})", lines, hint, log_path)
         hint = (f"Check the model ({self.opts.model!r}), --device and --dtype. Run "
                 f"`qwen-chat serve --model {self.opts.model}` in a terminal to see the whole output, "
                 "then press r to retry.")
@@ -132,3 +140,10 @@ class EngineLink:
         except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
             self.stats = {}
         return self.stats
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
