@@ -12,10 +12,12 @@ import pytest
 
 from inference import launcher
 from sessions import SessionStore
-from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, wait_for, wait_ready
+from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, type_and_send, wait_for, wait_ready
+from tui.app import STATS_EVERY_S
 from tui.engine_link import EngineLink, EngineOptions
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
 from tui.widgets.prompt_input import PromptInput
+from tui.widgets.status_bar import StatusBar
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,3 +106,27 @@ def test_a_start_ended_by_a_stop_or_a_signal_is_not_reported_as_a_broken_model(c
     e = launcher.EngineStartError(f"the engine server exited with code {code} while starting", returncode=code)
     failed = link._start_error(e)
     assert "stopped while starting" in str(failed) and "Check the model" not in failed.hint
+
+
+def test_an_engine_stopped_while_the_app_is_idle_shows_down_and_the_next_message_restarts_it(
+        tiny_model, runtime, tmp_path):
+    db = tmp_path / "s.db"
+    app = make_app(db, model=str(tiny_model), new=True)
+    settings_of(db, app.current_session_id, max_new_tokens=3)
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_ready(pilot, app, timeout=90)
+            bar = chat(app).query_one(StatusBar)
+            assert bar.state == "ready"
+            pid = app.link.info["pid"]
+            assert launcher.stop_main(["--socket", app.link.socket_path]) == 0
+            await wait_for(pilot, lambda: app.engine_state == "down", timeout=3 * STATS_EVERY_S + 5,
+                           what="the engine marked down")
+            assert bar.state == "down"
+            await type_and_send(pilot, "Back?")
+            await wait_for(pilot, lambda: len(boxes(app)) == 2 and idle(app), timeout=90, what="the reply")
+            assert boxes(app)[1].status == "complete" and app.link.info["pid"] != pid
+            assert app.engine_state == "ready" and bar.state == "ready"
+
+    asyncio.run(main())

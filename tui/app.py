@@ -116,7 +116,11 @@ class ChatApp(App):
 
     async def poll_stats(self) -> None:
         if self.engine_state == "ready":
-            await self.link.poll_stats()
+            gone = await self.link.poll_stats() is None
+            if gone and self.engine_state == "ready" and not self._engine_lock.locked() and not self.chat.streaming:
+                self.engine_state = "down"  # stopped (`qwen-chat stop`) or died while the app was idle
+                self.notify("The engine stopped: your next message starts it again", title="Engine",
+                            severity="warning", timeout=8)
             bar = self.status_bar()
             if bar is not None:
                 bar.kv = self.link.stats

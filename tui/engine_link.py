@@ -133,11 +133,16 @@ class EngineLink:
         async with self.client() as c:
             return await c.tokenize(text)
 
-    async def poll_stats(self) -> dict:
+    async def poll_stats(self) -> dict | None:
+        """The engine's stats ({} when it does not answer in time); None when it is gone (no server
+        listens on the socket any more, or it closed the connection)."""
         try:
             async with self.client() as c:
                 self.stats = await asyncio.wait_for(c.stats(), 5)
-        except (EngineUnavailable, EngineError, OSError, asyncio.TimeoutError):
+        except EngineUnavailable:
+            self.stats = {}
+            return None
+        except (EngineError, OSError, asyncio.TimeoutError):
             self.stats = {}
         return self.stats
 
