@@ -47,3 +47,17 @@ def tui_server(tiny_model, tmp_path_factory):
         yield SimpleNamespace(sock=sock, model=str(tiny_model), log=log, proc=proc)
     finally:
         assert stop_server(proc) == 0, log.read_text()[-2000:]
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    """A private $XDG_RUNTIME_DIR for the engine servers an app test starts; every one is stopped afterwards."""
+    from inference import launcher
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield run
+    for sock in run.glob("qwen-chat/*.sock"):
+        launcher.stop_server(sock, timeout=20)

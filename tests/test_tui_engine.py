@@ -22,18 +22,6 @@ from tui.widgets.prompt_input import PromptInput
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def runtime(tmp_path, monkeypatch):
-    """A private $XDG_RUNTIME_DIR for the servers the app starts; every one is stopped afterwards."""
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield run
-    for sock in run.glob("qwen-chat/*.sock"):
-        launcher.stop_server(sock, timeout=20)
-
-
 def boxes(app):
     return app.chat.query_one(MessageView).boxes()
 

@@ -22,18 +22,6 @@ from tui.widgets.status_bar import StatusBar
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def runtime(tmp_path, monkeypatch):
-    """A private $XDG_RUNTIME_DIR for the servers the app starts; every one is stopped afterwards."""
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield run
-    for sock in run.glob("qwen-chat/*.sock"):
-        launcher.stop_server(sock, timeout=20)
-
-
 def test_keys_typed_while_the_engine_starts_land_in_the_prompt_and_enter_sends_once_ready(tui_server, tmp_path):
     db = tmp_path / "s.db"
     app = make_app(db, tui_server.sock, new=True)
