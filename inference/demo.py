@@ -23,6 +23,7 @@ DEMO_CONFIG = dict(
     use_dynamic_ntk=True, use_logn_attn=True,
 )
 
+DEMO_MAX_NEW_TOKENS = 64  # the demo's default reply length (the app's new demo chats use the same)
 GENERATION_CONFIG = {
     "chat_format": "chatml", "eos_token_id": 151643, "pad_token_id": 151643, "max_window_size": 6144,
     "max_new_tokens": 512, "do_sample": True, "top_k": 0, "top_p": 0.8, "repetition_penalty": 1.1,
@@ -82,7 +83,7 @@ def write_checkpoint(out: str | Path, seed: int = 0, shards: int = 2, dtype=torc
         "max_position_embeddings": cfg["seq_length"], "tokenizer_class": "QWenTokenizer",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+    write_generation_config(out, demo)
     shutil.copyfile(bundled_tiktoken(), out / "qwen.tiktoken")
     names = list(weights)
     if not names:
@@ -105,10 +106,25 @@ def write_checkpoint(out: str | Path, seed: int = 0, shards: int = 2, dtype=torc
     return out
 
 
+def write_generation_config(out: Path, demo: bool = False) -> None:
+    """The Chat models' generation_config.json; the demo's replies stop at DEMO_MAX_NEW_TOKENS, since
+    random weights never end one early (512 tokens take minutes on a CPU)."""
+    gen = {**GENERATION_CONFIG, "max_new_tokens": DEMO_MAX_NEW_TOKENS} if demo else GENERATION_CONFIG
+    tmp = out / f".generation_config.{os.getpid()}.json"  # atomic: every rank may bring a demo up to date
+    tmp.write_text(json.dumps(gen, indent=2))
+    os.replace(tmp, out / "generation_config.json")
+
+
 def ensure_demo(path: Path | None = None) -> Path:
     """Build the demo checkpoint once (atomically) and return its directory."""
     path = Path(path or demo_dir())
     if (path / "DEMO.md").is_file() and (path / "config.json").is_file():
+        try:
+            old = json.loads((path / "generation_config.json").read_text()).get("max_new_tokens")
+        except (OSError, ValueError):
+            old = None
+        if old != DEMO_MAX_NEW_TOKENS:  # a demo built before the short default
+            write_generation_config(path, demo=True)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=path.parent))

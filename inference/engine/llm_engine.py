@@ -42,7 +42,7 @@ class LLMEngine:
         self.cfg = cfg
         torch.set_num_threads(cpu_threads(cfg.cpu_threads))  # before loading: weight conversion uses them too
         model_dir = Path(cfg.model)
-        if model_dir == demo_dir() and not (model_dir / "config.json").is_file():
+        if model_dir == demo_dir():  # built on first use (and brought up to date)
             from inference.demo import ensure_demo
 
             ensure_demo(model_dir)
