@@ -21,6 +21,7 @@ COMMANDS = {  # every engine command, `python -m inference <command>` and `qwen-
     "eval": ("inference.eval.cli", "main"),
     "quantize": ("inference.quant.cli", "main"),
     "bench": ("inference.bench", "main"),
+    "compare": ("inference.compare.cli", "main"),
 }
 TORCHRUN_COMMANDS = {"generate", "serve", "eval", "bench"}  # they start ranks: relaunched under torchrun at --tp > 1
 PARSERS = {"generate": ("inference.generate", "build_parser"), "serve": ("inference.server.serve", "build_parser"),

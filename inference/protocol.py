@@ -48,6 +48,7 @@ SAMPLING_FIELDS = {  # request field -> (is the value allowed?, what is allowed)
     "seed": (lambda v: v is None or (is_int(v) and 0 <= v <= MAX_SEED), "an integer in 0..2**63-1 or null"),
     "ignore_eos": (lambda v: isinstance(v, bool), "true or false"),
     "logprobs": (lambda v: v is None or (is_int(v) and 0 <= v <= 20), "an integer in 0..20 or null"),
+    "prompt_logprobs": (lambda v: v is None or (is_int(v) and 0 <= v <= 20), "an integer in 0..20 or null"),
 }
 COMMON_FIELDS = ("op", "id", "protocol")
 HISTORY_MODES = ("error", "trim")

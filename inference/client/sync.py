@@ -144,14 +144,16 @@ class EngineClient:
                  max_new_tokens: int | None = None, temperature: float | None = None,
                  top_p: float | None = None, top_k: int | None = None,
                  repetition_penalty: float | None = None, seed: int | None = None,
-                 ignore_eos: bool | None = None, logprobs: int | None = None, session: str | None = None,
+                 ignore_eos: bool | None = None, logprobs: int | None = None,
+                 prompt_logprobs: int | None = None, session: str | None = None,
                  history: str | None = None,
                  request_id=None) -> Iterator[dict]:
         """Yield token events, then one done or error event. Breaking out early cancels the request."""
         rid = request_id if request_id is not None else uuid.uuid4().hex[:16]
         req = _generate_request(rid, messages, prompt_ids, session, dict(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-            repetition_penalty=repetition_penalty, seed=seed, ignore_eos=ignore_eos, logprobs=logprobs), history)
+            repetition_penalty=repetition_penalty, seed=seed, ignore_eos=ignore_eos, logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs), history)
         return self._stream(rid, req)
 
     def _stream(self, rid, req: dict) -> Iterator[dict]:

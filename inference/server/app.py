@@ -152,7 +152,7 @@ class EngineServer:
                     t.conn.send(P.error_event(t.client_id, o.error, o.error_code))
                     self._untrack(t)
                     continue
-                if o.logprobs is not None or o.prompt_logprobs is not None:  # only HTTP requests ask for them
+                if o.logprobs is not None or o.prompt_logprobs is not None:  # only requests asking for logprobs
                     t.conn.send({"id": t.client_id, "event": "logprobs", "token": o.logprobs,
                                  "prompt": o.prompt_logprobs})
                 if o.token_ids:

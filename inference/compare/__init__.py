@@ -1,0 +1,1 @@
+"""`qwen-chat compare`: the same prompts through two engines, greedy, side by side (cli.py)."""
