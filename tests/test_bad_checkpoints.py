@@ -148,3 +148,12 @@ def test_config_sizes_must_be_positive_integers(field, value):
     raw = {**DEMO_CONFIG, "architectures": ["QWenLMHeadModel"], field: value}
     with pytest.raises(UserError, match=f"config.json: {field} must be a positive integer, got {value!r}"):
         ModelConfig.from_dict(raw, source="config.json")
+
+
+def test_serve_refuses_a_folder_without_a_model_before_it_logs_anything(tmp_path):
+    """What needs no loading (config.json) is checked before the server listens: one line, nothing else."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run(command("serve", empty, tmp_path), tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {empty}/config.json not found: a model directory needs the config.json of a Qwen v1 checkpoint"]
