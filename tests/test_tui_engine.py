@@ -13,7 +13,7 @@ import pytest
 
 from inference import launcher
 from sessions import SessionStore
-from tests.support.app import SIZE, make_app, wait_for, wait_ready
+from tests.support.app import SIZE, make_app, settings_of, wait_for, wait_ready
 from tui.screens.chat import ChatScreen
 from tui.screens.engine_start import EngineFailedScreen, EngineStartScreen
 from tui.widgets.message_view import MessageView
@@ -46,8 +46,7 @@ def test_start_with_progress_then_engine_dies_mid_reply_and_the_next_message_res
     async def main():
         app = make_app(db, model=str(tiny_model), new=True)
         sid = app.current_session_id
-        with SessionStore(db) as st:
-            st.update_session(sid, settings={"max_new_tokens": 400})
+        settings_of(db, sid, max_new_tokens=400)
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: isinstance(app.screen, EngineStartScreen), what="the start screen")
             await wait_ready(pilot, app)
@@ -68,8 +67,7 @@ def test_start_with_progress_then_engine_dies_mid_reply_and_the_next_message_res
             assert kept.status == "error" and kept.content == reply.content != ""
             assert "engine stopped mid-reply" in kept.stats["error"]
             # the next message starts the engine again and gets an answer
-            with SessionStore(db) as st:
-                st.update_session(sid, settings={"max_new_tokens": 3})
+            settings_of(db, sid, max_new_tokens=3)
             await send(pilot, "Are you back?")
             await wait_for(pilot, lambda: len(boxes(app)) == 4 and boxes(app)[3].status == "complete",
                            timeout=90, what="a reply from the restarted engine")
@@ -86,8 +84,7 @@ def test_engine_that_dies_before_the_first_token_leaves_the_app_usable(tiny_mode
     async def main():
         app = make_app(db, model=str(tiny_model), new=True)
         sid = app.current_session_id
-        with SessionStore(db) as st:
-            st.update_session(sid, settings={"max_new_tokens": 3})
+        settings_of(db, sid, max_new_tokens=3)
         tokenize = app.link.tokenize
 
         async def tokenize_then_kill(text):  # the engine dies between the user's message and the reply
