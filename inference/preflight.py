@@ -74,16 +74,24 @@ def _check_files(model_dir: Path) -> None:
                         "re-download it")
 
 
+def check_config(model_dir: Path, tp: int) -> bool:
+    """config.json readable and sane, and --tp dividing its heads (UserError otherwise); False for the demo
+    before its first start (it is written then)."""
+    if model_dir == demo_dir() and not (model_dir / "config.json").exists():
+        return False
+    try:
+        cfg = ModelConfig.from_dir(model_dir)
+    except OSError as e:
+        raise UserError(f"cannot read {model_dir / 'config.json'}: {e.strerror}") from None
+    check_tp(cfg, tp)
+    return True
+
+
 def check_start(model: str, tp: int = 1, device: str = "auto", dtype: str = "auto", quant: str | None = None) -> None:
     """Raise UserError for what would make an engine start fail before it loads anything."""
     model_dir = resolve_model(model)
     EngineConfig(model=str(model_dir), device=device, dtype=dtype, tp=tp, quant=quant)  # names, odd tp
-    if model_dir != demo_dir() or (model_dir / "config.json").exists():  # the demo is written on first start
-        try:
-            cfg = ModelConfig.from_dir(model_dir)
-        except OSError as e:
-            raise UserError(f"cannot read {model_dir / 'config.json'}: {e.strerror}") from None
-        check_tp(cfg, tp)
+    if check_config(model_dir, tp):
         _check_files(model_dir)
     kind = device
     if kind == "auto":

@@ -17,6 +17,7 @@ from pathlib import Path
 from inference import envs, private_files
 from inference.errors import CliParser, UserError
 from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path, runtime_dir
+from inference.preflight import check_config
 from inference.server.app import EngineServer
 from inference.server.listen import AlreadyRunning, claim_socket, prepare_socket_dir, release_socket
 
@@ -82,16 +83,6 @@ def _setup_http(server: EngineServer, host: str, port: int, api_key: str | None)
     http.setup(server, sock, api_key, url)
 
 
-def _check_config(model_dir: Path, tp: int) -> None:
-    """A model folder without a usable config.json, or a --tp that does not divide its heads, is one error line
-    before the server listens or logs (the demo is written on first start; shards are read while loading)."""
-    from inference.config import ModelConfig, check_tp
-    from inference.model_path import demo_dir
-
-    if model_dir != demo_dir() or (model_dir / "config.json").exists():
-        check_tp(ModelConfig.from_dir(model_dir), tp)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from inference.cli_args import engine_config_from_args
     from inference.model_path import is_demo, model_id
@@ -100,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.send_buffer_limit < 4096:
         raise UserError(f"--send-buffer-limit {args.send_buffer_limit} is too small: use at least 4096 bytes")
     cfg = engine_config_from_args(args)
-    _check_config(Path(cfg.model), cfg.tp)
+    check_config(Path(cfg.model), cfg.tp)  # before the server listens or logs: one error line
     http = None
     if args.http is not None and envs.rank() == 0:
         from inference.server.http_bind import API_KEY_ENV, check_key_policy, parse_address
