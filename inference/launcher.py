@@ -183,7 +183,7 @@ def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "a
     log_file = log_path(path)
     report = progress or (lambda done, total, what: None)
     proc = None
-    _prepare_dir(path)
+    private_files.prepare_socket_dir(path, private=path.parent.absolute() == runtime_dir().absolute())
     health = _probe_trusted(path)
     if health is None:
         report(0, 0, "starting the engine server")
@@ -219,13 +219,6 @@ def ensure_server(model: str, tp: int = 1, dtype: str = "auto", device: str = "a
                                    read_log_tail(log_file, 15, this_run=True))
         time.sleep(0.2)
         health = _probe_trusted(path)
-
-
-def _prepare_dir(path: Path) -> None:
-    """The socket folder: created 0700; the default one made 0700 even when something else created it;
-    refused when another user could write there (UserError)."""
-    private_files.private_dir(path.parent, tighten=path.parent.absolute() == runtime_dir().absolute())
-    private_files.check_socket_dir(path.parent)
 
 
 def _probe_trusted(path: Path) -> dict | None:

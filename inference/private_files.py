@@ -115,3 +115,14 @@ def open_private(path: str | os.PathLike, flags: int, what: str) -> int:
             raise
         return fd
     raise UserError(f"cannot open the {what} {path}: it keeps disappearing")
+
+
+def prepare_socket_dir(path: Path, private: bool) -> None:
+    """Create the socket's folder (0700, each missing level); make it 0700 when `private` (the default
+    qwen-chat folder); refuse a folder that is not ours or that others can write to."""
+    try:
+        private_dir(path.parent, tighten=private)
+    except OSError as e:
+        raise UserError(f"cannot create the socket directory {path.parent}: {e.strerror}; "
+                        "pass --socket elsewhere") from e
+    check_socket_dir(path.parent)

@@ -60,17 +60,6 @@ def _already(path: Path, pid: str) -> AlreadyRunning:
     )
 
 
-def prepare_socket_dir(path: Path, private: bool) -> None:
-    """Create the socket's folder (0700, each missing level); make it 0700 when `private` (the default
-    qwen-chat folder); refuse a folder that is not ours or that others can write to."""
-    try:
-        private_files.private_dir(path.parent, tighten=private)
-    except OSError as e:
-        raise UserError(f"cannot create the socket directory {path.parent}: {e.strerror}; "
-                        "pass --socket elsewhere") from e
-    private_files.check_socket_dir(path.parent)
-
-
 def claim_socket(path: str | os.PathLike, private_dir: bool) -> tuple[socket.socket, int]:
     """Bind and listen on `path` with mode 0600; returns (listening socket, lock fd to keep open).
 
@@ -82,7 +71,7 @@ def claim_socket(path: str | os.PathLike, private_dir: bool) -> tuple[socket.soc
             f"socket path {path} is {len(os.fsencode(str(path)))} bytes, longer than the {MAX_SUN_PATH} a "
             "Unix socket allows: pass a shorter --socket (or set XDG_RUNTIME_DIR to a short directory)"
         )
-    prepare_socket_dir(path, private_dir)
+    private_files.prepare_socket_dir(path, private_dir)
     fd = private_files.open_private(lock_path(path), os.O_RDWR, "lock file")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -19,7 +19,7 @@ from inference.errors import CliParser, UserError
 from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path, runtime_dir
 from inference.preflight import check_config
 from inference.server.app import EngineServer
-from inference.server.listen import AlreadyRunning, claim_socket, prepare_socket_dir, release_socket
+from inference.server.listen import AlreadyRunning, claim_socket, release_socket
 
 log = logging.getLogger("inference.server")
 DEFAULT_SEND_LIMIT = 4 << 20
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.socket).expanduser().absolute() if args.socket else default_socket_path(
         mid, tp=args.tp, dtype=args.dtype, device=args.device, quant=args.quant)
     private = path.parent == runtime_dir().absolute()  # the default folder: 0700 even if made elsewhere
-    prepare_socket_dir(path, private)  # a shared folder is refused before any file is written there
+    private_files.prepare_socket_dir(path, private)  # a shared folder is refused before any file is written there
     if args.log_file:
         _redirect_output(args.log_file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
