@@ -84,7 +84,7 @@ def next_prompt(tok, prompt: list[int], reply: list[int], user: list[int]) -> li
 
 
 def make_engine(a, **overrides):
-    from inference.engine.llm_engine import LLMEngine
+    from inference.engine.llm_engine import start_engine
 
     gc.collect()  # the previous pass's engine (its device memory) is gone before the next one starts
     if torch.cuda.is_available():
@@ -94,7 +94,7 @@ def make_engine(a, **overrides):
         setattr(cfg, k, v)
     if a.random_weights:
         cfg.extra["random_weights"] = True
-    return LLMEngine(cfg)
+    return start_engine(cfg)
 
 
 def sync(engine) -> None:

@@ -20,7 +20,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from inference.bench_shapes import SHAPES
 from inference.config import EngineConfig, SamplingParams
 from inference.demo import write_checkpoint
-from inference.engine.llm_engine import LLMEngine
+from inference.distributed import exit_process
+from inference.engine.llm_engine import LLMEngine, start_engine
 
 
 def prompts(n, length, seed):
@@ -42,7 +43,7 @@ def random_engine(shape: str = "7b", **overrides) -> LLMEngine:
     write_checkpoint(d, with_weights=False, **SHAPES[shape])
     cfg = dict(model=str(d), device="cuda", dtype="float16", max_num_seqs=64, max_num_batched_tokens=8192,
                max_model_len=8192, enable_prefix_caching=False, extra={"random_weights": True})
-    return LLMEngine(EngineConfig(**{**cfg, **overrides}))
+    return start_engine(EngineConfig(**{**cfg, **overrides}))  # ranks > 0 end inside, after rank 0 shuts down
 
 
 def timed_steps(engine, steps):
@@ -110,11 +111,11 @@ def main():
     ap.add_argument("--rows", type=int, default=12)
     ap.add_argument("--trace", default=None, help="a folder for each scenario's Chrome trace")
     a = ap.parse_args()
-    engine = random_engine(a.shape, tp=int(os.environ.get("WORLD_SIZE", 1)))  # ranks > 0 stay in its worker loop
+    engine = random_engine(a.shape, tp=int(os.environ.get("WORLD_SIZE", 1)))  # rank 0 only returns
     for s in a.scenarios.split(","):
         scenario(engine, s, a.rows, a.trace)
     engine.shutdown()
-    os._exit(0)
+    exit_process(0)
 
 
 if __name__ == "__main__":

@@ -41,19 +41,19 @@ def prompts() -> list[list[int]]:
 def worker(model: str, out: str) -> None:
     """One rank (or the only process): the prompts' greedy tokens and last logits, saved by rank 0."""
     from inference.config import EngineConfig, SamplingParams
-    from inference.engine.llm_engine import LLMEngine
+    from inference.distributed import exit_process
+    from inference.engine.llm_engine import start_engine
 
     tp = int(os.environ.get("WORLD_SIZE", 1))
-    engine = LLMEngine(EngineConfig(model=model, device=DEVICE, dtype="bfloat16", tp=tp, max_num_seqs=8,
-                                    max_model_len=2048, enable_prefix_caching=False))
+    engine = start_engine(EngineConfig(model=model, device=DEVICE, dtype="bfloat16", tp=tp, max_num_seqs=8,
+                                       max_model_len=2048, enable_prefix_caching=False))
     params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logits="last")
-    tokens, logits = engine.generate_with_logits(prompts(), params)  # ranks > 0 stay in the engine's worker loop
+    tokens, logits = engine.generate_with_logits(prompts(), params)  # rank 0 only (ranks > 0 end in start_engine)
     # again without logits: decode then runs ahead (lookahead), which must not change a token
     fast = engine.generate(prompts(), dataclasses.replace(params, logits="none"))
     torch.save({"tokens": tokens, "logits": logits, "lookahead_same": fast == tokens}, out)
     engine.shutdown()
-    sys.stdout.flush()
-    os._exit(0)
+    exit_process(0)
 
 
 def write_model(shape: str, layers: int | None, root: Path) -> Path:

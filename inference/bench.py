@@ -137,7 +137,7 @@ def progress_line(i: int, n: int, r: dict) -> str:
 
 def make_engine(a):
     from inference.demo import write_checkpoint
-    from inference.engine.llm_engine import LLMEngine
+    from inference.engine.llm_engine import start_engine
 
     if a.random_weights:
         tmp = Path(tempfile.mkdtemp(prefix="qwen-bench-")) / f"random-{a.random_weights}"
@@ -147,7 +147,7 @@ def make_engine(a):
     cfg.enable_prefix_caching = False  # every case is new work, also across repeats
     if a.random_weights:
         cfg.extra["random_weights"] = True
-    return LLMEngine(cfg, progress=progress_printer)
+    return start_engine(cfg, progress=progress_printer)  # ranks > 0 end inside, after rank 0's shutdown
 
 
 def print_table(rows) -> None:
@@ -163,8 +163,6 @@ def print_table(rows) -> None:
 def main(argv) -> int:
     a = parse_args(argv)
     engine = make_engine(a)
-    if engine.rank != 0:
-        return 0
     dev, m = engine.device, engine.model_config
     el = torch.empty(0, dtype=engine.dtype).element_size()
     wel = 1.0 if (a.quant or m.quantize) else el  # int8 weights

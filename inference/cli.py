@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 relaunch_under_torchrun(tp, argv)
         module, func = COMMANDS[cmd]
         rc = getattr(importlib.import_module(module), func)(rest) or 0
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun rank 0: skip teardown (see LLMEngine)
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun rank 0: skip teardown (distributed.exit_process)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(rc)

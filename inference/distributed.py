@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -72,7 +74,7 @@ def shutdown() -> None:
     """Every rank calls this after rank 0's stop message: a barrier first, so no rank tears down early.
     Only a gloo job destroys its groups: destroying NCCL groups whose collectives were captured in CUDA
     graphs hangs (pytorch/pytorch#115388; seen on two H200s at tp 2), and every caller ends its process
-    right after this (os._exit), which releases the communicators anyway."""
+    right after this (`exit_process`), which releases the communicators anyway."""
     if dist.is_initialized():
         dist.barrier(group=_cpu_group)
         if dist.get_backend() == "gloo":
@@ -85,3 +87,11 @@ def min_across_ranks(value: int) -> int:
     t = torch.tensor([value], dtype=torch.long)
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_cpu_group)
     return int(t.item())
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this rank's process now, its output flushed, without interpreter teardown: gloo's threads can
+    abort it ("terminate called ...") once the group is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -61,12 +61,12 @@ def main(argv: list[str]) -> int:
         from inference.generate_remote import run_remote
 
         return run_remote(a, parser)
-    from inference.engine.llm_engine import LLMEngine
+    from inference.engine.llm_engine import start_engine
     from inference.tokenizer import StreamDecoder
 
     cfg = engine_config_from_args(a)
     given_ids = parse_ids(a.prompt_ids) if a.prompt_ids is not None else None  # before loading anything
-    engine = LLMEngine(cfg, progress=progress_printer)  # ranks > 0 stay inside as workers
+    engine = start_engine(cfg, progress=progress_printer)  # ranks > 0 end inside, after rank 0's shutdown
     try:
         if is_demo(cfg.model):
             print("note: demo model (pipeline demo: random weights, its text is noise)", file=sys.stderr)

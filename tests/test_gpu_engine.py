@@ -45,8 +45,9 @@ def test_cuda_engine_matches_oracle(tiny_model):
 
 def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeypatch):
     """A prefill step of at most the largest graph bucket's tokens replays the decode graph with one row per
-    token (ModelRunner.as_rows). float32 greedy tokens equal the oracle's for a fresh prompt, and for a next
-    turn on top of a cached prefix batched with a new prompt; QWEN_CHAT_ROW_PREFILL=0 takes the eager path."""
+    token (ModelRunner.prefill_as_decode_rows). float32 greedy tokens equal the oracle's for a fresh prompt,
+    and for a next turn on top of a cached prefix batched with a new prompt; QWEN_CHAT_ROW_PREFILL=0 takes
+    the eager path."""
     from inference import envs
     from inference.config import EngineConfig, SamplingParams
     from inference.engine.llm_engine import LLMEngine
@@ -55,13 +56,13 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
     oracle = hf_qwen2(tiny_model)
     e = LLMEngine(EngineConfig(model=str(tiny_model), device="cuda", dtype="float32", num_kv_blocks=512,
                                max_num_seqs=128))
-    plans, as_rows = [], e.runner.as_rows
+    plans, as_decode_rows = [], e.runner.prefill_as_decode_rows
 
     def spy(plan):  # each prefill step's row plan, None where it ran eagerly
-        plans.append(as_rows(plan))
+        plans.append(as_decode_rows(plan))
         return plans[-1]
 
-    monkeypatch.setattr(e.runner, "as_rows", spy)
+    monkeypatch.setattr(e.runner, "prefill_as_decode_rows", spy)
     row_steps = lambda: sum(p is not None for p in plans)
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
     a, b = list(range(3000, 3100)), [9707, 11, 847, 829, 374]

@@ -22,7 +22,7 @@ from test_prefix_cache import BS, converse, make_engine, run
 from inference.config import EngineConfig, ModelConfig, SamplingParams
 from inference.engine.kv_disk import store_key
 from inference.engine.kv_disk_store import FORMAT, KVDiskStore, header_metadata
-from inference.engine.llm_engine import LLMEngine
+from inference.engine.llm_engine import LLMEngine, start_engine
 from inference.engine.sequence import Sequence
 from inference.errors import UserError
 
@@ -118,8 +118,8 @@ def test_damaged_file_is_detected_and_never_used(tiny_model, uncached, populated
     assert engine.stats()["kv_disk_corrupt"] == 1
     engine.shutdown()  # the recomputed block is saved again, intact
     fresh = KVDiskStore(root, victim.parent.parent.name, 1.0)
-    k, v = fresh.get(bytes.fromhex(victim.stem), *engine.kv_disk.spec())
-    assert k.shape == engine.kv_disk.spec()[0] and fresh.stats()["kv_disk_corrupt"] == 0
+    k, v = fresh.get(bytes.fromhex(victim.stem), *engine.kv_disk.tier.spec())
+    assert k.shape == engine.kv_disk.tier.spec()[0] and fresh.stats()["kv_disk_corrupt"] == 0
     fresh.close()
 
 
@@ -248,11 +248,8 @@ def test_bad_settings_are_refused_and_the_flag_turns_it_off(tmp_path):
 def torchrun_worker(model: str, root: str, job_json: str, out: str) -> None:
     """Each turn on a tp=2 engine with the disk tier; rank 0 writes tokens, cached tokens, probe hashes."""
     job = json.loads(job_json)
-    try:
-        engine = LLMEngine(EngineConfig(model=model, device="cpu", dtype="float32", tp=2, block_size=BS,
-                                        num_kv_blocks=64, kv_disk_dir=root))
-    except SystemExit:  # rank 1, after rank 0's stop (its disk writer is drained by then)
-        os._exit(0)  # interpreter teardown after gloo sometimes aborts ("terminate called ..."): skip it
+    engine = start_engine(EngineConfig(model=model, device="cpu", dtype="float32", tp=2, block_size=BS,
+                                       num_kv_blocks=64, kv_disk_dir=root))  # rank 1 ends inside, after rank 0
     turns = []
     for prompt, n in job["turns"]:
         toks, usage = run(engine, prompt, n)

@@ -73,7 +73,7 @@ class DecodeGraphs:
         cos, sin = self.cos_table[pos], self.sin_table[pos]
         meta = AttentionMetadata(slot_mapping=self.slots[:bs], block_tables=self.block_tables[:bs],
                                  context_lens=self.ctx[:bs], q_lens=[1] * bs, ctx_lens=[1] * bs, num_decodes=bs,
-                                 max_ctx=1, prefix_free=[False] * bs)
+                                 max_ctx=1, no_cached_prefix=[False] * bs)
         hidden = self.model(self.ids[:bs], cos, sin, None, meta)
         # greedy tokens into the ids (the next step's input) and, mapped, into the host slot
         logits, best = self.model.compute_logits(hidden, argmax=True)

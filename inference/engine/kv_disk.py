@@ -3,13 +3,13 @@
 Layout: `<kv_disk_dir>/<store key>/rank<r>/<block hash hex>.safetensors`. The store key hashes the
 engine salt (model fingerprint, dtype, tp, quantization), the block size and a sample of the weight
 bytes, so another model, dtype, tp or quantization never reads these blocks. Each tensor-parallel rank
-keeps its own heads' slice of every block in its own directory: rank 0 decides what to save and load
-and broadcasts the op, every rank does it on its own files, and a load only uses the blocks that every
-rank read intact (`min_across_ranks`).
+keeps its own heads' slice of every block in its own directory: rank 0's `DiskTierScheduler` decides
+what to save and load and broadcasts the op, every rank's `DiskTier` does it on its own files, and a load
+only uses the blocks that every rank read intact (`min_across_ranks`).
 
 Saving: when a request finishes, its newly committed blocks are copied out of the cache before the
 next schedule can evict them, and a writer thread writes the files (tmp file + rename). The writer
-holds off while a step with a prefill runs (`quiet`), so a new turn's first token never waits on it.
+holds off while a step with a prefill runs (`pause_writes`), so a new turn's first token never waits on it.
 Each file's metadata holds a CRC32 of each tensor's bytes; a file that does not parse or verify is
 deleted and never used, so its tokens are recomputed. A size cap evicts the least recently used files
 (access time is the file's mtime, refreshed on every hit, so the order survives restarts); see
@@ -33,7 +33,7 @@ from safetensors.torch import load as st_load
 from inference import distributed as dist
 from inference.engine.kv_disk_store import FORMAT, KVDiskStore
 
-__all__ = ["DiskTier", "KVDiskStore", "open_tier", "store_key"]
+__all__ = ["DiskTier", "DiskTierScheduler", "KVDiskStore", "open_tier", "store_key"]
 LOAD_THREADS = 8
 MIN_PREFILL_TOKENS = 64
 
@@ -54,22 +54,12 @@ def store_key(model_dir: str | Path, salt: bytes, block_size: int) -> str:
 
 
 class DiskTier:
-    """The engine's side of the store: which blocks to save and load, done on every tensor-parallel rank."""
+    """The worker side, on every rank: saves and loads blocks of its own cache in its own files."""
 
-    def __init__(self, store: KVDiskStore, runner, block_manager=None):
-        self.store, self.runner, self.bm = store, runner, block_manager  # block_manager: rank 0 only
-        self.pending: list[tuple[int, bytes]] = []  # rank 0: newly committed (block, hash) not yet saved
-        self.touched: dict[bytes, None] = {}  # rank 0: memory hits, to refresh in the disk LRU order
-        self.due = False  # a request finished: save before the next schedule may evict its blocks
+    def __init__(self, store: KVDiskStore, runner):
+        self.store, self.runner = store, runner
         self._spec = None
         self.pool: ThreadPoolExecutor | None = None
-        self.load_s: float | None = None  # rank 0: measured seconds to load one block from disk
-        self.compute_s: float | None = None  # rank 0: measured seconds to prefill one token
-        self.skipped = 0  # blocks left on disk because recomputing them was measured to be faster
-        self.loaded = 0  # blocks loaded into the cache and used (read but past a damaged one: not counted)
-
-    def note_blocks(self, pairs: list[tuple[int, bytes]]) -> None:
-        self.pending += pairs
 
     def spec(self):
         if self._spec is None:
@@ -77,58 +67,8 @@ class DiskTier:
             self._spec = (k.shape, k.dtype)
         return self._spec
 
-    # --- rank 0 --------------------------------------------------------------------------------------------
-    def flush(self) -> None:
-        """Copy the pending blocks out of the cache on every rank; the writer threads write them."""
-        if self.store.closed:
-            return
-        seen, pairs = set(), []
-        for bid, h in self.pending:
-            if h not in seen and self.bm.blocks[bid].hash == h and self.store.wants(h):
-                seen.add(h)
-                pairs.append((bid, h))
-        touched = [h for h in self.touched if self.store.contains(h)]
-        self.pending, self.touched, self.due = [], {}, False
-        if pairs or touched:
-            dist.broadcast_object(("kv_save", (pairs, touched)))
-            self.save_local(pairs, touched)
-
-    def load(self, seq) -> int:
-        """Right after seq's allocation: continue its in-memory prefix hit from disk; returns blocks loaded."""
-        self.touched.update(dict.fromkeys(seq.block_hashes))
-        hashes = self.bm.disk_chain(seq, self.store.contains)
-        if not hashes:
-            return 0
-        if not self.worth_loading():
-            self.skipped += len(hashes)
-            return 0
-        start = len(seq.block_hashes)
-        pairs = list(zip(seq.block_table[start:start + len(hashes)], hashes))
-        t0 = time.perf_counter()
-        dist.broadcast_object(("kv_load", pairs))
-        n = self.load_local(pairs)
-        self.load_s = ema(self.load_s, (time.perf_counter() - t0) / len(pairs))
-        if n < len(pairs):  # unreadable on some rank: forget it here too, the next save rewrites it
-            self.store.discard(pairs[n][1])
-        self.bm.mark_loaded(seq, hashes[:n])
-        self.loaded += n
-        return n
-
-    def note_prefill(self, tokens: int, seconds: float) -> None:
-        """The engine's measured prefill cost (steps of at least MIN_PREFILL_TOKENS new prompt tokens)."""
-        if tokens >= MIN_PREFILL_TOKENS:
-            self.compute_s = ema(self.compute_s, seconds / tokens)
-
-    def worth_loading(self) -> bool:
-        """Load from disk unless measurements say recomputing a block is faster (a fast GPU, a slow disk);
-        until both costs are measured, load."""
-        if self.load_s is None or self.compute_s is None:
-            return True
-        return self.load_s < self.compute_s * self.bm.block_size
-
-    # --- every rank ----------------------------------------------------------------------------------------
     @contextmanager
-    def quiet(self, active: bool = True):
+    def pause_writes(self, active: bool = True):
         """While active, the writer thread starts no new file (it waits MAX_PAUSE_S at most per file)."""
         if not active:
             yield
@@ -139,8 +79,8 @@ class DiskTier:
         finally:
             self.store.may_write.set()
 
-    def save_local(self, pairs, touched) -> None:
-        self.store.touch(touched)
+    def save_local(self, pairs, hits) -> None:
+        self.store.touch(hits)
         for bid, h in pairs:
             if not self.store.wants(h):
                 continue
@@ -173,6 +113,72 @@ class DiskTier:
         if self.pool is not None:
             self.pool.shutdown()
         self.store.close()
+
+
+class DiskTierScheduler:
+    """The scheduler side, on rank 0 beside the block manager: which blocks to save and load; each op is
+    broadcast, then done on rank 0's own `DiskTier`."""
+
+    def __init__(self, tier: DiskTier, block_manager):
+        self.tier, self.store, self.bm = tier, tier.store, block_manager
+        self.pending: list[tuple[int, bytes]] = []  # newly committed (block, hash) not yet saved
+        self.recent_hits: dict[bytes, None] = {}  # memory hits, to move up in the disk's LRU order
+        self.needs_flush = False  # a request finished: save before the next schedule may evict its blocks
+        self.load_s: float | None = None  # measured seconds to load one block from disk
+        self.compute_s: float | None = None  # measured seconds to prefill one token
+        self.skipped = 0  # blocks left on disk because recomputing them was measured to be faster
+        self.loaded = 0  # blocks loaded into the cache and used (read but past a damaged one: not counted)
+
+    def note_blocks(self, pairs: list[tuple[int, bytes]]) -> None:
+        self.pending += pairs
+
+    def flush(self) -> None:
+        """Copy the pending blocks out of the cache on every rank; the writer threads write them."""
+        if self.store.closed:
+            return
+        seen, pairs = set(), []
+        for bid, h in self.pending:
+            if h not in seen and self.bm.blocks[bid].hash == h and self.store.wants(h):
+                seen.add(h)
+                pairs.append((bid, h))
+        hits = [h for h in self.recent_hits if self.store.contains(h)]
+        self.pending, self.recent_hits, self.needs_flush = [], {}, False
+        if pairs or hits:
+            dist.broadcast_object(("kv_save", (pairs, hits)))
+            self.tier.save_local(pairs, hits)
+
+    def load(self, seq) -> int:
+        """Right after seq's allocation: continue its in-memory prefix hit from disk; returns blocks loaded."""
+        self.recent_hits.update(dict.fromkeys(seq.block_hashes))
+        hashes = self.bm.disk_chain(seq, self.store.contains)
+        if not hashes:
+            return 0
+        if not self.worth_loading():
+            self.skipped += len(hashes)
+            return 0
+        start = len(seq.block_hashes)
+        pairs = list(zip(seq.block_table[start:start + len(hashes)], hashes))
+        t0 = time.perf_counter()
+        dist.broadcast_object(("kv_load", pairs))
+        n = self.tier.load_local(pairs)
+        self.load_s = ema(self.load_s, (time.perf_counter() - t0) / len(pairs))
+        if n < len(pairs):  # unreadable on some rank: forget it here too, the next save rewrites it
+            self.store.discard(pairs[n][1])
+        self.bm.mark_loaded(seq, hashes[:n])
+        self.loaded += n
+        return n
+
+    def note_prefill(self, tokens: int, seconds: float) -> None:
+        """The engine's measured prefill cost (steps of at least MIN_PREFILL_TOKENS new prompt tokens)."""
+        if tokens >= MIN_PREFILL_TOKENS:
+            self.compute_s = ema(self.compute_s, seconds / tokens)
+
+    def worth_loading(self) -> bool:
+        """Load from disk unless measurements say recomputing a block is faster (a fast GPU, a slow disk);
+        until both costs are measured, load."""
+        if self.load_s is None or self.compute_s is None:
+            return True
+        return self.load_s < self.compute_s * self.bm.block_size
 
     def stats(self) -> dict:
         return {**self.store.stats(), "kv_disk_loaded": self.loaded, "kv_disk_skipped": self.skipped}

@@ -1,88 +1,59 @@
-"""The engine: requests in, tokens out, one `step()` at a time. Rank 0 schedules and samples; other
-ranks run `worker_loop` and follow the plans rank 0 broadcasts."""
+"""The engine: requests in, tokens out, one `step()` at a time, on rank 0 (vLLM's engine core).
+
+Rank 0 schedules, samples and broadcasts each op to the other ranks' `Worker`s (worker.py), which follow
+it. `start_engine` is how every command gets its engine: it alone decides which a rank builds."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import hashlib
 import itertools
-import os
-import sys
 import time
-from pathlib import Path
+from typing import NoReturn
 
 import torch
 
 from inference import distributed as dist
-from inference.config import EngineConfig, ModelConfig, SamplingParams, check_tp
-from inference.engine import memory
+from inference import envs
+from inference.config import EngineConfig, SamplingParams
 from inference.engine.block_manager import BlockManager
-from inference.engine.device import cpu_threads, resolve_device, resolve_dtype
-from inference.engine.lookahead import Lookahead, follow
-from inference.engine.model_runner import ModelRunner, StepPlan
+from inference.engine.kv_disk import DiskTierScheduler
+from inference.engine.lookahead import Lookahead
+from inference.engine.model_runner import StepPlan
 from inference.engine.outputs import RequestOutput, Usage
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
+from inference.engine.worker import Worker
 from inference.errors import PromptTooLong, UserError
 from inference.layers.sampler import Sampler, prompt_logprobs, sampled_logprobs
-from inference.model_path import demo_dir
-from inference.tokenizer import QwenTokenizer
 
 
-def fingerprint(model_dir: Path) -> bytes:
-    h = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for p in sorted(model_dir.glob("*.safetensors*")):
-        h.update(p.name.encode() + str(p.stat().st_size).encode())
-    return h.digest()[:16]
+def start_engine(cfg: EngineConfig, progress=None) -> LLMEngine:
+    """This rank's part of the engine, under torchrun or not: rank 0 (the only process at tp 1) gets the
+    `LLMEngine`; a rank > 0 builds its `Worker`, follows rank 0 until it shuts down, then ends the process
+    with exit status 0 (it never returns)."""
+    if envs.rank() == 0:
+        return LLMEngine(cfg, progress)
+    run_worker(cfg)
+
+
+def run_worker(cfg: EngineConfig) -> NoReturn:
+    """A rank > 0: its `Worker` until rank 0 sends "stop", then the end of the process."""
+    Worker(cfg).loop()
+    dist.exit_process(0)
 
 
 class LLMEngine:
     def __init__(self, cfg: EngineConfig, progress=None):
+        if envs.rank() != 0:
+            raise RuntimeError("LLMEngine runs on rank 0 only: build it with start_engine (ranks > 0 run a Worker)")
         self.cfg = cfg
-        torch.set_num_threads(cpu_threads(cfg.cpu_threads))  # before loading: weight conversion uses them too
-        model_dir = Path(cfg.model)
-        if model_dir == demo_dir():  # built on first use (and brought up to date)
-            from inference.demo import ensure_demo
-
-            ensure_demo(model_dir)
-        self.model_config = m = ModelConfig.from_dir(model_dir)
-        check_tp(m, cfg.tp)
-        if dist.under_torchrun() and dist.get_world_size() != cfg.tp:
-            raise UserError(f"--tp {cfg.tp} but torchrun started {dist.get_world_size()} ranks; make them equal")
-        self.device = resolve_device(cfg)
-        dist.init(self.device.type)
-        self.rank = dist.get_rank()
-        self.dtype = resolve_dtype(cfg, m, self.device)
-        self.tokenizer = QwenTokenizer.from_dir(model_dir)
-        self.max_model_len = cfg.max_model_len or min(4 * m.seq_length, 32768)
-        element = torch.empty(0, dtype=self.dtype).element_size()
-        block_bytes = memory.kv_block_bytes(m, cfg, element)
-        memory.check_fits(m, cfg, self.device, element, block_bytes)
-        self.runner = ModelRunner(cfg, m, self.device, self.dtype, progress=progress if self.rank == 0 else None)
-        peak = self.runner.profile_peak() if self.device.type != "cpu" and not cfg.num_kv_blocks else 0
-        num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes, peak))
-        self.runner.allocate_kv_cache(num_blocks)
-        self.runner.finish_setup(self.max_model_len)
-        salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
-        gc.freeze()  # the loaded model's objects are permanent: keep them out of collection pauses
-        self.lookahead = Lookahead(self) if self.runner.graphs is not None else None
-        self.kv_disk = None  # disk tier of the prefix cache (every rank has its own files)
-        if cfg.kv_disk_dir and cfg.enable_prefix_caching:
-            from inference.engine.kv_disk import open_tier
-
-            self.kv_disk = open_tier(cfg.kv_disk_dir, model_dir, salt, cfg.block_size, cfg.kv_disk_max_gb,
-                                     self.runner, self.rank)
-        if self.rank != 0:
-            self.worker_loop()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)  # skip interpreter teardown: gloo threads can abort it after the group is gone
-        self.block_manager = BlockManager(num_blocks, cfg.block_size, salt, cfg.enable_prefix_caching)
-        if self.kv_disk is not None:
-            self.kv_disk.bm = self.block_manager
+        self.worker = w = Worker(cfg, progress)  # model, KV cache and disk tier, as on every rank
+        self.model_config, self.device, self.dtype, self.rank = w.model_config, w.device, w.dtype, w.rank
+        self.runner, self.max_model_len, self.tokenizer = w.runner, w.max_model_len, w.tokenizer
+        self.block_manager = BlockManager(w.num_blocks, cfg.block_size, w.salt, cfg.enable_prefix_caching)
+        self.kv_disk = DiskTierScheduler(w.kv_disk, self.block_manager) if w.kv_disk is not None else None
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens,
                                    loader=self.kv_disk.load if self.kv_disk is not None else None)
+        self.lookahead = Lookahead(self) if self.runner.graphs is not None else None
         self.sampler = Sampler(self.device)
         self.seqs: dict[str, Sequence] = {}
         self.cancelled: list[RequestOutput] = []
@@ -122,17 +93,17 @@ class LLMEngine:
         self.sampler.forget(request_id)
         seq.finish_reason = "cancelled"
         if self.kv_disk is not None:
-            self.kv_disk.due = True
+            self.kv_disk.needs_flush = True
         self.cancelled.append(RequestOutput(request_id, [], True, "cancelled", self._usage(seq)))
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self.seqs) or bool(self.cancelled) or (self.kv_disk is not None and self.kv_disk.due)
+        return bool(self.seqs) or bool(self.cancelled) or (self.kv_disk is not None and self.kv_disk.needs_flush)
 
     # --- one step --------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         outputs, self.cancelled = self.cancelled, []
-        if self.kv_disk is not None and self.kv_disk.due:  # finished requests' blocks, before any eviction
+        if self.kv_disk is not None and self.kv_disk.needs_flush:  # finished requests' blocks, before any eviction
             self.kv_disk.flush()
         batch = self.scheduler.schedule()
         if not batch:
@@ -141,8 +112,8 @@ class LLMEngine:
             return outputs
         plan, last_rows = self._plan(batch)
         t0 = time.perf_counter()
-        with self._quiet_disk(plan):  # a prefill's first token does not wait on disk writes
-            logits = self.lookahead.take(batch) if self.lookahead else None
+        with self.worker.pause_disk_writes(plan):  # a prefill's first token does not wait on disk writes
+            logits = self.lookahead.launched_logits(batch) if self.lookahead else None
             if logits is None:
                 dist.broadcast_object(("step", plan))
                 logits = self.runner.run(plan)
@@ -151,10 +122,6 @@ class LLMEngine:
         if self.kv_disk is not None:  # the disk tier weighs loading against this measured prefill cost
             self.kv_disk.note_prefill(len(plan.token_ids) - plan.num_decodes, time.perf_counter() - t0)
         return outputs
-
-    def _quiet_disk(self, plan: StepPlan):
-        return self.kv_disk.quiet(plan.num_decodes < len(plan.q_lens)) if self.kv_disk is not None \
-            else contextlib.nullcontext()
 
     def _plan(self, batch: list[tuple[Sequence, int]]):
         ids, pos, rows, last_rows = [], [], [], []
@@ -239,7 +206,7 @@ class LLMEngine:
         self.seqs.pop(seq.request_id, None)
         self.sampler.forget(seq.request_id)
         if self.kv_disk is not None:
-            self.kv_disk.due = True
+            self.kv_disk.needs_flush = True
         out.usage = self._usage(seq)
         if seq.params.logits == "last":
             out.logits = seq.logits_parts[0]
@@ -287,29 +254,12 @@ class LLMEngine:
         """Called when idle so waiting ranks do not time out."""
         dist.broadcast_object(("noop", None))
 
-    def worker_loop(self) -> None:
-        while True:
-            op, payload = dist.broadcast_object(None)
-            if op == "step":
-                with self._quiet_disk(payload):
-                    self.runner.run(payload)
-            elif op == "ahead":
-                follow(self.runner, payload)
-            elif op in ("kv_save", "kv_load"):
-                self.kv_disk.handle(op, payload)
-            elif op == "stop":
-                break
-        if self.kv_disk is not None:
-            self.kv_disk.close()
-        dist.shutdown()
-
     def shutdown(self) -> None:
-        tier = getattr(self, "kv_disk", None)
-        if tier is not None and getattr(self, "rank", 0) == 0:
-            try:
-                tier.flush()  # blocks of the last finished requests
-            finally:
-                tier.close()  # waits for the writer thread
-        if getattr(self, "rank", 0) == 0 and dist.get_world_size() > 1:
+        try:
+            if self.kv_disk is not None:
+                self.kv_disk.flush()  # blocks of the last finished requests
+        finally:
+            self.worker.close()  # waits for the disk writer thread
+        if dist.get_world_size() > 1:
             dist.broadcast_object(("stop", None))
             dist.shutdown()

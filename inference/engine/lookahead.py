@@ -2,7 +2,7 @@
 GPU, then read step N's tokens back. The host's bookkeeping overlaps the GPU instead of idling it.
 
 Under tensor parallelism rank 0 sends the next step's plan as an "ahead" op and broadcasts step N's tokens
-over the device group; every rank then replays step N+1 (`follow` on ranks > 0), all before rank 0 waits.
+over the device group; every rank then runs step N+1 (`run_ahead_step` on ranks > 0), all before rank 0 waits.
 
 If the next call's batch is not exactly the one launched ahead (a request finished, was cancelled or
 admitted), the ahead result is dropped; its K/V writes are overwritten in stream order by later steps.
@@ -21,7 +21,9 @@ from inference.engine.sequence import Sequence
 
 
 @dataclass
-class Ahead:
+class LaunchedStep:
+    """A decode step launched ahead: its sequences, each one's position, its logits (still computing)."""
+
     seqs: list[Sequence]
     positions: list[int]
     logits: torch.Tensor
@@ -30,11 +32,11 @@ class Ahead:
 class Lookahead:
     def __init__(self, engine, max_seqs: int = 256):
         self.engine = engine
-        self.pending: Ahead | None = None
+        self.pending: LaunchedStep | None = None
         self.host = torch.zeros(max_seqs, dtype=torch.long, pin_memory=True)
 
-    def take(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor | None:
-        """The logits of the step launched ahead, if it is exactly this batch."""
+    def launched_logits(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor | None:
+        """The logits of the step launched ahead, if it is exactly this batch (else None: it is dropped)."""
         ahead, self.pending = self.pending, None
         if ahead is None or len(ahead.seqs) != len(batch):
             return None
@@ -73,11 +75,11 @@ class Lookahead:
             if self.engine.runner.graphable(nxt):
                 dist.broadcast_object(("ahead", nxt))
                 dist.broadcast_tensor(tokens_dev)
-                self.pending = Ahead(seqs, nxt.positions, self.engine.runner.run_graph(nxt, tokens_dev))
+                self.pending = LaunchedStep(seqs, nxt.positions, self.engine.runner.run_graph(nxt, tokens_dev))
         return read()
 
 
-def follow(runner, plan: StepPlan) -> None:
-    """Ranks > 0: replay the step rank 0 launched ahead, on the tokens it broadcasts."""
+def run_ahead_step(runner, plan: StepPlan) -> None:
+    """Ranks > 0: run the decode step rank 0 launched ahead, on the tokens it broadcasts."""
     tokens = torch.empty(len(plan.token_ids), dtype=torch.long, device=runner.device)
     runner.run_graph(plan, dist.broadcast_tensor(tokens))

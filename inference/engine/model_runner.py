@@ -21,7 +21,8 @@ from inference.layers.rotary import RotaryEmbedding, logn_scale
 from inference.models.qwen import QWenLMHeadModel
 
 # A step with prefill whose tokens' summed context lengths (K/V token reads per layer) stay within this runs
-# as decode-graph rows, one per token (`ModelRunner.as_rows`); QWEN_CHAT_ROW_PREFILL=0 (`envs`) turns it off.
+# as decode-graph rows, one per token (`ModelRunner.prefill_as_decode_rows`); QWEN_CHAT_ROW_PREFILL=0
+# (`envs`) turns it off.
 ROW_PREFILL_READS = 32768
 
 
@@ -47,7 +48,7 @@ class StepPlan:
     block_tables: list[list[int]]
     alphas: list[float]
     num_decodes: int
-    prefix_free: list[bool]
+    no_cached_prefix: list[bool]
     logit_rows: list[int]  # flat token indices whose logits rank 0 needs
 
 
@@ -162,7 +163,7 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=slots, block_tables=bt_dev.view(bt.shape), context_lens=ctx,
             q_lens=plan.q_lens, ctx_lens=plan.ctx_lens, num_decodes=plan.num_decodes, max_ctx=max(plan.ctx_lens),
-            prefix_free=plan.prefix_free)
+            no_cached_prefix=plan.no_cached_prefix)
         cos, sin = self.rotary.for_tokens(pos, plan.alphas, plan.q_lens, max_pos=max(plan.ctx_lens) - 1)
         logn = None
         if self.model_cfg.use_logn_attn and max(plan.ctx_lens) > self.model_cfg.seq_length:
@@ -186,7 +187,7 @@ class ModelRunner:
         return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens,
                                self.block_table_tensor(plan.block_tables), ids_device)
 
-    def as_rows(self, plan: StepPlan) -> StepPlan | None:
+    def prefill_as_decode_rows(self, plan: StepPlan) -> StepPlan | None:
         """A small step with prefill as one decode row per token: its own position, slot and causal context
         length (position + 1), its sequence's block table. Every row's K/V is stored before any row attends,
         so the decode kernel computes causal attention, and the step replays a CUDA graph instead of the
@@ -202,7 +203,7 @@ class ModelRunner:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
         if self.graphable(plan):
             return self.run_graph(plan)
-        row_plan = self.as_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
+        row_plan = self.prefill_as_decode_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
         if row_plan is not None:
             logits = self.run_graph(row_plan)  # a view of the graph's output: copy the rows out
             if logits is None:

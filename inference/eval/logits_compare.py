@@ -138,9 +138,7 @@ def run_dump_job(args) -> int:
         raise UserError(f"{dump_dir / 'job.json'}: cannot read the dump job ({e})") from e
     cfg = EngineConfig(**job["engine"])
     ids = dict(zip(job["indices"], job["ids"]))
-    engine = open_engine(cfg, progress=None if args.quiet else print_load_progress())
-    if get_rank() != 0:  # pragma: no cover - worker ranks normally exit inside the engine
-        return 0
+    engine = open_engine(cfg, progress=None if args.quiet else print_load_progress())  # rank 0 only returns
     try:
         dump_logits(engine, ids, list(ids), dump_dir, _window_tokens(cfg), args.quiet)
     finally:

@@ -35,10 +35,11 @@ get_rank = envs.rank  # this process's rank (0 outside torchrun)
 
 
 def open_engine(cfg, progress=None):
-    """An `LLMEngine` for `cfg`. On a rank > 0 of a torchrun job this call runs the worker loop."""
-    from inference.engine.llm_engine import LLMEngine
+    """An `LLMEngine` for `cfg`. On a rank > 0 of a torchrun job this call follows rank 0's engine and
+    ends the process when it shuts down (`start_engine`)."""
+    from inference.engine.llm_engine import start_engine
 
-    return LLMEngine(cfg, progress=progress)
+    return start_engine(cfg, progress=progress)
 
 
 def close_engine(engine) -> None:

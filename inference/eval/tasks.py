@@ -40,9 +40,7 @@ def _run(task: str, cfg, args, requests: list[EvalRequest], partial: PartialResu
     if not todo:
         return 0, resumed
     quiet = args.quiet
-    engine = open_engine(cfg, progress=None if quiet else print_load_progress())
-    if get_rank() != 0:  # pragma: no cover - worker ranks normally exit inside the engine
-        return 0, resumed
+    engine = open_engine(cfg, progress=None if quiet else print_load_progress())  # rank 0 only returns
     bar = ProgressBar(len(todo), task, enabled=not quiet)
     try:
         with partial:

@@ -31,7 +31,7 @@ class AttentionMetadata:
     ctx_lens: list[int]
     num_decodes: int  # the first num_decodes sequences have one query token each
     max_ctx: int
-    prefix_free: list[bool]  # per sequence: no cached context before this chunk
+    no_cached_prefix: list[bool]  # per sequence: no cached context before this chunk
 
     @property
     def num_seqs(self) -> int:
@@ -81,12 +81,12 @@ def causal_cudnn(q, k, v, scale):
     return out[0, :, :n].transpose(0, 1)
 
 
-def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, prefix_free, scale):
+def prefill_attention(q, k, v, k_cache, v_cache, block_table, ctx_len, no_cached_prefix, scale):
     """One sequence's chunk: q/k/v [n, H, D] of the new tokens; context = cached prefix + chunk."""
     n = q.shape[0]
-    if prefix_free and q.is_cuda and n >= CUDNN_MIN_LEN and q.dtype != torch.float32:
+    if no_cached_prefix and q.is_cuda and n >= CUDNN_MIN_LEN and q.dtype != torch.float32:
         return causal_cudnn(q, k, v, scale)
-    if prefix_free:
+    if no_cached_prefix:
         kk, vv = k, v
     else:
         kk, vv = gather_context(k_cache, block_table, ctx_len), gather_context(v_cache, block_table, ctx_len)
@@ -130,6 +130,6 @@ class PagedAttention(torch.nn.Module):
             n = meta.q_lens[i]
             sl = slice(start, start + n)
             outs.append(prefill_attention(q[sl], k[sl], v[sl], self.k_cache, self.v_cache, meta.block_tables[i],
-                                          meta.ctx_lens[i], meta.prefix_free[i], self.scale))
+                                          meta.ctx_lens[i], meta.no_cached_prefix[i], self.scale))
             start += n
         return outs[0] if len(outs) == 1 else torch.cat(outs)

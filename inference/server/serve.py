@@ -1,7 +1,7 @@
 """`python -m inference serve`: parse flags, claim the socket on rank 0, run the server.
 
-Ranks above 0 (under torchrun) only build the engine, which runs the worker loop and returns when
-rank 0 shuts down.
+Ranks above 0 (under torchrun) only run their share of the engine (`start_engine`: a `Worker` until
+rank 0 shuts down, then the end of the process).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _engine_factory(cfg):
     def make(progress):
-        from inference.engine.llm_engine import LLMEngine
+        from inference.engine.llm_engine import start_engine
 
-        return LLMEngine(cfg, progress=progress)
+        return start_engine(cfg, progress=progress)
 
     return make
 
@@ -101,9 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_key_policy(http[0], args.api_key, args.insecure)
     elif args.http is None and (args.api_key is not None or args.insecure):
         raise UserError("--api-key and --insecure apply to --http: add --http [HOST:]PORT")
-    if envs.rank() != 0:
+    if envs.rank() != 0:  # no socket, no log: only this rank's share of the engine (it ends the process)
         _engine_factory(cfg)(None)
-        return 0
     mid = model_id(args.model)
     path = Path(args.socket).expanduser().absolute() if args.socket else default_socket_path(
         mid, tp=args.tp, dtype=args.dtype, device=args.device, quant=args.quant)

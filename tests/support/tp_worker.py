@@ -1,17 +1,18 @@
-"""Run under torchrun by test_tp.py and test_quant_tp.py: every rank builds the engine; rank 0 writes
-tokens and logits. `run_prompts` is also the tp=1 reference of both tests.
+"""Run under torchrun by test_tp.py and test_quant_tp.py: every rank starts the engine (`start_engine`);
+rank 0 writes tokens and logits, the other ranks follow it and end inside `start_engine`. `run_prompts` is
+also the tp=1 reference of both tests.
 
     torchrun ... tp_worker.py MODEL PROMPTS_JSON OUT TP [QUANT]
 """
 
 import json
-import os
 import sys
 
 import torch
 
 from inference.config import EngineConfig, SamplingParams
-from inference.engine.llm_engine import LLMEngine
+from inference.distributed import exit_process
+from inference.engine.llm_engine import LLMEngine, start_engine
 
 
 def run_prompts(engine: LLMEngine, prompts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
@@ -21,14 +22,12 @@ def run_prompts(engine: LLMEngine, prompts: list[list[int]]) -> tuple[list[list[
 
 
 def main(model: str, prompts_json: str, out: str, tp: str, quant: str = "") -> None:
-    engine = LLMEngine(EngineConfig(model=model, device="cpu", dtype="float32", tp=int(tp), num_kv_blocks=128,
-                                    quant=quant or None))
-    tokens, logits = run_prompts(engine, json.loads(prompts_json))  # ranks > 0 never get here (worker loop)
+    engine = start_engine(EngineConfig(model=model, device="cpu", dtype="float32", tp=int(tp), num_kv_blocks=128,
+                                       quant=quant or None))
+    tokens, logits = run_prompts(engine, json.loads(prompts_json))  # rank 0 only
     torch.save({"tokens": tokens, "logits": logits}, out)
     engine.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # as the CLI does under torchrun: gloo's threads can abort interpreter teardown (SIGABRT)
+    exit_process(0)  # as the CLI does under torchrun: gloo's threads can abort interpreter teardown (SIGABRT)
 
 
 if __name__ == "__main__":
