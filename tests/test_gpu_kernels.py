@@ -139,7 +139,7 @@ def test_gemv_matches_torch(dtype, n, k, bias, gated):
 @pytest.mark.parametrize("config", [None, (64, None, 128, 4, 3, 1), (128, None, 64, 4, 4, 4)])
 @pytest.mark.parametrize("tma", [False, True])
 def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config, tma):
-    from inference.kernels.skinny import skinny_config, skinny_linear, use_tma
+    from inference.kernels.skinny import skinny_config, skinny_gemm, use_tma
 
     g = torch.Generator(device="cuda").manual_seed(m + n + k)
     w = torch.randn(2 * n if gated else n, k + 8, device="cuda", dtype=dtype, generator=g)[:, :k] / k**0.5
@@ -150,7 +150,7 @@ def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config, tma):
     if tma:  # the TMA form where this GPU has one and the rows are 16-byte aligned (k = 1100's are not)
         tma = use_tma(x, w)
         assert tma == (torch.cuda.get_device_capability()[0] >= 9 and k % 8 == 0)
-    y = skinny_linear(x, w, b, gated=gated, config=config, tma=tma)
+    y = skinny_gemm(x, w, b, gated=gated, config=config, tma=tma)
     ref = x.double() @ w.double().T + (b.double() if bias else 0)
     if gated:
         gate, up = ref.chunk(2, -1)
@@ -162,7 +162,7 @@ def test_skinny_gemm_matches_float64(dtype, m, n, k, bias, gated, config, tma):
 def test_skinny_gemm_runs_a_config_over_the_shared_memory():
     """A pipeline too deep for this GPU's shared memory still gives the right result, the first time and
     the next (with fewer stages)."""
-    from inference.kernels.skinny import skinny_linear
+    from inference.kernels.skinny import skinny_gemm
 
     g = torch.Generator(device="cuda").manual_seed(11)
     w = torch.randn(2 * 2752, 4096, device="cuda", dtype=torch.float16, generator=g) / 64
@@ -170,7 +170,7 @@ def test_skinny_gemm_runs_a_config_over_the_shared_memory():
     config = (128, 16, 256, 4, 6, 1)  # 6 stages of two 128 x 256 weight tiles: far over the shared memory
     gate, up = (x.double() @ w.double().T).chunk(2, -1)
     for _ in range(2):
-        y = skinny_linear(x, w, gated=True, config=config)
+        y = skinny_gemm(x, w, gated=True, config=config)
         assert rel(y, torch.nn.functional.silu(gate) * up) < 2e-3
 
 
@@ -179,7 +179,7 @@ def test_skinny_gemm_fused_norm_equals_matmul_then_norm(split):
     """norm=(residual, weight, eps), K split (the reduce kernel adds and normalizes) or not: bit for bit
     what the matmul and then `add_rmsnorm` give."""
     from inference.kernels.fused import add_rmsnorm
-    from inference.kernels.skinny import skinny_linear
+    from inference.kernels.skinny import skinny_gemm
 
     g = torch.Generator(device="cuda").manual_seed(split)
     x = torch.randn(16, 4096, device="cuda", dtype=torch.float16, generator=g)
@@ -187,52 +187,9 @@ def test_skinny_gemm_fused_norm_equals_matmul_then_norm(split):
     res = torch.randn(16, 4096, device="cuda", dtype=torch.float16, generator=g)
     nw = torch.rand(4096, device="cuda", dtype=torch.float16, generator=g) + 0.5
     config = (64, 16, 128, 4, 3, split)
-    h, stream = skinny_linear(x, w, norm=(res, nw, 1e-6), config=config)
-    h_ref, stream_ref = add_rmsnorm(skinny_linear(x, w, config=config), res, nw, 1e-6)
+    h, stream = skinny_gemm(x, w, norm=(res, nw, 1e-6), config=config)
+    h_ref, stream_ref = add_rmsnorm(skinny_gemm(x, w, config=config), res, nw, 1e-6)
     assert torch.equal(h, h_ref) and torch.equal(stream, stream_ref)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("rows", [16, 100, 4096])
-def test_row_parallel_linear_adds_the_residual(dtype, rows):
-    """Prefill sizes add the residual in the matmul's epilogue (nothing left to add); decode sizes hand it
-    back. Either way output + what is left equals residual + x W^T."""
-    from inference.layers.linear import RowParallelLinear
-
-    g = torch.Generator(device="cuda").manual_seed(rows)
-    with torch.device("cuda"):
-        lin = RowParallelLinear(1024, 512).to(dtype)
-    lin.weight.data.normal_(0, 0.03, generator=g)
-    x = torch.randn(rows, 1024, device="cuda", dtype=dtype, generator=g)
-    res = torch.randn(rows, 512, device="cuda", dtype=dtype, generator=g)
-    ref = res.double() + x.double() @ lin.weight.double().T
-    out, rest = lin(x, res.clone())
-    assert (rest is None) == (rows > 64)
-    total = out.double() + (rest.double() if rest is not None else 0)
-    assert rel(total, ref) < (1e-5 if dtype == torch.float32 else 5e-3)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rows, k, n", [(16, 4096, 4096), (64, 4096, 4096), (64, 11008, 4096), (9, 512, 4608)])
-def test_row_parallel_linear_runs_the_next_norm(dtype, rows, k, n):
-    """At decode sizes the residual add + RMSNorm after a row-parallel matmul runs in the matmul's kernels:
-    bit for bit what the matmul then the norm give, and within rounding of float64."""
-    from inference.layers.layernorm import RMSNorm
-    from inference.layers.linear import RowParallelLinear
-
-    g = torch.Generator(device="cuda").manual_seed(rows + k)
-    with torch.device("cuda"):
-        lin, norm = RowParallelLinear(k, n).to(dtype), RMSNorm(n, 1e-6).to(dtype)
-    lin.weight.data.normal_(0, k**-0.5, generator=g)
-    norm.weight.data.uniform_(0.5, 1.5, generator=g)
-    x = torch.randn(rows, k, device="cuda", dtype=dtype, generator=g)
-    res = torch.randn(rows, n, device="cuda", dtype=dtype, generator=g)
-    h, stream = lin(x, res, norm)
-    h_ref, stream_ref = norm(*lin(x, res))
-    assert torch.equal(h, h_ref) and torch.equal(stream, stream_ref)
-    s = res.double() + x.double() @ lin.weight.double().T
-    want = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.double()
-    assert rel(stream, s) < 5e-3 and rel(h, want) < 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -274,7 +231,7 @@ def test_qkv_rope_store_is_c_attn_then_rope_and_store(dtype, m, logn):
     head-major caches, a skipped slot left alone), and is within rounding of float64."""
     from inference.kernels.fused import rope_and_store
     from inference.kernels.qkv_rope import qkv_rope_store
-    from inference.kernels.skinny import skinny_linear
+    from inference.kernels.skinny import skinny_gemm
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the fused kernel loads its tiles through the TMA (Hopper and newer)")
@@ -294,7 +251,7 @@ def test_qkv_rope_store_is_c_attn_then_rope_and_store(dtype, m, logn):
     k2, v2 = (c.clone() for c in caches)
     q1 = qkv_rope_store(x, w, b, cos, sin, ln, k1, v1, slots, h, d)
     assert q1 is not None
-    q2, _ = rope_and_store(skinny_linear(x, w, b), cos, sin, ln, k2, v2, slots, h, d)
+    q2, _ = rope_and_store(skinny_gemm(x, w, b), cos, sin, ln, k2, v2, slots, h, d)
     assert torch.equal(q1, q2) and torch.equal(k1, k2) and torch.equal(v1, v2)
     ref = (x.double() @ w.double().T + b.double()).view(m, 3, h, d)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from inference.config import EngineConfig, SamplingParams
+from tests.support.launches import cuda_kernels
 from tests.support.oracle import load_all, reference_logits, rel
 
 pytestmark = pytest.mark.gpu
@@ -27,19 +28,11 @@ def greedy(n: int, logits: str = "none") -> SamplingParams:
     return SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True, logits=logits)
 
 
-def cuda_kernels(fn) -> list[str]:
-    """Names of the CUDA kernels `fn()` launches."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_zero_row_matmuls_return_empty_results_without_a_launch(dtype):
-    from inference.kernels import thin_matmul
+    from inference.kernels import decode_matmul
     from inference.kernels.gemv import gemv
-    from inference.kernels.skinny import skinny_linear
+    from inference.kernels.skinny import skinny_gemm
 
     g = torch.Generator(device="cuda").manual_seed(0)
     k, n = 256, 512
@@ -51,13 +44,13 @@ def test_zero_row_matmuls_return_empty_results_without_a_launch(dtype):
     out = {}
 
     def calls():
-        out["plain"] = thin_matmul(x, w)
-        out["bias"] = thin_matmul(x, w, bias)
-        out["gated"] = thin_matmul(x, gate_up, gated=True)
-        out["norm"] = thin_matmul(x, w, norm=norm)
+        out["plain"] = decode_matmul(x, w)
+        out["bias"] = decode_matmul(x, w, bias)
+        out["gated"] = decode_matmul(x, gate_up, gated=True)
+        out["norm"] = skinny_gemm(x, w, norm=norm)
         for tma in (True, False):
-            out[f"argmax{tma}"] = skinny_linear(x, w, argmax=True, tma=tma)
-            out[f"skinny{tma}"] = skinny_linear(x, w, tma=tma)
+            out[f"argmax{tma}"] = skinny_gemm(x, w, argmax=True, tma=tma)
+            out[f"skinny{tma}"] = skinny_gemm(x, w, tma=tma)
         out["gemv"] = gemv(x, w)
 
     assert cuda_kernels(calls) == []

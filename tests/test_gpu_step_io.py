@@ -54,7 +54,7 @@ def test_lm_head_argmax_partials_give_torch_argmax(m, dtype):
     finishing kernel's tokens equal torch.argmax of the logits, ties going to the first column (a weight row
     copied to an earlier column in another tile, and to a later one in the same tile), into the ids and the
     host slot of the noted parity, and it counts the replay."""
-    from inference.kernels.skinny import skinny_linear
+    from inference.kernels.skinny import skinny_gemm
     from inference.kernels.step_io import argmax_finish
 
     g = torch.Generator(device="cuda").manual_seed(m)
@@ -64,7 +64,7 @@ def test_lm_head_argmax_partials_give_torch_argmax(m, dtype):
     top = (x.float() @ w.float().T).argmax(-1).tolist()
     w[max(top[0] - 300, 0)] = w[top[0]]  # row 0: the same largest logit in an earlier tile
     w[min(top[1] + 1, n - 1)] = w[top[1]]  # row 1: and next to it
-    y, best = skinny_linear(x, w, argmax=True)
+    y, best = skinny_gemm(x, w, argmax=True)
     ids = torch.full((m,), -1, dtype=torch.long, device="cuda")
     host_out = torch.zeros(2, 64, dtype=torch.long).pin_memory()
     ctr, par = torch.zeros(1, dtype=torch.long, device="cuda"), torch.ones(1, dtype=torch.long, device="cuda")

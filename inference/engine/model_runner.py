@@ -129,14 +129,10 @@ class ModelRunner:
         return mod.max_memory_allocated() - before
 
     def finish_setup(self, max_model_len: int) -> None:
-        """Device-specific fast paths once the KV cache exists (Triton decode kernel, CUDA graphs)."""
+        """Device-specific fast paths once the KV cache exists (CUDA graphs)."""
         self.rotary.table(1.0, max_model_len)
         if not (self.device.type == "cuda" and use_triton(self.k_cache)):
             return
-        from inference.kernels.paged_attention import paged_decode_attention
-
-        for attn in self.attn_layers:
-            attn.decode_kernel = paged_decode_attention
         if self.cfg.cuda_graphs:
             max_blocks = -(-max_model_len // self.block_size)
             self.graphs = DecodeGraphs(self.model, self.rotary, min(self.cfg.max_num_seqs, 256), max_blocks,

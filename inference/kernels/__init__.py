@@ -1,4 +1,7 @@
-"""Triton kernels for CUDA (decode attention, fused norm / rotary / activation). Imported only on CUDA."""
+"""Triton kernels for CUDA (decode attention, decode matmuls, fused norm / rotary / activation).
+
+This module imports no Triton: it says whether Triton runs a tensor (`use_triton`) and picks the decode
+matmul's kernel (`decode_matmul`); the kernel modules are imported only where they run (CUDA)."""
 
 from __future__ import annotations
 
@@ -25,47 +28,32 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and _triton_ok()
 
 
-THIN_MAX_ROWS = 64  # decode sizes: up to this many rows, matmuls go through thin_matmul's Triton kernels
+DECODE_MATMUL_MAX_ROWS = 64  # decode sizes: up to this many rows, `decode_matmul` takes a Triton kernel
 
 
-def thin_kind(x: torch.Tensor) -> str | None:
-    """Which of thin_matmul's kernels takes x: "gemv" (1 row), "skinny" (2-64 rows; also 0 rows, for which
-    `skinny_linear` returns an empty result and launches nothing), or None (cuBLAS)."""
+def decode_matmul_kernel(x: torch.Tensor) -> str | None:
+    """Which of `decode_matmul`'s kernels takes x: "gemv" (1 row), "skinny" (2-64 rows; also 0 rows, for which
+    `skinny_gemm` returns an empty result and launches nothing), or None (cuBLAS)."""
     m = x.shape[0]
-    if not use_triton(x) or m > THIN_MAX_ROWS or (m > 1 and x.dtype == torch.float32):
+    if not use_triton(x) or m > DECODE_MATMUL_MAX_ROWS or (m > 1 and x.dtype == torch.float32):
         return None
     return "gemv" if m == 1 else "skinny"
 
 
-def thin_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
-                norm=None):
-    """Decode-sized matmuls on CUDA through Triton (1 row: a GEMV; 2-64 rows: the skinny tensor-core GEMM);
-    None where cuBLAS should do it (also float32 above 1 row: tensor cores would round it to tf32).
-    gated: `weight` is [gate; up] and the result silu(gate) * up. norm = (residual, norm weight, eps):
-    2-64 rows only, returns (rmsnorm(y + residual), y + residual) (skinny_linear)."""
-    kind = thin_kind(x)
-    if kind is None:
-        return None
-    if norm is not None:
-        if kind == "gemv":
-            return None
-        from inference.kernels.skinny import skinny_linear
-
-        return skinny_linear(x, weight, norm=norm)
+def decode_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False):
+    """x W^T (+ b) at decode sizes on CUDA through Triton: 1 row, the GEMV (`gemv`); 2-64 rows, the skinny
+    tensor-core GEMM (`skinny_gemm`). None where cuBLAS should do it (more rows; also float32 above 1 row:
+    tensor cores would round it to tf32). gated: `weight` is [gate; up] and the result silu(gate) * up."""
+    kind = decode_matmul_kernel(x)
     if kind == "gemv":
         from inference.kernels.gemv import gemv
 
         return gemv(x, weight, bias, gated=gated)
-    from inference.kernels.skinny import skinny_linear
+    if kind == "skinny":
+        from inference.kernels.skinny import skinny_gemm
 
-    return skinny_linear(x, weight, bias, gated=gated)
-
-
-def fuse_residual(x: torch.Tensor) -> bool:
-    """Prefill-sized row-parallel matmuls on CUDA add the residual in cuBLAS's epilogue (the matmul reads
-    it, the next norm no longer does): one pass over the hidden state fewer per norm. Decode sizes (at
-    most THIN_MAX_ROWS rows) go through Triton (`thin_matmul`) and keep the fused add+RMSNorm."""
-    return x.shape[0] > THIN_MAX_ROWS and use_triton(x)
+        return skinny_gemm(x, weight, bias, gated=gated)
+    return None
 
 
 @functools.cache

@@ -218,8 +218,8 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
     return bn, bm, bk, 4, stages, split
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
-                  config=None, tma: bool | None = None, norm=None, argmax: bool = False):
+def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
+                config=None, tma: bool | None = None, norm=None, argmax: bool = False):
     """x [M, K], weight [N, K] -> [M, N]; gated: weight is [gate; up] of 2N rows and the result is
     silu(x gate^T) * (x up^T), [M, N]. `config` overrides `skinny_config`, `tma` overrides `use_tma`
     (the tests run every path). norm = (residual, norm weight, eps): returns (rmsnorm(y + residual) * weight,
@@ -228,11 +228,11 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     column (`step_io.argmax_finish` takes the row's argmax from it); best is None where K is split or the
     weight gated (no such partials there)."""
     if (gated or bias is not None) and norm is not None:
-        raise ValueError("skinny_linear: the fused norm takes a plain weight (no bias, not gated)")
+        raise ValueError("skinny_gemm: the fused norm takes a plain weight (no bias, not gated)")
     if gated and bias is not None:
-        raise ValueError("skinny_linear: a gated weight takes no bias")
+        raise ValueError("skinny_gemm: a gated weight takes no bias")
     if argmax and norm is not None:
-        raise ValueError("skinny_linear: the argmax partials are for logits, not a normed output")
+        raise ValueError("skinny_gemm: the argmax partials are for logits, not a normed output")
     x = x.contiguous()
     m, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]

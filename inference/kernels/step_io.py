@@ -101,7 +101,7 @@ def tokens_out(ids: torch.Tensor, host_out: torch.Tensor, ctr: torch.Tensor, par
 
 def argmax_finish(best: torch.Tensor, ids: torch.Tensor, host_out: torch.Tensor | None, ctr: torch.Tensor,
                   par: torch.Tensor) -> None:
-    """best: [rows, 2 * tiles] from `skinny_linear(..., argmax=True)`; ids: int64 [rows] on the GPU; host_out:
+    """best: [rows, 2 * tiles] from `skinny_gemm(..., argmax=True)`; ids: int64 [rows] on the GPU; host_out:
     pinned int64 [2, top], or None (the tokens stay on the GPU and nothing is counted)."""
     rows, tiles = best.shape[0], best.shape[1] // 2
     mapped = host_out is not None

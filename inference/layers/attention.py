@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
+from inference.kernels import use_triton
+
 # cuDNN's kernel is the fastest on Hopper, but it builds an execution plan for every new shape (tens of
 # ms on an H100), which every chat turn would pay at a new prompt length. So long prompts go through it
 # padded to a bucket (causal_cudnn); everything else uses flash / memory-efficient kernels (no plans).
@@ -67,6 +69,15 @@ def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_
     return torch.einsum("bhl,blhd->bhd", probs, v.float()).to(q.dtype)
 
 
+def decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale):
+    """One query row per sequence over its blocks: the Triton paged decode kernel on CUDA, torch elsewhere."""
+    if use_triton(q):
+        from inference.kernels.paged_attention import paged_decode_attention
+
+        return paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale)
+    return decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale)
+
+
 def causal_cudnn(q, k, v, scale):
     """Causal attention of [n, H, D] through cuDNN with the length padded up to a multiple of CUDNN_BUCKET:
     padded rows come last, and causally no real query sees them, so the first n outputs are exact. The
@@ -113,7 +124,6 @@ class PagedAttention(torch.nn.Module):
         self.num_heads, self.head_dim = num_heads, head_dim
         self.scale = head_dim**-0.5
         self.k_cache = self.v_cache = torch.empty(0)
-        self.decode_kernel = None  # set by the model runner on CUDA
 
     def forward(self, q, k, v, meta: AttentionMetadata, stored: bool = False) -> torch.Tensor:
         """q, k, v: [T, H, D]. Returns [T, H, D]. `stored`: K/V are already in the cache."""
@@ -124,7 +134,7 @@ class PagedAttention(torch.nn.Module):
         if nd:
             args = (q[:nd], self.k_cache, self.v_cache, meta.block_tables[:nd], meta.context_lens[:nd],
                     meta.max_ctx, self.scale)
-            outs.append(self.decode_kernel(*args) if self.decode_kernel else decode_attention_torch(*args))
+            outs.append(decode_attention(*args))
         start = nd
         for i in range(nd, meta.num_seqs):
             n = meta.q_lens[i]

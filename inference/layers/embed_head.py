@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from inference.distributed import all_reduce, gather_last_dim, get_rank, get_world_size
-from inference.kernels import thin_kind, thin_matmul
+from inference.kernels import decode_matmul, decode_matmul_kernel
 from inference.layers.linear import _check, load_rows
 
 
@@ -48,12 +48,12 @@ class ParallelLMHead(VocabParallelEmbedding):
         if h.shape[0] == 0:  # no rows to score: no matmul, no gather (every rank sees the same count)
             logits = h.new_empty(0, self.vocab_size) if self.tp_rank == 0 else None
             return (logits, best) if argmax else logits
-        if argmax and self.tp_size == 1 and thin_kind(h) == "skinny":
-            from inference.kernels.skinny import skinny_linear
+        if argmax and self.tp_size == 1 and decode_matmul_kernel(h) == "skinny":
+            from inference.kernels.skinny import skinny_gemm
 
-            logits, best = skinny_linear(h, self.weight, argmax=True)
+            logits, best = skinny_gemm(h, self.weight, argmax=True)
         else:
-            logits = thin_matmul(h, self.weight)
+            logits = decode_matmul(h, self.weight)
             if logits is None:
                 logits = nn.functional.linear(h, self.weight)
         if self.tp_size == 1:

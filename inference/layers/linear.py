@@ -11,8 +11,7 @@ from torch import nn
 
 from inference.distributed import all_reduce, get_rank, get_world_size
 from inference.errors import UserError
-from inference.kernels import fuse_residual, thin_matmul
-from inference.layers.layernorm import RMSNorm
+from inference.kernels import decode_matmul
 
 
 def _check(name: str, got, want) -> None:
@@ -46,7 +45,7 @@ class LinearBase(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_method is not None:
             return self.quant_method.apply(self, x)
-        y = thin_matmul(x, self.weight, self.bias)  # decode sizes: Triton streams the weight faster
+        y = decode_matmul(x, self.weight, self.bias)  # decode sizes: Triton streams the weight faster
         return y if y is not None else nn.functional.linear(x, self.weight, self.bias)
 
 
@@ -115,30 +114,7 @@ class RowParallelLinear(LinearBase):
         n = param.shape[1]
         param.data.copy_(src[:, self.tp_rank * n:(self.tp_rank + 1) * n])
 
-    def forward(self, x, residual: torch.Tensor | None = None, norm: RMSNorm | None = None):
-        """All-reduced x W^T. With `residual`: (out, rest). At prefill sizes on CUDA the residual is added
-        in the matmul's epilogue (in place; rank 0 only, so the all-reduce adds it once) and rest is None;
-        otherwise rest is `residual`, for the next norm to add. With `norm` (the RMSNorm after this layer):
-        (norm(out + residual), out + residual), the norm done by the decode matmul's split-K reduce where
-        it has one (see _fused_norm)."""
-        if norm is not None:
-            fused = self._fused_norm(x, residual, norm)
-            if fused is not None:
-                return fused
-            out = self.forward(x, residual)
-            return norm(*out) if residual is not None else norm(out)
-        if residual is None:
-            return all_reduce(self.matmul(x))
-        if self.quant_method is None and self.bias is None and fuse_residual(x):
-            y = residual.addmm_(x, self.weight.t()) if self.tp_rank == 0 else x @ self.weight.t()
-            return all_reduce(y), None
-        return all_reduce(self.matmul(x)), residual
-
-    def _fused_norm(self, x, residual, norm):
-        """The skinny GEMM with the residual add + RMSNorm in its reduce kernel (one rank, plain weights and
-        norm; `thin_matmul` takes the row counts it applies to, 2-64 on CUDA): one kernel fewer a norm.
-        None where it does not apply."""
-        if (residual is None or self.tp_size > 1 or self.quant_method is not None or self.bias is not None
-                or type(norm) is not RMSNorm):
-            return None
-        return thin_matmul(x, self.weight, norm=(residual, norm.weight, norm.eps))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All-reduced x W^T. A block's residual add and the norm after it run in this matmul's kernels
+        where they can (`layers.fusion.project_add_norm`)."""
+        return all_reduce(self.matmul(x))

@@ -7,12 +7,12 @@ from torch import nn
 
 from inference.config import ModelConfig
 from inference.distributed import get_world_size
-from inference.kernels import thin_matmul, use_triton
 from inference.layers.attention import AttentionMetadata, PagedAttention
 from inference.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
+from inference.layers.fusion import gated_act, qkv_rope
 from inference.layers.layernorm import RMSNorm
 from inference.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from inference.layers.rotary import apply_rotary
+from inference.layers.residual import Deferred, ResidualStream
 
 
 class QWenAttention(nn.Module):
@@ -26,36 +26,12 @@ class QWenAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.head_dim)
         self.full_rotary = cfg.rotary_dim == cfg.head_dim
 
-    def forward(self, x, residual, cos, sin, logn, meta: AttentionMetadata, norm: RMSNorm):
-        """(norm(output + residual), output + residual): see RowParallelLinear.forward."""
-        o = self._attend(x, cos, sin, logn, meta)
-        return self.c_proj(o.reshape(x.shape[0], -1), residual, norm)
-
-    def _attend(self, x, cos, sin, logn, meta: AttentionMetadata) -> torch.Tensor:
-        """Attention output [T, H, D]. On CUDA with every row a decode row (2-64 rows, Hopper): c_attn, rotary
-        and the K/V store in one kernel (qkv_rope); elsewhere on CUDA: c_attn, then one kernel for rotary, logn
-        and the store; on the CPU and NPU: torch."""
-        fast = self.full_rotary and use_triton(x)
-        if fast and meta.num_decodes == x.shape[0] and self.c_attn.quant_method is None:
-            from inference.kernels.qkv_rope import qkv_rope_store
-
-            q = qkv_rope_store(x, self.c_attn.weight, self.c_attn.bias, cos, sin, logn, self.attn.k_cache,
-                               self.attn.v_cache, meta.slot_mapping, self.num_heads, self.head_dim)
-            if q is not None:  # decode rows read K/V from the cache only
-                return self.attn(q, None, None, meta, stored=True)
-        qkv = self.c_attn(x)
-        v = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, 2]
-        if fast:
-            from inference.kernels.fused import rope_and_store
-
-            q, k = rope_and_store(qkv, cos, sin, logn, self.attn.k_cache, self.attn.v_cache, meta.slot_mapping,
-                                  self.num_heads, self.head_dim)
-            return self.attn(q, k, v, meta, stored=True)
-        q, k = qkv.view(x.shape[0], 3, self.num_heads, self.head_dim)[:, :2].unbind(1)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if logn is not None:
-            q = (q.float() * logn[:, None, None]).to(q.dtype)
-        return self.attn(q, k, v.contiguous(), meta)
+    def forward(self, x, cos, sin, logn, meta: AttentionMetadata) -> Deferred:
+        """c_proj(attention(x)): q, k, v from c_attn with rotary (and logn) on q and k, K/V into the cache,
+        paged attention over each sequence's blocks."""
+        q, k, v, stored = qkv_rope(self.c_attn, self.attn, x, cos, sin, logn, meta, self.full_rotary)
+        o = self.attn(q, k, v, meta, stored=stored)
+        return Deferred(self.c_proj, o.reshape(x.shape[0], -1))
 
 
 class QWenMLP(nn.Module):
@@ -65,19 +41,9 @@ class QWenMLP(nn.Module):
         self.w2_w1 = MergedColumnParallelLinear(cfg.hidden_size, [cfg.ffn_size, cfg.ffn_size])
         self.c_proj = RowParallelLinear(cfg.ffn_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x, residual, norm: RMSNorm):
-        """(norm(output + residual), output + residual): see RowParallelLinear.forward."""
-        if self.w2_w1.quant_method is None:
-            act = thin_matmul(x, self.w2_w1.weight, gated=True)  # silu(gate) * up in one pass
-            if act is not None:
-                return self.c_proj(act, residual, norm)
-        gate_up = self.w2_w1(x)
-        if use_triton(gate_up):
-            from inference.kernels.fused import silu_mul
-
-            return self.c_proj(silu_mul(gate_up), residual, norm)
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.c_proj(up * nn.functional.silu(gate), residual, norm)
+    def forward(self, x) -> Deferred:
+        """c_proj(silu(x w2^T) * (x w1^T))."""
+        return Deferred(self.c_proj, gated_act(self.w2_w1, x))
 
 
 class QWenBlock(nn.Module):
@@ -88,12 +54,11 @@ class QWenBlock(nn.Module):
         self.ln_2 = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
         self.mlp = QWenMLP(cfg)
 
-    def forward(self, h, residual, cos, sin, logn, meta, next_norm: RMSNorm):
-        """h: this block's input already through ln_1, residual: the stream it came from. Returns the same
-        for the next block: (next_norm(stream), stream). Each row-parallel matmul runs the norm after it
-        (fused into its reduce kernel at decode sizes)."""
-        h, residual = self.attn(h, residual, cos, sin, logn, meta, self.ln_2)
-        return self.mlp(h, residual, next_norm)
+    def forward(self, x: ResidualStream, cos, sin, logn, meta) -> ResidualStream:
+        """Pre-norm: x + attn(ln_1(x)), then + mlp(ln_2(x)). Each output projection, its residual add and the
+        next norm run together when that norm is taken (`ResidualStream`)."""
+        x = x.add(self.attn(x.norm(self.ln_1), cos, sin, logn, meta))
+        return x.add(self.mlp(x.norm(self.ln_2)))
 
 
 class QWenModel(nn.Module):
@@ -103,12 +68,11 @@ class QWenModel(nn.Module):
         self.h = nn.ModuleList(QWenBlock(cfg) for _ in range(cfg.num_hidden_layers))
         self.ln_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
 
-    def forward(self, ids, cos, sin, logn, meta):
-        h, residual = self.h[0].ln_1(self.wte(ids))
-        norms = [b.ln_1 for b in self.h[1:]] + [self.ln_f]
-        for block, next_norm in zip(self.h, norms):
-            h, residual = block(h, residual, cos, sin, logn, meta, next_norm)
-        return h
+    def forward(self, ids, cos, sin, logn, meta) -> torch.Tensor:
+        x = ResidualStream(self.wte(ids))
+        for block in self.h:
+            x = block(x, cos, sin, logn, meta)
+        return x.norm(self.ln_f)
 
 
 class QWenLMHeadModel(nn.Module):
