@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inference.bench_shapes import weight_read_bytes
 from inference.checkpoint import load_weights
 from inference.config import EngineConfig, ModelConfig, SamplingParams
 from inference.demo import write_checkpoint
@@ -19,6 +20,7 @@ from inference.engine.model_runner import ModelRunner
 from inference.models.qwen import QWenLMHeadModel
 from inference.quant import utils
 from inference.quant.apply import linear_targets, quantize_layer
+from inference.quant.cli import main as quantize_main
 
 # ~300 MB of bf16 weights in 4 shards; a small vocabulary so the linears (what gets quantized) dominate
 BIG = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, kv_channels=128,
@@ -78,17 +80,30 @@ def test_random_int8_weights_are_drawn_quantized(tiny_model):
     e.shutdown()
 
 
+def test_the_int8_floor_counts_the_weights_as_loaded(tiny_model):
+    """The bench's floor reads int8 layers at one byte (plus scales), and what stays float (lm_head, the
+    mlp.c_proj w8a8 skips) at its dtype."""
+    cfg = EngineConfig(model=str(tiny_model), device="cpu", dtype="float32", num_kv_blocks=16, quant="w8a8")
+    m = ModelConfig.from_dir(tiny_model)
+    model = ModelRunner(cfg, m, torch.device("cpu"), torch.float32).model
+    h, f, v, n = m.hidden_size, m.ffn_size, m.vocab_size, m.num_hidden_layers
+    int8 = n * (4 * h * h + 2 * h * f) + 4 * n * (3 * h + h + 2 * f)  # weights, float32 scales per row
+    floats = 4 * (n * h * f + v * h + n * 3 * h + (2 * n + 1) * h)  # mlp.c_proj, lm_head, c_attn bias, norms
+    assert weight_read_bytes(model) == int8 + floats
+
+
 PEAK = """
 import json, sys
 from pathlib import Path
 import torch
+from inference.bench_shapes import weight_read_bytes
 from inference.config import EngineConfig, ModelConfig
 from inference.engine.model_runner import ModelRunner
 
 def status(field):
     return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith(field))
 model, quant, random = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-cfg = EngineConfig(model=model, device="cpu", dtype="float32", num_kv_blocks=16, quant=quant,
+cfg = EngineConfig(model=model, device="cpu", dtype="float32", num_kv_blocks=16, quant=quant or None,
                    extra={"random_weights": random})
 m = ModelConfig.from_dir(Path(model))
 with open("/proc/self/clear_refs", "w") as f:
@@ -106,15 +121,26 @@ def big_model(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("big") / "qwen-big", shards=4, **BIG)
 
 
-@pytest.mark.parametrize("scheme, source", [("w8a16", "checkpoint"), ("w8a8", "checkpoint"), ("w8a16", "random")])
+def quantized_copy(src: Path, scheme: str) -> Path:
+    """`qwen-chat quantize` output beside `src` (made once)."""
+    out = src.parent / f"{src.name}-{scheme}"
+    if not out.exists():
+        assert quantize_main(["--model", str(src), "--out", str(out), "--scheme", scheme, "--device", "cpu",
+                              "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("scheme, source", [("w8a16", "checkpoint"), ("w8a8", "checkpoint"), ("w8a16", "random"),
+                                            ("w8a16", "quantized")])
 def test_peak_host_memory_is_one_copy(big_model, scheme, source):
-    """Loading with --quant holds the int8 model plus about one shard: never the float model (float32 here,
-    four times the int8 one)."""
-    r = subprocess.run([sys.executable, "-c", PEAK, str(big_model), scheme, "1" if source == "random" else "0"],
+    """Loading with --quant (or a `quantize` output) holds the int8 model plus about one shard: never the float
+    model (float32 here, four times the int8 one)."""
+    model, quant = (quantized_copy(big_model, scheme), "") if source == "quantized" else (big_model, scheme)
+    r = subprocess.run([sys.executable, "-c", PEAK, str(model), quant, "1" if source == "random" else "0"],
                        capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.splitlines()[-1])
-    shard = max(p.stat().st_size for p in big_model.glob("*.safetensors"))
+    shard = max(p.stat().st_size for p in model.glob("*.safetensors"))
     mib = 1 << 20
     bound = got["weights"] + shard + 128 * mib  # what stays + one shard mapped + temporaries and allocator slack
     float_copy = 4 * got["int8"]  # the float32 weights of the int8 layers: what loading must never hold
