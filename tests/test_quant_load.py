@@ -63,6 +63,21 @@ def test_quantize_at_load_equals_quantizing_the_float_model(tiny_model, scheme, 
     e.shutdown()
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t[:, :-1], r"mlp.w1.weight: shape \[192, 127\] does not fit the config \(expected \[192, 128\]\)"),
+    (lambda t: t.to(torch.int8), "mlp.w1.weight is stored as int8 but must be a floating-point tensor"),
+])
+def test_a_bad_tensor_quantized_as_read_is_one_clear_error(tmp_path, change, message):
+    from inference.demo import DEMO_CONFIG, random_weights
+    from inference.errors import UserError
+
+    w = random_weights(DEMO_CONFIG)
+    w["transformer.h.1.mlp.w1.weight"] = change(w["transformer.h.1.mlp.w1.weight"]).contiguous()
+    d = write_checkpoint(tmp_path / "bad", weights=w)
+    with pytest.raises(UserError, match=message):
+        LLMEngine(EngineConfig(model=str(d), device="cpu", dtype="float32", num_kv_blocks=16, quant="w8a16"))
+
+
 def test_random_int8_weights_are_drawn_quantized(tiny_model):
     cfg = EngineConfig(model=str(tiny_model), device="cpu", dtype="float32", num_kv_blocks=64, quant="w8a16",
                        extra={"random_weights": True, "seed": 3})

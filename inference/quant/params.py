@@ -121,9 +121,6 @@ def load_float_quantized(layer: LinearBase, param, src, name: str = "", shard_id
     their scales, ROW_CHUNK rows at a time on the layer's device (the float weight never exists whole). Equal
     to quantizing the loaded float weight: rows are scaled independently, and a row split over ranks
     (row-parallel) takes its absmax over the whole row, read here on every rank."""
-    if is_int8(src):
-        raise UserError(f"tensor {name} is int8 but config.json does not say the checkpoint is quantized; "
-                        "re-download config.json (or leave --quant out)")
     rows, shape = full_rows(layer, shard_id), shape_of(src)
     if shape != (rows, layer.full_in):
         raise UserError(f"tensor {name}: shape {list(shape)} does not fit the config (expected "
