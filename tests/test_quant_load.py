@@ -107,6 +107,17 @@ def test_the_int8_floor_counts_the_weights_as_loaded(tiny_model):
     assert weight_read_bytes(model) == int8 + floats
 
 
+@pytest.mark.parametrize("quant", [None, "w8a16", "w8a8"])
+def test_the_preflight_weight_size_is_the_loaded_size(tiny_model, quant):
+    """check_fits's estimate (before loading) is what loading allocates: the w8a8 skips stay float."""
+    from inference.engine.memory import weight_bytes
+
+    m = ModelConfig.from_dir(tiny_model)
+    cfg = EngineConfig(model=str(tiny_model), device="cpu", dtype="float32", num_kv_blocks=16, quant=quant)
+    model = ModelRunner(cfg, m, torch.device("cpu"), torch.float32).model
+    assert weight_bytes(m, 4, 1, quant) == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 PEAK = """
 import json, sys
 from pathlib import Path
