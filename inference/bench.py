@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
-from inference.bench_shapes import SHAPES, decode_bytes
+from inference.bench_shapes import SHAPES, decode_bytes, weight_read_bytes
 from inference.cli_args import add_engine_args, engine_config_from_args
 from inference.config import SamplingParams
 from inference.errors import CliParser, UserError
@@ -160,12 +160,26 @@ def print_table(rows) -> None:
         print(" | ".join(cell(r[c]).ljust(widths[c]) for c in COLUMNS).rstrip())
 
 
+def memory_line(engine, weights: int, bw: float) -> str:
+    """Load time and memory under the table: the weights as loaded (int8 layers in one byte), the peak while
+    loading (no float copy of int8 layers: about the weights), the KV cache, the peak of the whole run."""
+    r, gib = engine.runner, 1 << 30
+    kv = r.k_cache.numel() * r.k_cache.element_size() * 2
+    text = (f"load {r.load_seconds:.1f} s; weights {weights / gib:.2f} GiB read a step; "
+            f"KV cache {kv / gib:.1f} GiB ({r.num_blocks * r.block_size} tokens)")
+    if engine.device.type == "cuda":
+        text += (f"; GPU memory peak {r.load_peak_bytes / gib:.1f} GiB loading, "
+                 f"{torch.cuda.max_memory_allocated(engine.device) / gib:.1f} GiB in all; "
+                 f"bandwidth {bw / 1e12:.2f} TB/s")
+    return text
+
+
 def main(argv) -> int:
     a = parse_args(argv)
     engine = make_engine(a)
     dev, m = engine.device, engine.model_config
     el = torch.empty(0, dtype=engine.dtype).element_size()
-    wel = 1.0 if (a.quant or m.quantize) else el  # int8 weights
+    weights = weight_read_bytes(engine.runner.model)  # as loaded: int8 layers in one byte, lm_head in float
     bw = copy_bandwidth(dev)
     name = a.random_weights or Path(a.model).name
     label = f"{name} {str(engine.dtype).removeprefix('torch.')} tp{a.tp}{' ' + a.quant if a.quant else ''}"
@@ -181,7 +195,7 @@ def main(argv) -> int:
     for batch, n_in, n_out in plan.cases:
         run_case(engine, batch, n_in, min(n_out, 4), seed=batch * 7 + n_in + 1)  # warm-up of this shape
         r = run_case(engine, batch, n_in, n_out, seed=batch * 7 + n_in)
-        floor = batch * bw / decode_bytes(m, batch, n_in + n_out / 2, el, wel, a.tp)
+        floor = batch * bw / decode_bytes(m, batch, n_in + n_out / 2, el, tp=a.tp, weights=weights)
         rows.append(row(label, batch, n_in, n_out, r, floor))
         print(progress_line(len(rows), total, rows[-1]), file=sys.stderr, flush=True)
     for n_in in plan.ttft_lens:  # median of 3 after a warm-up of the shape
@@ -199,5 +213,6 @@ def main(argv) -> int:
             w.writeheader()
             w.writerows(rows)
     print_table(rows)
+    print(memory_line(engine, weights, bw), flush=True)
     engine.shutdown()
     return 0

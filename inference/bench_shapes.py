@@ -13,11 +13,21 @@ SHAPES = {
 
 
 def decode_bytes(cfg, batch: int, avg_ctx: float, element_size: int, weight_element_size: float | None = None,
-                 tp: int = 1) -> float:
+                 tp: int = 1, weights: int | None = None) -> float:
     """Bytes one decode step must read per rank: every linear weight once (lm_head too) plus each
-    sequence's K/V."""
+    sequence's K/V. `weights`: the rank's weight bytes as loaded (`weight_read_bytes`), in place of the
+    formula (int8 layers, layers a skip list keeps in float, a float lm_head)."""
     h, f, v, n = cfg.hidden_size, cfg.ffn_size, cfg.vocab_size, cfg.num_hidden_layers
     linear = n * (4 * h * h + 3 * h * f) + v * h
     kv_per_token = 2 * n * h * element_size
     wes = weight_element_size if weight_element_size is not None else element_size
+    if weights is not None:
+        return weights + batch * avg_ctx * kv_per_token / tp
     return (linear * wes + batch * avg_ctx * kv_per_token) / tp
+
+
+def weight_read_bytes(model) -> int:
+    """Bytes of this rank's weights that one decode step reads: every parameter but the embedding table (a
+    step gathers a few of its rows); int8 layers at one byte plus their scales, float ones at their dtype."""
+    return sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+               if not name.startswith("transformer.wte."))

@@ -57,21 +57,50 @@ def check_dtype(key: str, src, param, file: str) -> None:
         return
     got = FLOAT_DTYPES.get(code) or INT_DTYPES.get(code) or code.lower()
     want = str(param.dtype).removeprefix("torch.")
-    if param.dtype.is_floating_point == (code in FLOAT_DTYPES) and (param.dtype.is_floating_point or got == want):
+    floating = param.dtype.is_floating_point or getattr(param, "float_source", False)  # int8 quantized as read
+    if floating == (code in FLOAT_DTYPES) and (floating or got == want):
         return
-    kind = "a floating-point tensor (the checkpoint's float dtype)" if param.dtype.is_floating_point else want
+    kind = "a floating-point tensor (the checkpoint's float dtype)" if floating else want
     raise UserError(f"{file}: tensor {key} is stored as {got} but must be {kind}; the file is damaged or "
                     "mixes in tensors of another (quantized) checkpoint: re-download it")
 
 
-def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()) -> None:
-    """Fill every parameter of `model`; a missing or unexpected tensor is a UserError naming it."""
+def materialize(model: torch.nn.Module, device: torch.device) -> None:
+    """Allocate every parameter, buffer and tensor attribute still on the meta device on `device` (zeros: the
+    checkpoint fills them), keeping each parameter's attributes (its weight_loader)."""
+    done: dict[int, torch.Tensor] = {}
+
+    def real(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in done:
+            new = torch.zeros_like(t, device=device)
+            if isinstance(t, torch.nn.Parameter):
+                new = torch.nn.Parameter(new, requires_grad=False)
+                new.__dict__.update(t.__dict__)
+            done[id(t)] = new
+        return done[id(t)]
+
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in store.items():
+                if t is not None and t.is_meta:
+                    store[k] = real(t)
+        for k, t in list(vars(mod).items()):
+            if isinstance(t, torch.Tensor) and t.is_meta:  # e.g. an attention layer's empty KV cache view
+                setattr(mod, k, real(t))
+
+
+def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=(), device=None) -> None:
+    """Fill every parameter of `model`; a missing or unexpected tensor is a UserError naming it. `device`: the
+    model was built on the meta device; what is still there is allocated on `device` first (for msmodelslim
+    checkpoints, once the description has said which layers are int8)."""
     if not (model_dir / "model.safetensors.index.json").is_file() and not (model_dir / "model.safetensors").is_file():
         from inference.quant.msmodelslim import find_layout, load_msmodelslim  # Ascend layout
 
         layout = find_layout(model_dir)
         if layout is not None:
-            return load_msmodelslim(model, model_dir, *layout, progress=progress)
+            return load_msmodelslim(model, model_dir, *layout, progress=progress, device=device)
+    if device is not None:
+        materialize(model, device)
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     files = shard_map(model_dir)
@@ -96,7 +125,9 @@ def load_weights(model: torch.nn.Module, model_dir: Path, progress=None, skip=()
                 getattr(param, "weight_loader", default_loader)(param, src, name=key, shard_id=shard)
                 loaded.add(pname if shard is None else f"{pname}#{shard}")
     expected = set()
-    for pname in params:
+    for pname, p in params.items():
+        if getattr(p, "derived", False):  # filled by another tensor's loader (scales of int8 quantized as read)
+            continue
         shards = [s for dst, s in model.packed.values() if dst in pname]
         expected |= {f"{pname}#{s}" for s in shards} if shards else {pname}
     missing = sorted(expected - loaded)

@@ -22,10 +22,12 @@ def bench(tiny_model, tmp_path, *argv):
 
 
 def table(stdout: str) -> list[dict]:
+    """The table's rows; one line under it: load time and memory."""
     lines = stdout.strip().splitlines()
     assert [c.strip() for c in lines[0].split(" | ")] == COLUMNS
     assert set(lines[1]) <= {"-", "+"}
-    return [dict(zip(COLUMNS, (c.strip() for c in ln.split(" | ")), strict=True)) for ln in lines[2:]]
+    assert lines[-1].startswith("load ") and " GiB read a step; KV cache " in lines[-1]
+    return [dict(zip(COLUMNS, (c.strip() for c in ln.split(" | ")), strict=True)) for ln in lines[2:-1]]
 
 
 def test_cpu_defaults_progress_and_one_clean_table(tiny_model, tmp_path):

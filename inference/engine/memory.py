@@ -11,12 +11,23 @@ from inference.errors import UserError
 
 
 def weight_bytes(m: ModelConfig, element_size: int, tp: int, quant: str | None = None) -> int:
-    """Weights per rank; int8 schemes store the block linears in one byte (embeddings, lm_head, norms float)."""
+    """Weights per rank; int8 schemes store the block linears in one byte plus a float32 scale per row, except
+    the skip list's (w8a8: mlp.c_proj), which stay float like embeddings, lm_head and norms."""
     h, f, v, n = m.hidden_size, m.ffn_size, m.vocab_size, m.num_hidden_layers
-    linear = n * (4 * h * h + 3 * h * f)
     floats = 2 * v * h + n * (3 * h + 2 * h) + h
-    linear_size = 1 if quant else element_size
-    return (floats * element_size + linear * linear_size) // tp
+    shapes = {"attn.c_attn": (3 * h, h), "attn.c_proj": (h, h), "mlp.w2": (f, h), "mlp.w1": (f, h),
+              "mlp.c_proj": (h, f)}
+    if not quant:
+        return (floats + n * sum(r * c for r, c in shapes.values())) * element_size // tp
+    from inference.quant import utils
+
+    skip = m.quant_skip if m.quantize else (m.quant_skip or utils.DEFAULT_SKIP[str(quant).lower()])
+    linear = 0
+    for i in range(n):
+        for mod, (rows, cols) in shapes.items():
+            skipped = utils.is_skipped(f"transformer.h.{i}.{mod}", skip or ())
+            linear += rows * cols * element_size if skipped else rows * cols + 4 * rows
+    return (floats * element_size + linear) // tp
 
 
 def available_bytes(device: torch.device) -> int:

@@ -5,36 +5,23 @@ from __future__ import annotations
 import array
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from inference import envs
-from inference.checkpoint import load_weights
 from inference.config import EngineConfig, ModelConfig
 from inference.distributed import get_rank, get_world_size
 from inference.engine.cuda_graph import DecodeGraphs
+from inference.engine.model_loader import build_model
 from inference.engine.staging import HostStaging
 from inference.kernels import use_triton
 from inference.layers.attention import AttentionMetadata
 from inference.layers.rotary import RotaryEmbedding, logn_scale
-from inference.models.qwen import QWenLMHeadModel
 
 # A step with prefill whose tokens' summed context lengths (K/V token reads per layer) stay within this runs
 # as decode-graph rows, one per token (`ModelRunner.prefill_as_decode_rows`); QWEN_CHAT_ROW_PREFILL=0
 # (`envs`) turns it off.
 ROW_PREFILL_READS = 32768
-
-
-@torch.no_grad()
-def init_random(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random weights of the real shapes (for benchmarks): N(0, 0.02), norms at 1."""
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
-            p.fill_(1.0)
-        elif p.is_floating_point():
-            p.normal_(0.0, 0.02, generator=g)
 
 
 @dataclass
@@ -69,26 +56,10 @@ class ModelRunner:
         self.block_size = cfg.block_size
         self.staging = HostStaging(device)
         t0 = time.perf_counter()
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                self.model = QWenLMHeadModel(model_cfg).eval()
-        finally:
-            torch.set_default_dtype(prev)
-        if cfg.quant or model_cfg.quantize:
-            from inference.quant.apply import prepare_quantized  # optional feature
-
-            prepare_quantized(self.model, cfg.quant or model_cfg.quantize, model_cfg)
-        if cfg.extra.get("random_weights"):
-            init_random(self.model, seed=int(cfg.extra.get("seed", 0)))
-        else:
-            load_weights(self.model, Path(cfg.model), progress=progress)
-        if cfg.quant and not model_cfg.quantize:
-            from inference.quant.apply import quantize_loaded
-
-            quantize_loaded(self.model, cfg.quant, model_cfg)
+        self.model = build_model(cfg, model_cfg, device, dtype, progress)
         self.load_seconds = time.perf_counter() - t0
+        # device memory at its highest while loading (weights and the loaders' temporaries), for the bench
+        self.load_peak_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         self.rotary = RotaryEmbedding(model_cfg.rotary_dim, model_cfg.rotary_emb_base, device)
         self.attn_layers = self.model.attention_layers()
         self.num_blocks = 0

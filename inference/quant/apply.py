@@ -1,11 +1,13 @@
 """Turn a model's parallel linears into quantized ones.
 
-- `prepare_quantized(model, scheme, model_cfg)`: before loading. For a quantized checkpoint
-  (config.json `quantize`), swap each target's float weight for empty int8 parameters whose loaders read
-  the checkpoint's `weight` / `weight_scale` / `input_scale`. For a float checkpoint (`--quant` on the
-  fly) nothing changes: the float weights load as usual and `quantize_loaded` converts them.
-- `quantize_loaded(model, scheme, model_cfg)`: after loading float weights, quantize every target in
-  place (per-output-channel scales over the whole row: row-parallel shards agree on them across ranks).
+- `prepare_quantized(model, scheme, model_cfg, device)`: before loading (the model built on the meta device,
+  so no float weight of a target is ever allocated). Each target's float weight becomes empty int8
+  parameters on `device`. For a quantized checkpoint (config.json `quantize`) their loaders read the
+  checkpoint's `weight` / `weight_scale` / `input_scale`; for a float checkpoint (`--quant` on the fly) the
+  weight's loader quantizes each float tensor as it is read (per-output-channel scales over the whole row:
+  row-parallel shards agree on them across ranks). Peak memory: the int8 model plus one chunk of float rows.
+- `quantize_loaded(model, scheme, model_cfg)`: after loading, quantize any target still in float (a layer an
+  msmodelslim description keeps FLOAT, with `--quant`).
 
 Targets: attn.c_attn, attn.c_proj, mlp.w2_w1 (checkpoint w2 + w1) and mlp.c_proj of every block, except
 the skip list; embeddings and lm_head stay float.
@@ -52,10 +54,12 @@ def method_for(scheme: str, static: bool = False):
     return W8A16LinearMethod() if scheme == "w8a16" else W8A8LinearMethod(static=static)
 
 
-def prepare_quantized(model, scheme: str, model_cfg: ModelConfig) -> None:
+def prepare_quantized(model, scheme: str, model_cfg: ModelConfig, device=None) -> None:
     scheme = utils.check_scheme(scheme)
-    if model_cfg.quantize is None:
-        return  # float checkpoint: quantize_loaded runs after loading
+    if model_cfg.quantize is None:  # float checkpoint: quantized as read
+        for _, layer in linear_targets(model, model_cfg.quant_skip or utils.DEFAULT_SKIP[scheme]):
+            params.install(layer, method_for(scheme), device=device, float_source=True)
+        return
     stored = str(model_cfg.quantize).lower()
     if stored not in utils.SCHEMES:
         raise UserError(f"config.json: quantize {model_cfg.quantize!r} is not supported; qwen-chat loads w8a16 "
@@ -66,12 +70,8 @@ def prepare_quantized(model, scheme: str, model_cfg: ModelConfig) -> None:
     if model_cfg.quant_activation not in ("dynamic", "static"):
         raise UserError(f"config.json: quant_activation {model_cfg.quant_activation!r} must be dynamic or static")
     static = scheme == "w8a8" and model_cfg.quant_activation == "static"
-    device = None
     for _, layer in linear_targets(model, model_cfg.quant_skip):
-        device = layer.weight.device
-        params.install(layer, method_for(scheme, static), static_input=static)
-    if device is not None and device.type == "cuda":
-        torch.cuda.empty_cache()  # the float weights just dropped: free memory counts toward the KV cache
+        params.install(layer, method_for(scheme, static), static_input=static, device=device)
 
 
 @torch.no_grad()

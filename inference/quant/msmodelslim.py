@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from inference.checkpoint import default_loader
+from inference.checkpoint import default_loader, materialize
 from inference.errors import UserError
 from inference.layers.layernorm import RMSNorm
 from inference.layers.linear import LinearBase, RowParallelLinear
@@ -40,7 +40,7 @@ class BiasedRMSNorm(RMSNorm):
 
     def __init__(self, hidden: int, eps: float, dtype, device):
         super().__init__(hidden, eps)
-        self.weight.data = self.weight.data.to(device=device, dtype=dtype)
+        self.weight = torch.nn.Parameter(torch.ones(hidden, dtype=dtype, device=device), requires_grad=False)
         self.bias = torch.nn.Parameter(torch.zeros(hidden, dtype=dtype, device=device), requires_grad=False)
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,10 +174,14 @@ def _finalize(name: str, layer: LinearBase, kind: str, small: dict) -> None:
     layer.register_parameter("bias", None)  # folded into quant_bias
 
 
-def load_msmodelslim(model, model_dir: Path, files: dict[str, list[str]], desc: dict, progress=None) -> None:
-    """Configure `model` from the description, then load every tensor (this rank's slices)."""
+def load_msmodelslim(model, model_dir: Path, files: dict[str, list[str]], desc: dict, progress=None,
+                     device=None) -> None:
+    """Configure `model` from the description, then load every tensor (this rank's slices). `device`: the model
+    was built on the meta device; it is allocated there once configured (int8 layers in one byte)."""
     keys = {k for names in files.values() for k in names}
     quant = _configure(model, desc, keys)
+    if device is not None:
+        materialize(model, device)
     small: dict[str, dict] = {name: {} for name in quant}
     loaded: set[str] = set()
     total = len(files)

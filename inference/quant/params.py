@@ -19,6 +19,7 @@ from inference.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
+from inference.quant import utils
 
 
 def shape_of(src) -> tuple[int, ...]:
@@ -115,14 +116,40 @@ def _bind(fn, layer):
     return lambda param, src, name="", shard_id=None: fn(layer, param, src, name, shard_id)
 
 
-def install(layer: LinearBase, method, static_input: bool = False) -> None:
-    """Replace the float weight by empty int8 parameters with loaders; `method` computes the layer."""
-    dev = layer.weight.device
+def load_float_quantized(layer: LinearBase, param, src, name: str = "", shard_id=None) -> None:
+    """Quantize as read: a float checkpoint tensor (or one drawn at random) becomes this rank's int8 rows and
+    their scales, ROW_CHUNK rows at a time on the layer's device (the float weight never exists whole). Equal
+    to quantizing the loaded float weight: rows are scaled independently, and a row split over ranks
+    (row-parallel) takes its absmax over the whole row, read here on every rank."""
+    rows, shape = full_rows(layer, shard_id), shape_of(src)
+    if shape != (rows, layer.full_in):
+        raise UserError(f"tensor {name}: shape {list(shape)} does not fit the config (expected "
+                        f"{[rows, layer.full_in]}); config.json and the weights disagree, re-download the checkpoint")
+    (c0, c1), whole_row = col_range(layer), isinstance(layer, RowParallelLinear) and layer.tp_size > 1
+    dev, dtype = param.device, layer.float_dtype
+    for start, count, dst in row_parts(layer, shard_id):
+        for i in range(0, count, utils.ROW_CHUNK):
+            a, n = start + i, min(utils.ROW_CHUNK, count - i)
+            w = torch.as_tensor(src[a:a + n, :] if whole_row else src[a:a + n, c0:c1]).to(device=dev, dtype=dtype)
+            absmax = utils.weight_absmax(w) if whole_row else None
+            q, scale = utils.quantize_weight(w[:, c0:c1] if whole_row else w, absmax)
+            param.data[dst + i:dst + i + n].copy_(q)
+            layer.weight_scale.data[dst + i:dst + i + n].copy_(scale)
+            del w, q
+
+
+def install(layer: LinearBase, method, static_input: bool = False, device=None, float_source: bool = False) -> None:
+    """Replace the float weight by empty int8 parameters with loaders; `method` computes the layer. `device`:
+    where they live (default: the float weight's). `float_source`: the checkpoint holds the float weight, and
+    its loader quantizes it as read (the scales are derived from it, not read)."""
+    dev = layer.weight.device if device is None else device
     if not hasattr(layer, "float_dtype"):
         layer.float_dtype = layer.weight.dtype
     n, k = layer.out_features, layer.in_features
-    layer.weight = _param(torch.empty(n, k, dtype=torch.int8, device=dev), _bind(load_int8_weight, layer))
+    layer.weight = _param(torch.empty(n, k, dtype=torch.int8, device=dev),
+                          _bind(load_float_quantized if float_source else load_int8_weight, layer))
     layer.weight_scale = _param(torch.ones(n, dtype=torch.float32, device=dev), _bind(load_row_vector, layer))
+    layer.weight.float_source = layer.weight_scale.derived = float_source
     if static_input:
         layer.input_scale = _param(torch.zeros(1, dtype=torch.float32, device=dev), _bind(load_input_scale, layer))
     layer.quant_method = method
