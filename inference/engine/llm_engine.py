@@ -24,6 +24,7 @@ from inference.engine.model_runner import ModelRunner, StepPlan
 from inference.engine.outputs import RequestOutput, Usage
 from inference.engine.scheduler import Scheduler, is_decode
 from inference.engine.sequence import Sequence
+from inference.engine.warmup import warm_up_engine
 from inference.errors import PromptTooLong, UserError
 from inference.layers.sampler import Sampler, prompt_logprobs, sampled_logprobs
 from inference.model_path import demo_dir
@@ -64,6 +65,7 @@ class LLMEngine:
         num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes, peak))
         self.runner.allocate_kv_cache(num_blocks)
         self.runner.finish_setup(self.max_model_len)
+        warm_up_engine(self.runner, num_blocks, self.max_model_len, progress if self.rank == 0 else None)
         salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
         gc.freeze()  # the loaded model's objects are permanent: keep them out of collection pauses
         self.lookahead = Lookahead(self) if self.runner.graphs is not None else None
