@@ -31,7 +31,7 @@ FRESH = (300, 700, 1100)  # whole-model fresh prefills (shorter ones replay the 
 EXTEND = ((100, 400), (100, 1700), (200, 1200), (200, 3000), (300, 6000))  # (new tokens, context) steps
 ATTN_FRESH = (2, 16, 64, 100, 128, 200, 256, 300, 512, 700, 1000)
 ATTN_Q = (8, 32, 100, 128, 200, 256, 400, 700)
-ATTN_PAST = (64, 200, 512, 1024, 2000, 4096, 8192, 16384)  # cached tokens before the chunk
+ATTN_PAST = (64, 200, 512, 1024, 2000, 4096, 8192)  # cached tokens before the chunk (at most 8192: memory)
 MAX_CUDNN_BUCKETS = 32  # cuDNN plans up to 1024 + 31 * 256 = 8960 tokens (tens of ms each on an H100)
 
 
