@@ -178,6 +178,8 @@ def pass_reuse(a, kv_dir, rows, prompts=None):
         history.append(len(prompts[i]) + len(reply))
     label = f"{a.random_weights or Path(a.model).name} {str(engine.dtype).removeprefix('torch.')} on " + (
         torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu")
+    if engine.warmup_s is not None:
+        label += f" (engine warm-up at start {engine.warmup_s:.1f} s)"
     release(engine)  # drains the disk writer
     return prompts, history, label
 

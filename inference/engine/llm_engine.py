@@ -65,7 +65,7 @@ class LLMEngine:
         num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes, peak))
         self.runner.allocate_kv_cache(num_blocks)
         self.runner.finish_setup(self.max_model_len)
-        warm_up_engine(self.runner, num_blocks, self.max_model_len, progress if self.rank == 0 else None)
+        self.warmup_s = warm_up_engine(self.runner, num_blocks, self.max_model_len, progress)
         salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
         gc.freeze()  # the loaded model's objects are permanent: keep them out of collection pauses
         self.lookahead = Lookahead(self) if self.runner.graphs is not None else None

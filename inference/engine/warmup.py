@@ -36,10 +36,11 @@ MAX_CUDNN_BUCKETS = 32  # cuDNN plans up to 1024 + 31 * 256 = 8960 tokens (tens 
 
 
 def warm_up_engine(runner: ModelRunner, num_blocks: int, max_model_len: int, progress=None) -> float | None:
-    """The engine's call at the end of setup: the warm-up on CUDA unless QWEN_CHAT_WARMUP=0; its seconds."""
+    """The engine's call at the end of setup (every rank; progress shown by rank 0): the warm-up on CUDA unless
+    QWEN_CHAT_WARMUP=0; its seconds, or None."""
     if runner.device.type != "cuda" or not envs.WARMUP:
         return None
-    return warm_up(runner, num_blocks, max_model_len, progress)
+    return warm_up(runner, num_blocks, max_model_len, progress if runner.rank == 0 else None)
 
 
 def step_plans(runner: ModelRunner, limit: int, budget: int) -> list[StepPlan]:
