@@ -11,6 +11,8 @@ new user message. Three passes over the same prompts, each on a fresh engine:
            emptied and the disk keeps only the blocks of the earlier turns, so each turn is the first
            turn after a restart at that depth: history from disk, the new message computed
 TTFT is wall time from add_request to the step that returns the first token (synchronized).
+No warm-up turns: each pass measures what a user gets right after `serve` starts (the engine warms its
+CUDA kernels up at start: inference/engine/warmup.py; QWEN_CHAT_WARMUP=0 shows the turns without it).
 """
 
 from __future__ import annotations
@@ -141,16 +143,6 @@ def print_profile(prof) -> None:
         print(avg.table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50), file=sys.stderr)
 
 
-def warm_up(engine, a) -> None:
-    """Two short turns (prefill, prefill after a cached prefix, decode), then an empty memory cache."""
-    first = list(range(1000, 1000 + a.user_tokens))
-    reply, _, _ = turn(engine, first, a.reply_tokens)
-    turn(engine, first + reply + list(range(3000, 3000 + a.user_tokens)), 4)
-    engine.block_manager.drop_cached()
-    gc.collect()
-    gc.freeze()  # the engine's objects are long-lived: keep cyclic GC passes out of the timings
-
-
 def keep_only_history(engine, prompt: list[int], history_len: int) -> None:
     """Drop from the disk store the blocks of `prompt` past its first `history_len` tokens' computed
     blocks (a restart right before this turn would not have them)."""
@@ -173,7 +165,6 @@ def release(engine) -> None:
 def pass_reuse(a, kv_dir, rows, prompts=None):
     """Turn by turn with prefix caching (memory + disk); builds the prompts on the first call."""
     engine = make_engine(a, enable_prefix_caching=True, kv_disk_dir=None if a.no_kv_disk else kv_dir)
-    warm_up(engine, a)
     build = prompts is None
     tok, prompts, history, reply = engine.tokenizer, prompts or [], [0], []
     for i, row in enumerate(rows):
@@ -187,13 +178,14 @@ def pass_reuse(a, kv_dir, rows, prompts=None):
         history.append(len(prompts[i]) + len(reply))
     label = f"{a.random_weights or Path(a.model).name} {str(engine.dtype).removeprefix('torch.')} on " + (
         torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu")
+    if engine.warmup_s is not None:
+        label += f" (engine warm-up at start {engine.warmup_s:.1f} s)"
     release(engine)  # drains the disk writer
     return prompts, history, label
 
 
 def pass_no_reuse(a, rows, prompts) -> None:
     engine = make_engine(a, enable_prefix_caching=False, kv_disk_dir=None)
-    warm_up(engine, a)
     for row, prompt in zip(rows, prompts):
         row.setdefault("no_reuse_ms", []).append(turn(engine, prompt, 1)[1])
     release(engine)
@@ -201,7 +193,6 @@ def pass_no_reuse(a, rows, prompts) -> None:
 
 def pass_restart(a, kv_dir, rows, prompts, history) -> dict:
     engine = make_engine(a, enable_prefix_caching=True, kv_disk_dir=kv_dir)
-    warm_up(engine, a)
     for row, prompt, hist in zip(rows, prompts, history):
         engine.block_manager.drop_cached()  # nothing in memory: the history comes from disk
         keep_only_history(engine, prompt, hist)

@@ -26,6 +26,9 @@ NO_TRITON: bool = bool(os.environ.get("QWEN_CHAT_NO_TRITON"))
 # 0: small prefill steps run eagerly instead of replaying the decode graphs, one row per token.
 ROW_PREFILL: bool = os.environ.get("QWEN_CHAT_ROW_PREFILL") != "0"
 
+# 0: no kernel warm-up at engine start on CUDA (engine/warmup.py); the first turns then load kernels.
+WARMUP: bool = os.environ.get("QWEN_CHAT_WARMUP") != "0"
+
 # 0: the decode graphs get their inputs and give back their tokens by copies, instead of their first and
 # last kernels reading and writing pinned host memory directly (the fallback path, covered by the GPU tests).
 MAPPED_IO: bool = os.environ.get("QWEN_CHAT_MAPPED_IO", "1") != "0"

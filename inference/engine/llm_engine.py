@@ -49,6 +49,7 @@ class LLMEngine:
         self.worker = w = Worker(cfg, progress)  # model, KV cache and disk tier, as on every rank
         self.model_config, self.device, self.dtype, self.rank = w.model_config, w.device, w.dtype, w.rank
         self.runner, self.max_model_len, self.tokenizer = w.runner, w.max_model_len, w.tokenizer
+        self.warmup_s = w.warmup_s  # seconds of the kernel warm-up at start (CUDA), or None
         self.block_manager = BlockManager(w.num_blocks, cfg.block_size, w.salt, cfg.enable_prefix_caching)
         self.kv_disk = DiskTierScheduler(w.kv_disk, self.block_manager) if w.kv_disk is not None else None
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens,

@@ -23,6 +23,7 @@ from inference.engine.device import cpu_threads, resolve_device, resolve_dtype
 from inference.engine.kv_disk import DiskTier, open_tier
 from inference.engine.lookahead import run_ahead_step
 from inference.engine.model_runner import ModelRunner, StepPlan
+from inference.engine.warmup import warm_up_engine
 from inference.errors import UserError
 from inference.model_path import demo_dir
 from inference.tokenizer import QwenTokenizer
@@ -64,6 +65,7 @@ class Worker:
         self.num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes, peak))
         self.runner.allocate_kv_cache(self.num_blocks)
         self.runner.finish_setup(self.max_model_len)
+        self.warmup_s = warm_up_engine(self.runner, self.num_blocks, self.max_model_len, progress)
         # what a KV block's hash depends on besides its tokens (prefix cache, disk tier)
         self.salt = fingerprint(model_dir) + f"|{self.dtype}|tp{cfg.tp}|{cfg.quant or m.quantize}|".encode()
         gc.freeze()  # the loaded model's objects are permanent: keep them out of collection pauses

@@ -49,10 +49,12 @@ def store_kv(k_cache, v_cache, k, v, slot_mapping):
 
 
 def gather_context(cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> torch.Tensor:
-    """[ctx_len, H, D] of one sequence from its blocks."""
+    """[ctx_len, H, D] of one sequence from its blocks: one copy (index_select's result is contiguous, so the
+    block and slot dims merge as a view; indexing the head-major cache with [] kept its layout and the merge
+    copied everything a second time)."""
     bs = cache.shape[1]
     nb = -(-ctx_len // bs)
-    return cache[block_table[:nb].long()].reshape(-1, *cache.shape[2:])[:ctx_len]
+    return cache.index_select(0, block_table[:nb]).reshape(-1, *cache.shape[2:])[:ctx_len]
 
 
 def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale):
@@ -86,6 +88,8 @@ def causal_cudnn(q, k, v, scale):
     pad = -n % CUDNN_BUCKET
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+    else:  # the padded layout (contiguous): a plan built for the bucket (engine warm-up) serves this too
+        q, k, v = (t.contiguous() for t in (q, k, v))
     qt, kt, vt = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, *SDPA_BACKENDS]):
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
