@@ -49,7 +49,7 @@ def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_wn, HAS_BI
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
-    up_off = N.to(tl.int64) * stride_wn
+    up_off = N * stride_wn
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -96,7 +96,10 @@ def w8a8_gemv_kernel(x_ptr, w_ptr, cs_ptr, rs_ptr, o_ptr, qb_ptr, b_ptr, y_ptr, 
         s = tl.where(a > 0, tl.div_rn(a, 127.0), 1.0)
         if tl.program_id(0) == 0:
             tl.store(rs_ptr, s)
-    lo = -128.0 if HAS_OFFSET else -127.0
+    if HAS_OFFSET:  # asymmetric: the full int8 range
+        lo = -128.0
+    else:
+        lo = -127.0
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
@@ -147,7 +150,7 @@ def w8a16_skinny_kernel(x_ptr, w_ptr, x_desc, w_desc, s_ptr, b_ptr, y_ptr, M, N,
     rows_w = (offs_n % N).to(tl.int64)
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (t0 * BLOCK_K + offs_k)[None, :]
     x_ptrs = x_ptr + (offs_m % M).to(tl.int64)[None, :] * stride_xm + (t0 * BLOCK_K + offs_k)[:, None]
-    up_off = N.to(tl.int64) * stride_wn
+    up_off = N * stride_wn
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(t0, t1):

@@ -89,6 +89,7 @@ def w8a16_decode(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias=Non
     [gate; up] (2n rows) and the result silu(gate) * up, [m, n]."""
     if gated and bias is not None:
         raise ValueError("w8a16_decode: a gated weight takes no bias")
+    x = x.contiguous()
     m, k = x.shape
     n = w.shape[0] // 2 if gated else w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -122,6 +123,7 @@ def w8a8_gemv(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor, scale=N
               bias=None, config=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One fp16/bf16 token x [1, k]: quantized inside the kernel (per token, or by the given `scale` [1] and
     `offset`), int8 x int8 against w [n, k], dequantized: ([1, n] in x.dtype, the token's float32 scale [1])."""
+    x = x.contiguous()
     _, k = x.shape
     n = w.shape[0]
     bn, bk, warps, stages = config or gemv_config("w8a8")
