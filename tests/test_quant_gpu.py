@@ -157,6 +157,10 @@ def test_quantized_layers_on_cuda_match_cpu_and_capture_in_a_graph(scheme, dtype
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(out, y)
+            if isinstance(b, MergedColumnParallelLinear) and hasattr(b.quant_method, "apply_gated"):
+                act = b.quant_method.apply_gated(b, xin.cuda())  # [gate; up] -> silu(gate) * up, one kernel
+                half = ref.shape[1] // 2
+                assert rel_err(act, torch.nn.functional.silu(ref[:, :half]) * ref[:, half:]) < 3 * TOL[dtype]
 
 
 @pytest.mark.parametrize("scheme", ["w8a16", "w8a8"])

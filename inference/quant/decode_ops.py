@@ -7,8 +7,8 @@ Fixed tiles, no autotuning: a shape compiles once and CUDA-graph capture never b
   layer has 1024 programs (8 a multiprocessor on an H100). The W8A8 GEMV takes 16 rows: every program
   quantizes the whole token itself, and more rows a program share that work.
 - Skinny GEMMs: 64 weight rows by the 16-64 tokens by 128 (W8A16, converted to fp16 in registers, which
-  bounds the tile) or 256 (W8A8, int8 tensor cores) along K; K is split until the GPU has at least two
-  programs a multiprocessor. The partials are summed in a fixed order (W8A8: int32, exact).
+  bounds the tile) or 256 (W8A8, int8 tensor cores) along K; K is split (2 or 4 ways) towards two programs
+  a multiprocessor. The partials are summed in a fixed order (W8A8: int32, exact).
 `config` arguments override the table (the GPU tests run every branch; `.carry` benchmarks compare tiles).
 """
 
@@ -57,9 +57,10 @@ def skinny_config(scheme: str, m: int, n: int, k: int, device: torch.device, gat
 
 
 def split_for(m: int, n: int, k: int, bn: int, bm: int, bk: int, device: torch.device) -> int:
-    """Split K until there are two programs a multiprocessor, keeping at least 4 K tiles a split."""
+    """Split K until there are two programs a multiprocessor (each keeps 32-64 KB of tiles in flight), at most
+    4 ways (the float32 partials grow with the split) and at least 4 K tiles a split."""
     tiles, sms, split = triton.cdiv(n, bn) * triton.cdiv(m, bm), _num_sms(device.index or 0), 1
-    while tiles * split < 2 * sms and split < 8 and triton.cdiv(k, bk) >= 8 * split:
+    while tiles * split < 2 * sms and split < 4 and triton.cdiv(k, bk) >= 8 * split:
         split *= 2
     return split
 
