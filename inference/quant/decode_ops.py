@@ -4,9 +4,9 @@ tensor-core GEMM (TMA on Hopper, split K where the output has too few tiles).
 Fixed tiles, no autotuning: a shape compiles once and CUDA-graph capture never benchmarks. Why these:
 - GEMVs move about 4 KB of weight a program an iteration (the fp16 GEMV's 2 rows x 1024-2048 halves), so
   each multiprocessor keeps enough bytes in flight; the W8A16 GEMV takes 4 rows so that even a 4096-row
-  layer has 1024 programs (8 a multiprocessor on an H100: 56 registers a thread for sm_90). The W8A8 GEMV
-  takes 8 rows: every program quantizes the token itself (one IEEE division per element, shared by its
-  rows), and 16 rows need 8 warps at 136 registers, one program a multiprocessor, too few bytes in flight.
+  layer has 1024 programs (76 registers a thread for sm_90: six resident a multiprocessor). The W8A8 GEMV
+  takes 8 rows with 4 warps (63 registers): every program quantizes the token itself (one IEEE division an
+  element, shared by its rows), and 8 rows still give a 4096-row layer 512 programs.
 - Skinny GEMMs: 64 weight rows by the 16-64 tokens by 128 (W8A16, converted to fp16 in registers, which
   bounds the tile) or 256 (W8A8, int8 tensor cores) along K; K is split (2 or 4 ways) towards two programs
   a multiprocessor. The partials are summed in a fixed order (W8A8: int32, exact).
