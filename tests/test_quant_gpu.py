@@ -84,6 +84,35 @@ def test_int8_gemm_matches_reference(m, n, k, dtype):
         assert y.dtype == dtype and rel_err(y, ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 2, 16, 33, 64])
+@pytest.mark.parametrize("tma", [False, None])  # None: the TMA tiles where the GPU has them (k = 1100 has not)
+@pytest.mark.parametrize("n, k", [(4096, 4096), (11008, 4096), (200, 1100)])
+def test_decode_kernels_gated_and_w8a8_gemv(m, n, k, tma, dtype):
+    """decode_ops: the gated W8A16 form (silu(gate) * up of [gate; up]) and the W8A8 one-token GEMV that
+    quantizes the token itself (its scale bit for bit; given and static scales with an offset)."""
+    from inference.quant import decode_ops
+
+    x, q, s, _ = rand_case(m, 2 * n, k, dtype, seed=m + n + k)
+    ref = w8a16_reference(x, q, s).float()
+    ref = torch.nn.functional.silu(ref[:, :n]) * ref[:, n:]
+    y = decode_ops.w8a16_decode(x.cuda(), q.cuda(), s.cuda(), gated=True, tma=tma)
+    assert y.shape == (m, n) and rel_err(y, ref) < TOL[dtype]
+    if m > 1:
+        return
+    b = (torch.randn(n) * 0.1).to(dtype)
+    qb = torch.randint(-5000, 5000, (n,), dtype=torch.int32)
+    for scale, off in ((None, None), (torch.tensor([0.03]), None), (torch.tensor([0.03]), torch.tensor([2.0]))):
+        if scale is None:
+            xq, rs = utils.quantize_per_token(x)
+        else:
+            xq, rs = utils.quantize_static(x, scale, off), scale
+        ref = w8a8_reference(xq, q[:n], rs, s[:n], qb, b, dtype)
+        y, ys = decode_ops.w8a8_gemv(x.cuda(), q[:n].cuda(), s[:n].cuda(), None if scale is None else scale.cuda(),
+                                     None if off is None else off.cuda(), qb.cuda(), b.cuda())
+        assert torch.equal(ys.cpu(), rs.float().reshape(1)) and rel_err(y, ref) < TOL[dtype]
+
+
 def make_layers(device, dtype, values_dtype):
     """The four linears of a block; weights rounded to `values_dtype` so CPU float32 and GPU copies agree."""
     prev = torch.get_default_dtype()
@@ -128,6 +157,10 @@ def test_quantized_layers_on_cuda_match_cpu_and_capture_in_a_graph(scheme, dtype
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(out, y)
+            if isinstance(b, MergedColumnParallelLinear) and hasattr(b.quant_method, "apply_gated"):
+                act = b.quant_method.apply_gated(b, xin.cuda())  # [gate; up] -> silu(gate) * up, one kernel
+                half = ref.shape[1] // 2
+                assert rel_err(act, torch.nn.functional.silu(ref[:, :half]) * ref[:, half:]) < 3 * TOL[dtype]
 
 
 @pytest.mark.parametrize("scheme", ["w8a16", "w8a8"])
