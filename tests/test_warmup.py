@@ -54,7 +54,7 @@ def test_warm_up_covers_fresh_and_prefix_steps_within_the_cache(tiny_model):
     e = engine(tiny_model)
     limit = min(e.max_model_len - 1, e.block_manager.num_blocks * e.runner.block_size)
     plans = warmup.step_plans(e.runner, limit, e.cfg.max_num_batched_tokens)
-    assert any(p.prefix_free[0] for p in plans) and any(not p.prefix_free[0] for p in plans)
+    assert any(p.no_cached_prefix[0] for p in plans) and any(not p.no_cached_prefix[0] for p in plans)
     for p in plans:
         assert p.ctx_lens[0] <= limit and p.positions[-1] == p.ctx_lens[0] - 1
         assert max(p.block_tables[0]) < e.block_manager.num_blocks
