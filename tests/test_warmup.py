@@ -3,6 +3,8 @@ and no result. Run here on the CPU by calling it directly (the engine skips it o
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from inference import envs
@@ -58,8 +60,16 @@ def test_warm_up_covers_fresh_and_prefix_steps_within_the_cache(tiny_model):
     for p in plans:
         assert p.ctx_lens[0] <= limit and p.positions[-1] == p.ctx_lens[0] - 1
         assert max(p.block_tables[0]) < e.block_manager.num_blocks
-    shapes = warmup.attention_shapes(limit, e.cfg.max_num_batched_tokens, cudnn=True)
-    assert any(n < ctx for n, ctx in shapes) and all(ctx <= limit for _, ctx in shapes)
+        assert max(p.token_ids) < e.model_config.vocab_size
+
+
+def test_warm_up_token_ids_fit_a_small_vocabulary(tiny_model):
+    """A model whose vocabulary is smaller than the ids a warm-up step would otherwise pick: every id is a
+    row of its embedding (on CUDA an id past it is a device-side assert at engine start)."""
+    e = engine(tiny_model)
+    e.runner.model_cfg = dataclasses.replace(e.runner.model_cfg, vocab_size=1000)  # what the plans read
+    plans = warmup.step_plans(e.runner, 4000, 4096)
+    assert plans and all(max(p.token_ids) < 1000 for p in plans)
 
 
 def test_engine_skips_the_warm_up_off_cuda_and_when_turned_off(tiny_model, monkeypatch):

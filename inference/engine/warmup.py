@@ -45,14 +45,14 @@ def warm_up_engine(runner: ModelRunner, num_blocks: int, max_model_len: int, pro
 
 def step_plans(runner: ModelRunner, limit: int, budget: int) -> list[StepPlan]:
     """Whole-model steps within `limit` context tokens and `budget` tokens a step, on blocks 0, 1, ..."""
-    bs, plans = runner.block_size, []
+    bs, plans, vocab = runner.block_size, [], runner.model_cfg.vocab_size
     shapes = [(n, n) for n in FRESH] + list(EXTEND)
     for q, ctx in shapes:
         if ctx > limit or q > budget:
             continue
         start = ctx - q
         table = list(range(-(-ctx // bs)))
-        plans.append(StepPlan([(7 * i) % 50000 for i in range(q)], list(range(start, ctx)), [q], [ctx], [table],
+        plans.append(StepPlan([(7 * i) % vocab for i in range(q)], list(range(start, ctx)), [q], [ctx], [table],
                               [1.0], 0, [start == 0], [q - 1]))
     return plans
 
