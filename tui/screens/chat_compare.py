@@ -73,7 +73,7 @@ class CompareMixin:
         bar.display = self.comparison is not None
         if self.comparison is not None:
             bar.update(f"Compare · A: {self.main_label()} · {self.comparison.status_text()} · "
-                       "F4 / F5 keep left / right · F3 change or stop")
+                       "F4/F5 keep left/right · F3 change/stop")
 
     def on_comparison_changed(self, _: ComparisonChanged) -> None:
         self.update_compare_bar()

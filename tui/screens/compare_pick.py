@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label
+from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from tui.engine_link import EngineOptions
 from tui.widgets.ordered_keys import OrderedInput
@@ -17,13 +17,15 @@ from tui.widgets.ordered_keys import OrderedInput
 CHOICES = {"quant": ("none", "w8a16", "w8a8"), "dtype": ("auto", "float32", "float16", "bfloat16"),
            "device": ("auto", "cpu", "cuda", "npu")}
 FIELDS = [  # (key, label)
-    ("model", "Model (directory or alias)"),
-    ("quant", "Quantization: none, w8a16, w8a8"),
-    ("dtype", "Dtype: auto, float32, float16, bfloat16"),
-    ("device", "Device: auto, cpu, cuda, npu"),
+    ("model", "Model (path or alias)"),
+    ("quant", "Quantization"),
+    ("dtype", "Dtype"),
+    ("device", "Device"),
     ("tp", "Tensor parallel (GPUs)"),
-    ("socket", "Or: socket of a running engine"),
+    ("socket", "Or a running engine's socket"),
 ]
+HINT = ("quantization: none, w8a16, w8a8 · dtype: auto, float32, float16, bfloat16 · device: auto, cpu, cuda, "
+        "npu. B starts in the background like the main engine; a socket attaches to one already running.")
 
 
 @dataclass
@@ -85,6 +87,7 @@ class ComparePickScreen(ModalScreen[CompareChoice | str | None]):
                         yield Label(label, classes="setting-label")
                         yield OrderedInput(start[key], id=f"cmp-{key}", classes="setting-input", compact=True,
                                            submit=lambda _: self.action_compare())
+                yield Static(HINT, classes="dialog-hint", markup=False)
                 yield Checkbox("Greedy on both (temperature 0): replies comparable token by token", True,
                                id="cmp-greedy")
             yield Label("", id="settings-error")

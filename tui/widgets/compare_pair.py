@@ -59,7 +59,8 @@ class ReplyColumn(Vertical, can_focus=True):
 
     def _header(self) -> str:
         keep = "✓ kept" if self.kept else f"F{4 if self.side == 'left' else 5} / k keeps"
-        return f"{self.engine}  {STATUS_LABELS.get(self.status, self.status)}  · {keep}".replace("  ·", " ·")
+        state = STATUS_LABELS.get(self.status, self.status)
+        return " · ".join(p for p in (self.engine, state, keep) if p)
 
     def _body(self) -> Text:
         if self.mark_at is None:
@@ -123,7 +124,7 @@ class ComparePair(Vertical):
         with Horizontal(classes="compare-columns"):
             yield self.left
             yield self.right
-        yield Label(self.summary, classes="pair-diff", markup=False)
+        yield Static(self.summary, classes="pair-diff", markup=False)
 
     def column(self, side: str) -> ReplyColumn:
         """`side`: "a" (the main engine) / "b", or "left" / "right"."""
@@ -147,4 +148,4 @@ class ComparePair(Vertical):
             col.refresh_view()
             tails.append(col.content[at:] if at is not None else None)
         text = diff_line(first_diff, agreement, n_left or 0, n_right or 0, *tails)
-        self.query_one(".pair-diff", Label).update(text)
+        self.query_one(".pair-diff", Static).update(text)
