@@ -19,6 +19,7 @@ from tests.support.app import SIZE, chat, make_app, settings_of, type_and_send, 
 from tui.screens.compare_pick import ComparePickScreen
 from tui.widgets.compare_pair import MARK, ComparePair, ReplyColumn
 from tui.widgets.message_view import MessageView
+from tui.widgets.prompt_input import PromptInput
 
 pytestmark = pytest.mark.timeout(240)
 TOKENS = 40
@@ -146,10 +147,11 @@ def test_a_against_w8a16_marks_the_first_difference_and_keeping_b_continues_from
     assert len(doc["messages"][3]["alternatives"]) == 1
 
 
-def test_a_against_itself_agrees_fully(tui_server, tmp_path):
+def test_a_against_itself_agrees_fully_and_k_or_regenerate_work_on_the_pair(tui_server, tmp_path):
     db = tmp_path / "s.db"
     app = make_app(db, tui_server.sock, new=True)
-    settings_of(db, app.current_session_id, max_new_tokens=16)
+    sid = app.current_session_id
+    settings_of(db, sid, max_new_tokens=16)
 
     async def main():
         async with app.run_test(size=SIZE) as pilot:
@@ -162,6 +164,50 @@ def test_a_against_itself_agrees_fully(tui_server, tmp_path):
             assert pair.left.content == pair.right.content and pair.left.content
             assert "identical replies" in str(pair.query_one(".pair-diff").render())
             assert "16 tokens" in str(pair.right.query_one(".message-footer").render())
+            pair.right.focus()
+            await pilot.press("k")  # the key on a column
+            await wait_for(pilot, lambda: pair.right.kept and not pair.left.kept, what="the right reply kept")
+            with SessionStore(db) as store:
+                [alt] = store.alternatives(sid)[store.messages(sid)[-1].id]
+            assert alt.engine.startswith("A: ") and alt.chosen_engine.startswith("B: ")
+            chat(app).query_one(PromptInput).focus()
+            await pilot.press("ctrl+r")  # regenerate: a new pair replaces the last one
+            await wait_for(pilot, lambda: len(chat(app).side_done) < 2, what="the new pair to start")
+            await wait_for(pilot, lambda: pair_done(app, 1), timeout=90, what="the regenerated pair")
+            assert pairs(app)[0] is not pair and pairs(app)[0].agreement == 1.0
+        with SessionStore(db) as store:
+            msgs = store.messages(sid)
+            assert [m.role for m in msgs] == ["user", "assistant"]
+            assert list(store.alternatives(sid)) == [msgs[1].id]
+
+    asyncio.run(main())
+
+
+def test_engine_b_that_cannot_start_shows_its_error_and_a_still_answers(tui_server, tmp_path):
+    db = tmp_path / "s.db"
+    app = make_app(db, tui_server.sock, new=True)
+    sid = app.current_session_id
+    settings_of(db, sid, max_new_tokens=8)
+    nowhere = tmp_path / "nothing.sock"
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_ready(pilot, app)
+            await pilot.press("f3")
+            await wait_for(pilot, lambda: isinstance(app.screen, ComparePickScreen), what="the compare dialog")
+            app.screen.query_one("#cmp-socket").value = str(nowhere)
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: chat(app).comparison and chat(app).comparison.state == "failed",
+                           what="B failed")
+            assert "no engine listens" in str(chat(app).query_one("#compare-bar").render())
+            await type_and_send(pilot, "Hello")
+            await wait_for(pilot, lambda: pair_done(app, 1), timeout=60, what="the pair")
+            pair = pairs(app)[0]
+            assert pair.left.status == "complete" and pair.left.content
+            assert pair.right.status == "error"
+            footer = str(pair.right.query_one(".message-footer").render())
+            assert footer.startswith("error: engine B is not running") and "no engine listens" in footer
+            assert "not compared" in str(pair.query_one(".pair-diff").render())
 
     asyncio.run(main())
 
@@ -194,5 +240,37 @@ def test_engine_b_stopped_mid_reply_leaves_a_streaming(tui_server, tiny_model, r
             reply = store.messages(sid)[-1]
             [alt] = store.alternatives(sid)[reply.id]
             assert reply.status == "interrupted" and alt.status == "error" and alt.stats["error"] in footer
+
+    asyncio.run(main())
+
+
+def test_engine_a_stopped_mid_reply_leaves_b_streaming(engine_b, tiny_model, runtime, tmp_path):
+    _, sock_b = engine_b
+    db = tmp_path / "s.db"
+    app = make_app(db, model=str(tiny_model), new=True)  # A: started by the app in the test's runtime folder
+    sid = app.current_session_id
+    settings_of(db, sid, max_new_tokens=400)
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_ready(pilot, app, timeout=120)
+            await open_compare(pilot, app, socket=str(sock_b))
+            await type_and_send(pilot, "Tell me a long story")
+            await wait_for(pilot, lambda: pairs(app) and len(pairs(app)[0].left.content) > 5, timeout=60,
+                           what="A's first tokens")
+            stopping = asyncio.create_task(asyncio.to_thread(launcher.stop_server, Path(app.link.socket_path), 20))
+            pair = pairs(app)[0]
+            await wait_for(pilot, lambda: pair.left.status == "error", timeout=30, what="A's error")
+            assert pair.right.status == "streaming"  # B goes on
+            await stopping
+            await wait_for(pilot, lambda: app.engine_state == "down", what="A marked down")
+            assert str(pair.left.query_one(".message-footer").render()).startswith("error: ")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not chat(app).streaming, what="the stop")
+            assert pair.right.status in ("interrupted", "complete") and len(pair.right.content) > 5
+        with SessionStore(db) as store:
+            reply = store.messages(sid)[-1]
+            [alt] = store.alternatives(sid)[reply.id]
+            assert reply.status == "error" and alt.content == pair.right.content
 
     asyncio.run(main())
