@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sessions.records import SessionError
 from sessions.store import SessionStore, default_db_path
+from sessions.transfer import pair_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,18 +84,28 @@ def _show(store: SessionStore, args) -> int:
     offset, page = 0, 200
     while True:
         batch = store.messages(s.id, offset=offset, limit=page)
+        alts = store.alternatives(s.id, first_idx=offset) if batch else {}
         for m in batch:
-            flag = "" if m.status == "complete" else f" ({m.status})"
-            stats, st = "", m.stats
-            if st.get("decode_tok_s") is not None:
-                stats = f"  [{st.get('completion_tokens', '?')} tokens, {st['decode_tok_s']:.1f} tok/s]"
-            print(f"\n[{m.idx}] {m.role}{flag}{stats}\n{m.content}")
-            if st.get("error"):
-                print(f"(error: {st['error']})")
+            pair = alts.get(m.id) or []
+            kept = f"  kept: {pair[0].chosen_engine}" if pair and pair[0].chosen_engine else ""
+            _print_reply(f"[{m.idx}] {m.role}", m.status, m.stats, m.content, kept)
+            for a in pair:
+                _print_reply(f"[{m.idx}] alternative", a.status, a.stats, a.content,
+                             f"  {a.engine}; {pair_line(a)}")
         if len(batch) < page:
             break
         offset += page
     return 0
+
+
+def _print_reply(head: str, status: str, st: dict, content: str, note: str = "") -> None:
+    flag = "" if status == "complete" else f" ({status})"
+    stats = ""
+    if st.get("decode_tok_s") is not None:
+        stats = f"  [{st.get('completion_tokens', '?')} tokens, {st['decode_tok_s']:.1f} tok/s]"
+    print(f"\n{head}{flag}{stats}{note}\n{content}")
+    if st.get("error"):
+        print(f"(error: {st['error']})")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -49,7 +49,32 @@ MIGRATION_1 = (
 )
 # token_ids: packed little-endian int32. writer: "host:pid" of the process streaming the reply.
 
-MIGRATIONS: list[tuple[str, ...]] = [MIGRATION_1]
+MIGRATION_2 = (
+    """
+    CREATE TABLE alternatives (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        engine TEXT NOT NULL DEFAULT '',
+        chosen_engine TEXT NOT NULL DEFAULT '',
+        content TEXT NOT NULL DEFAULT '',
+        token_ids BLOB NOT NULL DEFAULT x'',
+        status TEXT NOT NULL DEFAULT 'complete'
+            CHECK (status IN ('complete', 'streaming', 'interrupted', 'error')),
+        stats TEXT NOT NULL DEFAULT '{}',
+        first_diff INTEGER,
+        agreement REAL,
+        writer TEXT,
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX alternatives_by_message ON alternatives(message_id)",
+    "CREATE INDEX alternatives_streaming ON alternatives(status) WHERE status = 'streaming'",
+)
+# alternatives: another engine's reply to the same prompt, kept beside messages(message_id), the reply the
+# chat goes on from (compare view). engine / chosen_engine: what wrote this reply / the kept one;
+# first_diff (NULL: identical) and agreement compare the two replies' token ids.
+
+MIGRATIONS: list[tuple[str, ...]] = [MIGRATION_1, MIGRATION_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sessions import schema, transfer
+from sessions.alternatives import AlternativesMixin
 from sessions.records import (
     DEFAULT_SYSTEM_PROMPT,
     DEFAULT_TITLE,
@@ -42,7 +43,7 @@ _SESSION_COLS = "id, title, model, system_prompt, settings, created_at, updated_
 _MESSAGE_COLS = "id, session_id, idx, role, content, token_ids, status, stats, created_at"
 
 
-class SessionStore:
+class SessionStore(AlternativesMixin):
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path).expanduser() if path is not None else default_db_path()
         self._lock = threading.RLock()
@@ -84,14 +85,15 @@ class SessionStore:
         self.close()
 
     def recover(self) -> int:
-        """Mark streaming replies whose process is gone as interrupted; returns how many."""
+        """Mark streaming replies (and alternatives) whose process is gone as interrupted; returns how many."""
+        n = self._recover_alternatives()
         rows = self._read("SELECT id, writer FROM messages WHERE status = 'streaming'")
         dead = [(mid,) for mid, writer in rows if not writer_alive(writer)]
         if dead:
             with self._tx() as c:
                 c.executemany("UPDATE messages SET status = 'interrupted', writer = NULL "
                               "WHERE id = ? AND status = 'streaming'", dead)
-        return len(dead)
+        return len(dead) + n
 
     def _insert_session(self, c, sid, title, model, system_prompt, settings: dict, created_at=None,
                         updated_at=None, parent_id=None, forked_at=None) -> str:
@@ -287,13 +289,15 @@ class SessionStore:
                 f"INSERT INTO messages ({_MESSAGE_COLS}) SELECT NULL, ?, idx, role, content, token_ids, "
                 "CASE status WHEN 'streaming' THEN 'interrupted' ELSE status END, stats, created_at "
                 "FROM messages WHERE session_id = ? AND idx <= ? ORDER BY idx", (sid, session_id, at))
+            self._copy_alternatives(c, session_id, sid, at)
         return self.get_session(sid)
 
     def export(self, session_id: str, fmt: str = "json") -> str:
         if fmt not in ("json", "md"):
             raise SessionError(f"unknown export format {fmt!r}: use md or json")
-        session, msgs = self.get_session(session_id), self.messages(session_id)
-        return transfer.to_json(session, msgs) if fmt == "json" else transfer.to_markdown(session, msgs)
+        session, msgs, alts = self.get_session(session_id), self.messages(session_id), self.alternatives(session_id)
+        return (transfer.to_json(session, msgs, alts) if fmt == "json"
+                else transfer.to_markdown(session, msgs, alts))
 
     def import_json(self, text: str) -> Session:
         """Add the session of a JSON export (keeping its id unless taken) in one transaction."""
@@ -303,8 +307,10 @@ class SessionStore:
             sid = self._insert_session(c, s["id"], s["title"], s["model"], s["system_prompt"], s["settings"],
                                        s["created_at"])
             for m in data["messages"]:
-                self._append(c, sid, m["role"], m["content"], m["token_ids"], m["status"], m["stats"],
-                             created_at=m["created_at"])
+                mid = self._append(c, sid, m["role"], m["content"], m["token_ids"], m["status"], m["stats"],
+                                   created_at=m["created_at"])
+                for a in m["alternatives"]:
+                    self._insert_alternative(c, mid, **a)
             updated = s["updated_at"] or time.time()
             c.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (updated, sid))
         return self.get_session(sid)

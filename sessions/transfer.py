@@ -17,14 +17,29 @@ from sessions.records import (
 )
 
 FORMAT = "qwen-chat-session"
-VERSION = 1
+VERSION = 2  # 2: replies may carry "alternatives" (the compare view's other engine)
 
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def to_json(session: Session, messages: list[Message]) -> str:
+def _alt_json(a) -> dict:
+    return {"engine": a.engine, "chosen_engine": a.chosen_engine, "content": a.content, "token_ids": a.token_ids,
+            "status": a.status, "stats": a.stats, "first_diff": a.first_diff, "agreement": a.agreement,
+            "created_at": a.created_at}
+
+
+def _message_json(m: Message, alts: dict) -> dict:
+    out = {"idx": m.idx, "role": m.role, "content": m.content, "token_ids": m.token_ids, "status": m.status,
+           "stats": m.stats, "created_at": m.created_at}
+    if alts.get(m.id):
+        out["alternatives"] = [_alt_json(a) for a in alts[m.id]]
+    return out
+
+
+def to_json(session: Session, messages: list[Message], alternatives: dict | None = None) -> str:
+    """`alternatives`: {message id: [Alternative]} (`SessionStore.alternatives`)."""
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -34,16 +49,29 @@ def to_json(session: Session, messages: list[Message]) -> str:
             "created_at": session.created_at, "updated_at": session.updated_at,
             "parent_id": session.parent_id, "forked_at": session.forked_at,
         },
-        "messages": [
-            {"idx": m.idx, "role": m.role, "content": m.content, "token_ids": m.token_ids, "status": m.status,
-             "stats": m.stats, "created_at": m.created_at}
-            for m in messages
-        ],
+        "messages": [_message_json(m, alternatives or {}) for m in messages],
     }
     return json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
 
 
-def to_markdown(session: Session, messages: list[Message]) -> str:
+def _notes(status: str, stats: dict) -> list[str]:
+    notes, numbers = [], {k: v for k, v in stats.items() if k != "error"}
+    if status != "complete":
+        notes.append(f"{status}: {stats['error']}" if stats.get("error") else status)
+    if numbers:
+        notes.append(", ".join(f"{k} {_fmt(v)}" for k, v in numbers.items()))
+    return [f"_({'; '.join(notes)})_", ""] if notes else []
+
+
+def pair_line(a) -> str:
+    """`first difference at token 7, agreement 0.42` for an alternative (what the compare view showed)."""
+    if a.agreement is None:
+        return "not compared (a reply failed)"
+    diff = "identical" if a.first_diff is None else f"first difference at token {a.first_diff}"
+    return f"{diff}, agreement {a.agreement:.3f}"
+
+
+def to_markdown(session: Session, messages: list[Message], alternatives: dict | None = None) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in session.settings.items())
     out = [f"# {session.title}", "",
            f"- session: `{session.id}`",
@@ -56,14 +84,14 @@ def to_markdown(session: Session, messages: list[Message]) -> str:
     if session.system_prompt:
         out += ["## System", "", session.system_prompt, ""]
     for m in messages:
-        out += [f"## {m.role.capitalize()} ({m.idx})", "", m.content or "_(empty)_", ""]
-        notes, stats = [], {k: v for k, v in m.stats.items() if k != "error"}
-        if m.status != "complete":
-            notes.append(f"{m.status}: {m.stats['error']}" if m.stats.get("error") else m.status)
-        if stats:
-            notes.append(", ".join(f"{k} {_fmt(v)}" for k, v in stats.items()))
-        if notes:
-            out += [f"_({'; '.join(notes)})_", ""]
+        alts = (alternatives or {}).get(m.id) or []
+        kept = f" · kept, {alts[0].chosen_engine}" if alts and alts[0].chosen_engine else ""
+        out += [f"## {m.role.capitalize()} ({m.idx}){kept}", "", m.content or "_(empty)_", ""]
+        out += _notes(m.status, m.stats)
+        for a in alts:
+            out += [f"### Alternative ({m.idx}) · {a.engine or 'another engine'}", "", f"_{pair_line(a)}_", "",
+                    a.content or "_(empty)_", ""]
+            out += _notes(a.status, a.stats)
     return "\n".join(out)
 
 
@@ -134,10 +162,39 @@ def parse_json(text: str) -> dict:
             stats = check_stats(_field(m, "stats", dict, where, {}))
         except SessionError as e:
             raise SessionError(f"import: {where}: {e}") from e
+        alts = _field(m, "alternatives", list, where, [])
+        if alts and role != "assistant":
+            raise SessionError(f"import: {where}: only replies (role assistant) have alternatives")
         messages.append({
+            "alternatives": [_parse_alt(a, f"{where}.alternatives[{j}]") for j, a in enumerate(alts)],
             "role": role, "content": _field(m, "content", str, where, ""), "token_ids": ids,
             # a reply that was streaming when exported can never finish now
             "status": "interrupted" if status == "streaming" else status,
             "stats": stats, "created_at": _field(m, "created_at", float, where),
         })
     return {"session": session, "messages": messages}
+
+
+def _parse_alt(a, where: str) -> dict:
+    if not isinstance(a, dict):
+        raise SessionError(f"import: {where} must be an object")
+    status = _field(a, "status", str, where, "complete")
+    if status not in STATUSES:
+        raise SessionError(f"import: {where}.status {status!r} is not one of {', '.join(STATUSES)}")
+    ids = _field(a, "token_ids", list, where, [])
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in ids):
+        raise SessionError(f"import: {where}.token_ids must be a list of non-negative integers")
+    first_diff, agreement = a.get("first_diff"), a.get("agreement")
+    if first_diff is not None and (not isinstance(first_diff, int) or isinstance(first_diff, bool) or first_diff < 0):
+        raise SessionError(f"import: {where}.first_diff must be a non-negative integer or null")
+    if agreement is not None and (not isinstance(agreement, (int, float)) or isinstance(agreement, bool)
+                                  or not 0 <= agreement <= 1):
+        raise SessionError(f"import: {where}.agreement must be a number in [0, 1] or null")
+    try:
+        stats = check_stats(_field(a, "stats", dict, where, {}))
+    except SessionError as e:
+        raise SessionError(f"import: {where}: {e}") from e
+    return {"engine": _field(a, "engine", str, where, ""), "chosen_engine": _field(a, "chosen_engine", str, where, ""),
+            "content": _field(a, "content", str, where, ""), "token_ids": ids,
+            "status": "interrupted" if status == "streaming" else status, "stats": stats,
+            "first_diff": first_diff, "agreement": agreement, "created_at": _field(a, "created_at", float, where)}

@@ -26,7 +26,7 @@ def test_migrations_from_empty_db_and_reopen_is_idempotent(tmp_path):
     with SessionStore(path) as st:
         s = _chat(st, turns=1)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"sessions", "messages"} <= tables
@@ -38,7 +38,7 @@ def test_migrations_from_empty_db_and_reopen_is_idempotent(tmp_path):
         with SessionStore(path) as st:
             assert [m.content for m in st.messages(s.id)] == ["question 0", "answer 0"]
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     conn.close()
 
 
@@ -53,7 +53,7 @@ def test_version0_db_with_unrelated_data_is_migrated_and_kept(tmp_path):
         _chat(st, turns=1)
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT body FROM notes").fetchall() == [("keep me",)]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     conn.close()
 
 
@@ -75,13 +75,14 @@ def test_migrations_apply_in_order_each_in_a_transaction(tmp_path):
     conn = schema.connect(tmp_path / "m.db")
     extra = [*schema.MIGRATIONS, ("ALTER TABLE sessions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",),
              ("CREATE TABLE tags (name TEXT)", "INSERT INTO nope VALUES (1)")]  # 3rd fails midway
-    with pytest.raises(SessionError, match="migration 3 failed"):
+    n = len(schema.MIGRATIONS)
+    with pytest.raises(SessionError, match=f"migration {n + 2} failed"):
         schema.migrate(conn, extra)
-    assert schema.user_version(conn) == 2
+    assert schema.user_version(conn) == n + 1
     cols = [r[1] for r in conn.execute("PRAGMA table_info(sessions)")]
     assert cols[-1] == "pinned"
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'tags'").fetchone() is None
-    assert schema.migrate(conn, extra[:2]) == 2  # nothing pending
+    assert schema.migrate(conn, extra[:n + 1]) == n + 1  # nothing pending
 
 
 def test_newer_or_foreign_files_get_clear_errors(tmp_path):

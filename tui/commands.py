@@ -19,6 +19,11 @@ ACTIONS = [  # (title, help, action on the chat screen)
     ("Delete chat", "Delete this session and its messages", "delete_session"),
     ("Search chats", "Filter the session list by title or text", "search"),
     ("Toggle sidebar", "Show or hide the session list", "toggle_sidebar"),
+    ("Compare with another engine", "Each new message goes to a second engine too, side by side (F3)",
+     "compare"),
+    ("Stop comparing", "Messages go to the main engine only again", "compare_off"),
+    ("Keep left reply", "The chat goes on from the left reply of the last comparison (F4)", "keep('left')"),
+    ("Keep right reply", "The chat goes on from the right reply of the last comparison (F5)", "keep('right')"),
     ("Restart engine", "Reconnect to the engine, or start it again", "app.restart_engine"),
     ("Help: keys", "Every key binding", "help"),
 ]

@@ -7,13 +7,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input
+from textual.widgets import Footer, Header, Input, Static
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from tui.reply import ReplyDelta, ReplyFinished, ReplyJob, ReplyStarted, UserSaved
+from tui.screens.chat_compare import CompareMixin
 from tui.screens.dialogs import Confirm, TextPrompt
 from tui.screens.help import HelpScreen
 from tui.screens.settings import SettingsScreen
+from tui.widgets.compare_pair import ComparePair
 from tui.widgets.message import MessageBox, code_blocks
 from tui.widgets.message_view import MessageView
 from tui.widgets.prompt_input import PromptInput
@@ -21,7 +23,7 @@ from tui.widgets.sidebar import Sidebar
 from tui.widgets.status_bar import StatusBar
 
 
-class ChatScreen(Screen):
+class ChatScreen(CompareMixin, Screen):
     BINDINGS = [
         Binding("escape", "stop", "Stop reply"),
         Binding("ctrl+n", "new_session", "New chat"),
@@ -34,6 +36,9 @@ class ChatScreen(Screen):
         Binding("f8", "delete_session", "Delete chat"),
         Binding("ctrl+f", "search", "Search chats", show=False),
         Binding("ctrl+b", "toggle_sidebar", "Sidebar", show=False),
+        Binding("f3", "compare", "Compare"),
+        Binding("f4", "keep('left')", "Keep left reply", show=False),
+        Binding("f5", "keep('right')", "Keep right reply", show=False),
         Binding("f1", "help", "Help"),
     ]
 
@@ -43,6 +48,7 @@ class ChatScreen(Screen):
         self.reply_worker: Worker | None = None
         self.job: ReplyJob | None = None
         self.reply_box: MessageBox | None = None
+        self._compare_init()
 
     @property
     def store(self):
@@ -54,18 +60,20 @@ class ChatScreen(Screen):
             yield Sidebar(id="sidebar")
             with Vertical(id="conversation"):
                 yield MessageView(id="messages")
+                yield Static("", id="compare-bar", markup=False)
                 yield PromptInput(id="prompt")
         yield StatusBar(id="status")
         yield Footer()
 
     async def on_mount(self) -> None:
         await self.open_session(self.session_id)
+        self.update_compare_bar()
         self.query_one(PromptInput).focus()
 
     # -- sessions ---------------------------------------------------------------------------------
     @property
     def streaming(self) -> bool:
-        return self.reply_worker is not None and self.reply_worker.is_running
+        return (self.reply_worker is not None and self.reply_worker.is_running) or self.compare_streaming
 
     async def open_session(self, session_id: str) -> None:
         if self.streaming:
@@ -169,7 +177,10 @@ class ChatScreen(Screen):
             self.query_one(PromptInput).give_back(text)
             return
         box = await self.query_one(MessageView).add(MessageBox("user", text))
-        self.start_job(ReplyJob(self, self.session_id, text, box))
+        if self.comparison is not None:
+            self.start_compare(text, box)
+        else:
+            self.start_job(ReplyJob(self, self.session_id, text, box))
 
     def start_job(self, job: ReplyJob) -> None:
         self.app.update_status(generating=True)
@@ -189,10 +200,13 @@ class ChatScreen(Screen):
         if last.role == "assistant":
             self.store.truncate(self.session_id, last.idx)
             view = self.query_one(MessageView)
-            for box in view.boxes():
+            for box in [*view.boxes(), *view.query(ComparePair)]:
                 if box.idx is not None and box.idx >= last.idx:
                     await box.remove()
-        self.start_job(ReplyJob(self, self.session_id))
+        if self.comparison is not None:
+            self.start_compare(None)
+        else:
+            self.start_job(ReplyJob(self, self.session_id))
 
     async def action_stop(self) -> None:
         if self.streaming:
@@ -201,12 +215,16 @@ class ChatScreen(Screen):
             self.query_one(PromptInput).focus()
 
     async def stop_reply(self) -> None:
+        if self.compare_streaming:
+            self.stop_sides()
         worker = self.reply_worker
         if worker is not None and worker.is_running:
             self.job.stop()
             worker.cancel()
+        for w in [worker, *self.side_workers.values()]:
             try:
-                await worker.wait()  # the job saves the partial reply as "interrupted"
+                if w is not None:
+                    await w.wait()  # the job saves the partial reply as "interrupted"
             except (WorkerCancelled, WorkerFailed):
                 pass
 

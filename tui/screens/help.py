@@ -37,6 +37,7 @@ def key_rows(bindings) -> list[tuple[str, str]]:
 def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
     from tui.screens.chat import ChatScreen
     from tui.screens.settings import SettingsScreen
+    from tui.widgets.compare_pair import ReplyColumn
     from tui.widgets.message import MessageBox
     from tui.widgets.sidebar import SessionList
 
@@ -46,6 +47,7 @@ def help_sections() -> list[tuple[str, list[tuple[str, str]]]]:
         ("Prompt input", PROMPT_KEYS),
         ("A focused message", key_rows(b for b in MessageBox.BINDINGS if not b.action.startswith("copy_code"))
          + [("1 … 9", "Copy code block 1 … 9")]),
+        ("A focused compare column", key_rows(ReplyColumn.BINDINGS)),
         ("Session list", [("enter", "Open the session"), *key_rows(SessionList.BINDINGS)]),
         ("Settings", key_rows(SettingsScreen.BINDINGS)),
         ("App", app_keys),

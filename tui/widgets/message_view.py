@@ -5,13 +5,20 @@ from __future__ import annotations
 from textual.containers import VerticalScroll
 from textual.widgets import Label
 
+from tui.widgets.compare_pair import ComparePair, ReplyColumn, diff_line
 from tui.widgets.message import MessageBox
 
 PAGE = 24  # messages mounted at a time: a 1000-message session opens about as fast as a short one
 
 
-def box_for(msg) -> MessageBox:
-    """A MessageBox for a `sessions` Message record."""
+def box_for(msg, alternatives=None) -> MessageBox | ComparePair:
+    """A MessageBox for a `sessions` Message record; a ComparePair (kept reply left) when it has alternatives."""
+    if alternatives:
+        alt = alternatives[0]
+        left = ReplyColumn("left", alt.chosen_engine, msg.content, msg.status, msg.stats, kept=True)
+        right = ReplyColumn("right", alt.engine, alt.content, alt.status, alt.stats)
+        summary = diff_line(alt.first_diff, alt.agreement, len(msg.token_ids), len(alt.token_ids))
+        return ComparePair(msg.idx, msg.id, alt.id, left, right, summary)
     return MessageBox(msg.role, msg.content, idx=msg.idx, message_id=msg.id, status=msg.status,
                       stats=msg.stats)
 
@@ -35,9 +42,10 @@ class MessageView(VerticalScroll):
         total = store.count_messages(session_id)
         self.first_loaded = max(0, total - PAGE)
         msgs = store.messages(session_id, offset=self.first_loaded, limit=PAGE)
+        alts = store.alternatives(session_id, self.first_loaded)
         with self.app.batch_update():
             await self.remove_children()
-            widgets = [box_for(m) for m in msgs]
+            widgets = [box_for(m, alts.get(m.id)) for m in msgs]
             if self.first_loaded:
                 widgets.insert(0, self._more_label())
             if not widgets:
@@ -54,14 +62,15 @@ class MessageView(VerticalScroll):
         try:
             start = max(0, self.first_loaded - PAGE)
             msgs = self.store.messages(self.session_id, offset=start, limit=self.first_loaded - start)
-            boxes = [box_for(m) for m in msgs]
+            alts = self.store.alternatives(self.session_id, start)
+            boxes = [box_for(m, alts.get(m.id)) for m in msgs]
             old_height = self.virtual_size.height
             old_y = self.scroll_y
             with self.app.batch_update():
                 more = self.query("#more-messages")
-                shown = self.query(MessageBox)
+                shown = [w for w in self.children if isinstance(w, (MessageBox, ComparePair))]
                 if shown:
-                    await self.mount_all(boxes, before=shown.first())
+                    await self.mount_all(boxes, before=shown[0])
                 else:
                     await self.mount_all(boxes)
                 self.first_loaded = start
@@ -85,7 +94,7 @@ class MessageView(VerticalScroll):
         if self.scroll_y <= 0 and self.first_loaded:
             self.run_worker(self.load_older(), group="load-older", exclusive=True)
 
-    async def add(self, box: MessageBox) -> MessageBox:
+    async def add(self, box):
         for hint in self.query("#empty-hint"):
             await hint.remove()
         await self.mount(box)
