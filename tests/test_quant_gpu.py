@@ -35,7 +35,7 @@ def rand_case(m, n, k, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [1, 2, 16, 33, 64, 257, 600])  # gemv, swap (split-K), swap, dequant + cuBLAS
+@pytest.mark.parametrize("m", [1, 2, 16, 33, 64, 257, 600])  # gemv, skinny (split K), swap, dequant
 @pytest.mark.parametrize("n, k", [(4096, 4096), (384, 200), (4096, 11008)])
 def test_w8a16_kernel_matches_reference(m, n, k, dtype):
     from inference.quant import ops as kernels
@@ -85,32 +85,18 @@ def test_int8_gemm_matches_reference(m, n, k, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [1, 2, 16, 33, 64])
+@pytest.mark.parametrize("m", [2, 16, 33, 64])
 @pytest.mark.parametrize("tma", [False, None])  # None: the TMA tiles where the GPU has them (k = 1100 has not)
 @pytest.mark.parametrize("n, k", [(4096, 4096), (11008, 4096), (200, 1100)])
-def test_decode_kernels_gated_and_w8a8_gemv(m, n, k, tma, dtype):
-    """decode_ops: the gated W8A16 form (silu(gate) * up of [gate; up]) and the W8A8 one-token GEMV that
-    quantizes the token itself (its scale bit for bit; given and static scales with an offset)."""
+def test_w8a16_skinny_gated(m, n, k, tma, dtype):
+    """decode_ops.w8a16_skinny, the gated form (silu(gate) * up of [gate; up]) that W8A16 apply_gated runs."""
     from inference.quant import decode_ops
 
     x, q, s, _ = rand_case(m, 2 * n, k, dtype, seed=m + n + k)
     ref = w8a16_reference(x, q, s).float()
     ref = torch.nn.functional.silu(ref[:, :n]) * ref[:, n:]
-    y = decode_ops.w8a16_decode(x.cuda(), q.cuda(), s.cuda(), gated=True, tma=tma)
+    y = decode_ops.w8a16_skinny(x.cuda(), q.cuda(), s.cuda(), gated=True, tma=tma)
     assert y.shape == (m, n) and rel_err(y, ref) < TOL[dtype]
-    if m > 1:
-        return
-    b = (torch.randn(n) * 0.1).to(dtype)
-    qb = torch.randint(-5000, 5000, (n,), dtype=torch.int32)
-    for scale, off in ((None, None), (torch.tensor([0.03]), None), (torch.tensor([0.03]), torch.tensor([2.0]))):
-        if scale is None:
-            xq, rs = utils.quantize_per_token(x)
-        else:
-            xq, rs = utils.quantize_static(x, scale, off), scale
-        ref = w8a8_reference(xq, q[:n], rs, s[:n], qb, b, dtype)
-        y, ys = decode_ops.w8a8_gemv(x.cuda(), q[:n].cuda(), s[:n].cuda(), None if scale is None else scale.cuda(),
-                                     None if off is None else off.cuda(), qb.cuda(), b.cuda())
-        assert torch.equal(ys.cpu(), rs.float().reshape(1)) and rel_err(y, ref) < TOL[dtype]
 
 
 def make_layers(device, dtype, values_dtype):
@@ -159,6 +145,9 @@ def test_quantized_layers_on_cuda_match_cpu_and_capture_in_a_graph(scheme, dtype
             assert torch.equal(out, y)
             if isinstance(b, MergedColumnParallelLinear) and hasattr(b.quant_method, "apply_gated"):
                 act = b.quant_method.apply_gated(b, xin.cuda())  # [gate; up] -> silu(gate) * up, one kernel
+                if m == 1:  # one token: the GEMV and a separate SiLU gate (measured faster)
+                    assert act is None
+                    continue
                 half = ref.shape[1] // 2
                 assert rel_err(act, torch.nn.functional.silu(ref[:, :half]) * ref[:, half:]) < 3 * TOL[dtype]
 

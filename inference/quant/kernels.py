@@ -1,11 +1,14 @@
 """Triton kernels for int8 linears (CUDA; fp16/bf16 activations). `ops` picks tile shapes and launches them.
 
-(Decode sizes, 1-64 tokens, have their own kernels: `decode_kernels`.)
+- `w8a16_gemv_kernel`: one token; each program reduces BLOCK_N int8 rows over K (loads pipelined).
 - `w8a16_swap_kernel`: 65-511 tokens; tensor-core GEMM with the converted weight tile as the left operand
   ("swap AB", so it can stay in registers), optional split-K (`splitk_reduce_kernel` sums the partials).
-- `int8_gemm_kernel`: int8 x int8 -> int32 on tensor cores, dequantization fused into the epilogue.
+- `int8_gemm_kernel`: int8 x int8 -> int32 on tensor cores, dequantization fused into the epilogue (W8A8 at
+  every size from one token).
 - `dequant_weight_kernel`: int8 rows x scale -> fp16/bf16 (the prefill path hands that to cuBLAS).
 - `quant_per_token_kernel` / `quant_static_kernel`: float -> int8 activations.
+W8A16 at 2-64 tokens runs `decode_kernels` instead, measured faster there on an H100; these kernels measured
+faster for W8A16 at one token and for W8A8 at every decode size.
 Numerics follow `inference.quant.utils` (IEEE division, round half to even).
 """
 
@@ -22,6 +25,36 @@ def _rint(v):
     r = tl.floor(v + 0.5)
     odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
     return tl.where(((r - v) == 0.5) & odd, r - 1.0, r)
+
+
+@triton.jit
+def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                       HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_mask = offs_n < N
+    rows = tl.where(n_mask, offs_n, 0).to(tl.int64)
+    w_ptrs = w_ptr + rows[:, None] * stride_wn + offs_k[None, :]
+    x_ptrs = x_ptr + m * stride_xm + offs_k
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        if EVEN_K:
+            xv = tl.load(x_ptrs)
+            wv = tl.load(w_ptrs)
+        else:
+            k_mask = offs_k + k0 < K
+            xv = tl.load(x_ptrs, mask=k_mask, other=0.0)
+            wv = tl.load(w_ptrs, mask=k_mask[None, :], other=0)
+        acc += wv.to(tl.float32) * xv.to(tl.float32)[None, :]
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    y = tl.sum(acc, axis=1) * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit

@@ -3,16 +3,18 @@ measured on an H100 (7B shapes, `bench/quant_bench.py`) and are picked by the nu
 compiles once and CUDA-graph capture never benchmarks.
 
 - `w8a16_linear`: y = x (q s)^T + b, the int8 weight converted in registers:
-  1..64 tokens (decode): `decode_ops` (a GEMV for one token, the swap-AB tensor-core GEMM with split K for
-  2-64, the gated SiLU of a merged [gate; up] weight fused in either);
+  1 token: a GEMV (each program reduces BLOCK_N rows over K, loads pipelined);
+  2..64 tokens: `decode_ops.w8a16_skinny` (swap-AB tensor-core GEMM, split K, the gated SiLU of a merged
+  [gate; up] weight fusable), measured faster there on an H100 than this module's kernels, which measured
+  faster at one token;
   65..511 tokens: a tensor-core GEMM with the converted weight tile as the left operand ("swap AB");
   512 tokens or more (prefill): the weight dequantized to the activation dtype, then cuBLAS.
 - `quantize_per_token` / `quantize_static`: float -> int8 activations (per-token scales computed in
   the same kernel, or given).
 - `int8_linear`: y = (xq wq^T + quant_bias) * row_scale * col_scale + b on int8 tensor cores (int32
   accumulator) with the dequantization fused into the epilogue (measured faster than torch._int_mm
-  plus an epilogue at 16, 64 and 256 tokens); 2..64 tokens through `decode_ops.w8a8_skinny` (one token:
-  `decode_ops.w8a8_gemv` quantizes and multiplies in one kernel, called by `methods`).
+  plus an epilogue at 16, 64 and 256 tokens) at every size; at 1-64 tokens it also measured faster on an H100
+  than the decode kernels tried for W8A8 (a GEMV quantizing the token itself, a split-K skinny GEMM).
 Numerics follow `inference.quant.utils` (IEEE division, round half to even): the CPU reference and these
 kernels agree up to float summation order (and, for prefill W8A16, the rounding of the dequantized weight).
 """
@@ -29,17 +31,21 @@ from inference.quant.kernels import (
     quant_per_token_kernel,
     quant_static_kernel,
     splitk_reduce_kernel,
+    w8a16_gemv_kernel,
     w8a16_swap_kernel,
 )
 
-DECODE_MAX_M = decode_ops.DECODE_MAX_M  # up to here `decode_ops`
+GEMV_MAX_M = 1  # tokens served by the GEMV kernel; from here to DECODE_MAX_M: `decode_ops`
+DECODE_MAX_M = decode_ops.DECODE_MAX_M
 SWAP_MAX_M = 511  # up to here the swapped GEMM; from DEQUANT_MIN_M on: dequantize + cuBLAS
 DEQUANT_MIN_M = 512
 
 
 def w8a16_config(m: int, n: int, device: torch.device):
-    """Measured choices above the decode sizes: ("swap", BLOCK_N, BLOCK_M, BLOCK_K, warps, stages, SPLIT_K) or
-    ("dequant",); ("decode",) up to DECODE_MAX_M tokens."""
+    """Measured choices: ("gemv", BLOCK_N, BLOCK_K, warps, stages), ("decode",) (`decode_ops`, its own tiles),
+    ("swap", BLOCK_N, BLOCK_M, BLOCK_K, warps, stages, SPLIT_K) or ("dequant",)."""
+    if m <= GEMV_MAX_M:
+        return ("gemv", 8, 512, 4, 3)
     if m <= DECODE_MAX_M:
         return ("decode",)
     if m <= SWAP_MAX_M:
@@ -48,10 +54,23 @@ def w8a16_config(m: int, n: int, device: torch.device):
 
 
 def int8_config(m: int, n: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), measured (above the decode sizes)."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), measured."""
+    if m <= 64:
+        return decode_ops.bucket(m), 32, 256, 4, 5 if n <= 8192 else 3
     if m <= 256:
         return 64, 128, 128, 4, 4
     return 128, 128, 128, 8, 3
+
+
+def _gemv(x, w, scale, bias, cfg) -> torch.Tensor:
+    _, bn, bk, warps, stages = cfg
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    w8a16_gemv_kernel[(m, triton.cdiv(n, bn))](
+        x, w, scale, bias if bias is not None else scale, y, n, k, x.stride(0), w.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % bk == 0, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+    return y
 
 
 def _swap(x, w, scale, bias, cfg) -> torch.Tensor:
@@ -91,8 +110,10 @@ def w8a16_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias=Non
     if x.shape[0] == 0:
         return torch.empty(0, w.shape[0], dtype=x.dtype, device=x.device)
     cfg = config or w8a16_config(x.shape[0], w.shape[0], x.device)
+    if cfg[0] == "gemv":
+        return _gemv(x, w, scale, bias, cfg)
     if cfg[0] == "decode":
-        return decode_ops.w8a16_decode(x, w, scale, bias)
+        return decode_ops.w8a16_skinny(x, w, scale, bias)
     if cfg[0] == "swap":
         return _swap(x, w, scale, bias, cfg)
     return _dequant_linear(x, w, scale, bias)
@@ -130,8 +151,6 @@ def int8_linear(xq: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor, col_
     n = w.shape[0]
     if m == 0:
         return torch.empty(0, n, dtype=out_dtype, device=xq.device)
-    if config is None and m <= DECODE_MAX_M:
-        return decode_ops.w8a8_skinny(xq, w, row_scale, col_scale, quant_bias, bias, out_dtype)
     bm, bn, bk, warps, stages = config or int8_config(m, n)
     row_scale = row_scale.float()
     y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
