@@ -295,3 +295,21 @@ def test_tp2_saves_and_loads_per_rank(tiny_model, uncached, tmp_path):
 
 if __name__ == "__main__":
     torchrun_worker(*sys.argv[1:5])
+
+
+def test_writer_holds_off_from_admission_until_the_step_ends(tiny_model, uncached, tmp_path):
+    """The previous turn's blocks are written in the background; a new request pauses the writer from
+    add_request (its prompt's hashing and its prefill come first) until the step that served it ends."""
+    engine = make_engine(tiny_model, kv_disk_dir=str(tmp_path / "kv"))
+    try:
+        prompt, reply, _ = uncached[0]
+        may_write = engine.kv_disk.store.may_write
+        engine.add_request(prompt, SamplingParams(max_new_tokens=len(reply), temperature=0.0, ignore_eos=True))
+        assert not may_write.is_set()
+        engine.step()
+        assert may_write.is_set()
+        while engine.has_unfinished():
+            engine.step()
+        assert may_write.is_set() and engine.kv_disk.store.counts is not None
+    finally:
+        engine.shutdown()

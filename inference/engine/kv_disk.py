@@ -67,13 +67,17 @@ class DiskTier:
             self._spec = (k.shape, k.dtype)
         return self._spec
 
+    def hold_writes(self) -> None:
+        """The writer starts no new file until the next step ends (a request was just admitted: the hashing
+        of its prompt and its prefill come before disk writes)."""
+        self.store.may_write.clear()
+
     @contextmanager
     def pause_writes(self, active: bool = True):
-        """While active, the writer thread starts no new file (it waits MAX_PAUSE_S at most per file)."""
-        if not active:
-            yield
-            return
-        self.store.may_write.clear()
+        """While active, the writer thread starts no new file (it waits MAX_PAUSE_S at most per file); when
+        the step ends, writing resumes (also after a `hold_writes`)."""
+        if active:
+            self.store.may_write.clear()
         try:
             yield
         finally:

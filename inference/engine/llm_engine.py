@@ -84,6 +84,8 @@ class LLMEngine:
         seq = Sequence(rid, prompt_ids, params, ntk_alpha=self.model_config.ntk_alpha(len(prompt_ids)))
         self.seqs[rid] = seq
         self.scheduler.add(seq)
+        if self.kv_disk is not None:  # a new turn's first token before the previous turn's disk writes
+            self.kv_disk.tier.hold_writes()
         return rid
 
     def abort(self, request_id: str) -> bool:
