@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.demo import write_checkpoint
+from inference.models.demo import write_checkpoint
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,7 +52,7 @@ def tui_server(tiny_model, tmp_path_factory):
 @pytest.fixture
 def runtime(tmp_path, monkeypatch):
     """A private $XDG_RUNTIME_DIR for the engine servers an app test starts; every one is stopped afterwards."""
-    from inference import launcher
+    from inference.client import launcher
 
     run = tmp_path / "run"
     run.mkdir(mode=0o700)

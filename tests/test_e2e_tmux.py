@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
 from sessions import SessionStore
 
 pytestmark = pytest.mark.timeout(180)

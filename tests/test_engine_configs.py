@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
 from inference.errors import UserError
 from inference.model_path import model_id
 from inference.quant.cli import main as quantize_main

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
 from tests.support.app import SIZE, make_app, wait_for
 from tui.screens.engine_start import EngineFailedScreen
 

@@ -236,7 +236,7 @@ def test_bad_settings_are_refused_and_the_flag_turns_it_off(tmp_path):
         KVDiskStore(tmp_path / "file", "k", 1.0)
     import argparse
 
-    from inference.cli_args import add_engine_args, engine_config_from_args
+    from inference.entrypoints.cli_args import add_engine_args, engine_config_from_args
     p = argparse.ArgumentParser(allow_abbrev=False)
     add_engine_args(p, kv_disk_default=True)
     on = engine_config_from_args(p.parse_args(["--model", str(tmp_path)]))

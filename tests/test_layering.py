@@ -24,7 +24,7 @@ def test_layers_do_not_import_the_engine():
 
 
 def test_no_module_uses_the_protocols_private_helpers():
-    """The OpenAI schema shares the protocol's value checks through public names (inference.json_values)."""
+    """The OpenAI schema shares the protocol's value checks through public names (inference.protocol.json_values)."""
     root = LAYERS.parent
     users = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
              if re.search(r"\b(P|protocol)\._[a-z]", p.read_text())]

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from inference import launcher
+from inference.client import launcher
 from inference.engine.kv_disk_store import KVDiskStore
 from inference.errors import UserError
 from inference.server.listen import claim_socket

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from inference import launcher
-from inference.client import AsyncEngineClient, EngineClient, UntrustedPeer
+from inference.client import AsyncEngineClient, EngineClient, UntrustedPeer, launcher
 from inference.errors import UserError
 from tests.support.privacy import SYSTEM_PYTHON, as_other, folder
 from tui.engine_link import EngineLink, EngineOptions, StartFailed

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
 from sessions import SessionStore
 from tests.support.app import SIZE, make_app, settings_of, wait_for, wait_ready
 from tui.screens.chat import ChatScreen

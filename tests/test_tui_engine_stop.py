@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
 from sessions import SessionStore
 from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, type_and_send, wait_for, wait_ready
 from tui.app import STATS_EVERY_S

@@ -1,6 +1,6 @@
 """The app's link to the engine: start it (or attach to a running one), health, stats, reconnect.
 
-Torch-free: uses only `inference.launcher`, `inference.client` and `inference.model_path`.
+Torch-free: uses only `inference.client.launcher`, `inference.client` and `inference.model_path`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inference import launcher
-from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable, UntrustedPeer
+from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable, UntrustedPeer, launcher
 from inference.model_path import model_id
 
 Progress = Callable[[int, int, str], None]

@@ -104,7 +104,7 @@ class KVDiskStore:
         root = Path(root).expanduser()
         self.dir = root / key / f"rank{rank}"
         try:
-            from inference.cli_args import default_kv_disk_dir
+            from inference.entrypoints.cli_args import default_kv_disk_dir
 
             private_dir(root, tighten=root.absolute() == Path(default_kv_disk_dir()).absolute())
             private_dir(root / key)

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from inference import envs
-from inference.checkpoint import load_weights
 from inference.config import EngineConfig, ModelConfig
 from inference.distributed import get_rank, get_world_size
 from inference.engine.cuda_graph import DecodeGraphs
@@ -18,6 +17,7 @@ from inference.engine.staging import HostStaging
 from inference.kernels import use_triton
 from inference.layers.attention import AttentionMetadata
 from inference.layers.rotary import RotaryEmbedding, logn_scale
+from inference.models.checkpoint import load_weights
 from inference.models.qwen import QWenLMHeadModel
 
 # A step with prefill whose tokens' summed context lengths (K/V token reads per layer) stay within this runs

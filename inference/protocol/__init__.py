@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from inference.config import SamplingParams
 from inference.errors import UserError
-from inference.json_values import is_int, is_number, reject_constant, show, type_name
+from inference.protocol.json_values import is_int, is_number, reject_constant, show, type_name
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per line, requests and events alike
