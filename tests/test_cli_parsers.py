@@ -62,7 +62,7 @@ def _one_error_line(err, message):
 
 
 def test_bench_and_stop_refuse_abbreviations(capsys):
-    from inference.client.launcher import stop_main
+    from inference.client.stop import stop_main
     from inference.entrypoints.bench import parse_args
 
     for call, argv in ((parse_args, ["--random", "7b"]), (stop_main, ["--mod", "demo"])):

@@ -10,6 +10,7 @@ import torch
 
 from inference import protocol as P
 from inference.client import EngineClient, launcher
+from inference.client.stop import stop_server
 from inference.compare.prompts import Prompt
 from inference.compare.runner import score
 from inference.config import SamplingParams
@@ -37,7 +38,7 @@ def engines(tiny_model, tmp_path_factory):
             yield a, b
         finally:
             for sock in run.glob("qwen-chat/*.sock"):
-                launcher.stop_server(sock, timeout=20)
+                stop_server(sock, timeout=20)
 
 
 def compare(capsys, tiny_model, prompts, *argv):

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from inference.client.launcher import probe, stop_main
+from inference.client.launcher import probe
+from inference.client.stop import stop_main
 from inference.entrypoints.cli import main as cli_main
 
 pytestmark = pytest.mark.timeout(300)

@@ -17,7 +17,7 @@ from inference.errors import UserError
 COMMANDS = {  # every engine command, `python -m inference <command>` and `qwen-chat <command>` alike
     "generate": ("inference.entrypoints.generate", "main"),
     "serve": ("inference.server", "main"),
-    "stop": ("inference.client.launcher", "stop_main"),
+    "stop": ("inference.client.stop", "stop_main"),
     "eval": ("inference.eval.cli", "main"),
     "quantize": ("inference.quant.cli", "main"),
     "bench": ("inference.entrypoints.bench", "main"),

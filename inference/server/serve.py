@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inference import envs, private_files
-from inference.client.launcher import EXIT_ALREADY_RUNNING, default_socket_path, runtime_dir
+from inference.client.launcher import EXIT_ALREADY_RUNNING
+from inference.client.paths import default_socket_path, runtime_dir
 from inference.client.preflight import check_config
 from inference.errors import CliParser, UserError
 from inference.server.app import EngineServer
