@@ -33,7 +33,7 @@ import aiohttp
 from serve_load import add_load_args, pct  # bench/ is on sys.path when run as a script
 
 from inference.client import AsyncEngineClient, EngineClient
-from inference.launcher import ensure_server, probe
+from inference.client.launcher import ensure_server, probe
 
 
 async def socket_client(c, prompt, n, rec) -> int:

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from inference.bench_shapes import SHAPES
-from inference.cli_args import add_engine_args, engine_config_from_args
 from inference.config import SamplingParams
 from inference.engine.sequence import Sequence
+from inference.entrypoints.bench_shapes import SHAPES
+from inference.entrypoints.cli_args import add_engine_args, engine_config_from_args
 from inference.errors import UserError
 
 WORDS = ("cache block token prefix model turn session disk memory reuse answer question history layer "
@@ -206,7 +206,7 @@ def pass_restart(a, kv_dir, rows, prompts, history) -> dict:
 def main(argv=None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv)
     if a.random_weights:
-        from inference.demo import write_checkpoint
+        from inference.models.demo import write_checkpoint
 
         a.model = str(write_checkpoint(Path(tempfile.mkdtemp(prefix="qwen-mt-")) / a.random_weights,
                                        with_weights=False, **SHAPES[a.random_weights]))

@@ -17,11 +17,11 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from inference.bench_shapes import SHAPES
 from inference.config import EngineConfig, SamplingParams
-from inference.demo import write_checkpoint
 from inference.distributed import exit_process
 from inference.engine.llm_engine import LLMEngine, start_engine
+from inference.entrypoints.bench_shapes import SHAPES
+from inference.models.demo import write_checkpoint
 
 
 def prompts(n, length, seed):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from inference.client import AsyncEngineClient, EngineClient
-from inference.launcher import ensure_server, probe
+from inference.client.launcher import ensure_server, probe
 
 
 def pct(xs: list[float], q: float) -> float:

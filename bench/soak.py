@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 from inference.client import AsyncEngineClient, EngineClient
-from inference.launcher import probe
+from inference.client.launcher import probe
 
 KINDS = ("chat", "paste", "burst")
 
@@ -209,8 +209,8 @@ def start_server(a, tmp: Path) -> tuple[subprocess.Popen, Path, Path]:
     flags += ["--num-kv-blocks", str(blocks)] if blocks else []
     flags += ["--no-kv-disk"] if a.no_kv_disk else ["--kv-disk-dir", str(tmp / "kv")]
     if a.model.startswith("random-"):
-        from inference.bench_shapes import SHAPES  # torch: only where weights are drawn
-        from inference.demo import write_checkpoint
+        from inference.entrypoints.bench_shapes import SHAPES  # torch: only where weights are drawn
+        from inference.models.demo import write_checkpoint
 
         model = write_checkpoint(tmp / a.model, with_weights=False, **SHAPES[a.model.removeprefix("random-")])
         cmd = [sys.executable, str(Path(__file__).resolve()), "serve-random", "--model", str(model), *flags]
@@ -234,7 +234,7 @@ def start_server(a, tmp: Path) -> tuple[subprocess.Popen, Path, Path]:
 
 def serve_random(argv) -> int:
     """The server process of a random-* model: `serve` with random weights drawn on the device."""
-    import inference.cli_args as cli_args
+    import inference.entrypoints.cli_args as cli_args
     from inference.server.serve import main as serve_main
 
     plain = cli_args.engine_config_from_args

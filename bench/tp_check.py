@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from inference.bench_shapes import SHAPES
+from inference.entrypoints.bench_shapes import SHAPES
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 PROMPT_LENS = (7, 100, 513, 1000)
@@ -57,7 +57,7 @@ def worker(model: str, out: str) -> None:
 
 
 def write_model(shape: str, layers: int | None, root: Path) -> Path:
-    from inference.demo import DEMO_CONFIG, random_weights, write_checkpoint
+    from inference.models.demo import DEMO_CONFIG, random_weights, write_checkpoint
 
     cfg = {**SHAPES.get(shape, {}), **({"num_hidden_layers": layers} if layers else {})}  # "demo": the demo's
     weights = random_weights({**DEMO_CONFIG, **cfg}, seed=0, dtype=torch.bfloat16, device=DEVICE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -215,3 +216,9 @@ def generation_defaults(model_dir: str | Path) -> dict:
            "repetition_penalty": float(raw.get("repetition_penalty", 1.0)),
            "temperature": float(raw.get("temperature", 1.0)) if raw.get("do_sample", True) else 0.0}
     return out
+
+
+def default_kv_disk_dir() -> str:
+    """Where the KV disk tier keeps its files unless --kv-disk-dir says otherwise ($XDG_CACHE_HOME/qwen-chat/kv)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return str(cache / "qwen-chat" / "kv")

@@ -8,15 +8,13 @@ rewrites periodically; when a store opens, streaming rows whose writing process 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-from sessions import schema, transfer
+from sessions import transfer
 from sessions.alternatives import AlternativesMixin
+from sessions.database import Database
 from sessions.records import (
     DEFAULT_SYSTEM_PROMPT,
     DEFAULT_TITLE,
@@ -43,46 +41,16 @@ _SESSION_COLS = "id, title, model, system_prompt, settings, created_at, updated_
 _MESSAGE_COLS = "id, session_id, idx, role, content, token_ids, status, stats, created_at"
 
 
-class SessionStore(AlternativesMixin):
+class SessionStore(AlternativesMixin, Database):
+    """Conversations and their messages; every public call is one transaction (database.py)."""
+
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path).expanduser() if path is not None else default_db_path()
-        self._lock = threading.RLock()
-        self._conn = schema.connect(self.path)
+        super().__init__(path)
         try:
-            schema.migrate(self._conn, source=str(self.path))
             self.recovered = self.recover()
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
-
-    @contextmanager
-    def _tx(self):
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as e:  # busy past the timeout, disk full, read-only file
-                raise SessionError(f"sessions database {self.path}: {e}") from e
-
-    def _read(self, sql: str, args=()) -> list:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def recover(self) -> int:
         """Mark streaming replies (and alternatives) whose process is gone as interrupted; returns how many."""

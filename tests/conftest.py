@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.demo import write_checkpoint
+from inference.client.stop import stop_server
+from inference.models.demo import write_checkpoint
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,12 +53,10 @@ def tui_server(tiny_model, tmp_path_factory):
 @pytest.fixture
 def runtime(tmp_path, monkeypatch):
     """A private $XDG_RUNTIME_DIR for the engine servers an app test starts; every one is stopped afterwards."""
-    from inference import launcher
-
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield run
     for sock in run.glob("qwen-chat/*.sock"):
-        launcher.stop_server(sock, timeout=20)
+        stop_server(sock, timeout=20)

@@ -142,8 +142,8 @@ def test_eval_and_bench_keep_the_same_contract(cmd, kind, damaged, tmp_path):
                                           ("hidden_size", "4096"), ("vocab_size", True), ("seq_length", 1.5)])
 def test_config_sizes_must_be_positive_integers(field, value):
     from inference.config import ModelConfig
-    from inference.demo import DEMO_CONFIG
     from inference.errors import UserError
+    from inference.models.demo import DEMO_CONFIG
 
     raw = {**DEMO_CONFIG, "architectures": ["QWenLMHeadModel"], field: value}
     with pytest.raises(UserError, match=f"config.json: {field} must be a positive integer, got {value!r}"):

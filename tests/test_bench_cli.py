@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from inference.bench import COLUMNS
+from inference.entrypoints.bench import COLUMNS
 
 pytestmark = pytest.mark.timeout(300)
 CPU = ["--device", "cpu", "--dtype", "float32", "--num-kv-blocks", "64"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from inference.cli import main
+from inference.entrypoints.cli import main
 
 
 @pytest.fixture

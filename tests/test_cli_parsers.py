@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.cli import peek_tp
+from inference.entrypoints.cli import peek_tp
 from inference.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +32,8 @@ def test_peek_tp_names_the_flag_that_is_not_an_integer(argv, flag):
 
 
 def _parsers():
+    from inference.entrypoints.generate import build_parser as generate_parser
     from inference.eval.cli import build_parser as eval_parser
-    from inference.generate import build_parser as generate_parser
     from inference.quant.cli import build_parser as quantize_parser
     from inference.server.serve import build_parser as serve_parser
     from sessions.cli import _parser as sessions_parser
@@ -62,8 +62,8 @@ def _one_error_line(err, message):
 
 
 def test_bench_and_stop_refuse_abbreviations(capsys):
-    from inference.bench import parse_args
-    from inference.launcher import stop_main
+    from inference.client.stop import stop_main
+    from inference.entrypoints.bench import parse_args
 
     for call, argv in ((parse_args, ["--random", "7b"]), (stop_main, ["--mod", "demo"])):
         with pytest.raises(SystemExit) as e:

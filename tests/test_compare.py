@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from inference import launcher
 from inference import protocol as P
-from inference.cli import main as cli_main
-from inference.client import EngineClient
+from inference.client import EngineClient, launcher
+from inference.client.stop import stop_server
 from inference.compare.prompts import Prompt
 from inference.compare.runner import score
 from inference.config import SamplingParams
+from inference.entrypoints.cli import main as cli_main
 
 pytestmark = pytest.mark.timeout(300)
 ENGINE = ["--device", "cpu", "--dtype", "float32", "--num-kv-blocks", "64"]
@@ -38,7 +38,7 @@ def engines(tiny_model, tmp_path_factory):
             yield a, b
         finally:
             for sock in run.glob("qwen-chat/*.sock"):
-                launcher.stop_server(sock, timeout=20)
+                stop_server(sock, timeout=20)
 
 
 def compare(capsys, tiny_model, prompts, *argv):

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from inference.demo import DEMO_MAX_NEW_TOKENS, ensure_demo, write_generation_config
+from inference.models.demo import DEMO_MAX_NEW_TOKENS, ensure_demo, write_generation_config
 
 
 def test_the_demo_replies_briefly_by_default_and_an_older_demo_is_brought_up_to_date(tmp_path):

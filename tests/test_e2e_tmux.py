@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from inference import launcher
+from inference.client.stop import stop_server
 from sessions import SessionStore
 
 pytestmark = pytest.mark.timeout(180)
@@ -76,7 +76,7 @@ def terminal(tmp_path):
     finally:
         term.cmd("kill-server", check=False)
         for sock in run.glob("qwen-chat/*.sock"):  # the engine the app left running in the background
-            launcher.stop_server(sock, timeout=20)
+            stop_server(sock, timeout=20)
 
 
 def test_chat_quit_and_resume_in_a_real_terminal(terminal, tiny_model, tmp_path):

@@ -12,7 +12,9 @@ from unittest import mock
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
+from inference.client.paths import default_socket_path, engine_name
+from inference.client.stop import stop_main
 from inference.errors import UserError
 from inference.model_path import model_id
 from inference.quant.cli import main as quantize_main
@@ -35,19 +37,19 @@ def engines(tiny_model, tmp_path_factory):
         finally:
             for path in (out.plain, out.quant):
                 if path is not None and launcher.probe(path) is not None:
-                    launcher.stop_main(["--socket", str(path)])
+                    stop_main(["--socket", str(path)])
 
 
 def test_names_carry_the_options_that_differ_from_the_defaults(monkeypatch, tmp_path):
-    assert launcher.engine_name("demo") == "demo"
-    assert launcher.engine_name("demo", tp=2, dtype="float16", device="cuda", quant="w8a16") == \
+    assert engine_name("demo") == "demo"
+    assert engine_name("demo", tp=2, dtype="float16", device="cuda", quant="w8a16") == \
         "demo+tp2+cuda+float16+w8a16"
     run = tmp_path / ("d" * (105 - len(f"{tmp_path}//qwen-chat/demo+123456.sock")))
     run.mkdir()  # room for a hash, not for every option
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    long = launcher.default_socket_path("demo", tp=2, dtype="float16", device="cuda", quant="w8a16")
+    long = default_socket_path("demo", tp=2, dtype="float16", device="cuda", quant="w8a16")
     assert len(str(long)) <= 107 and long.name.startswith("demo+") and long.name.count("+") == 1
-    assert long != launcher.default_socket_path("demo", tp=2, dtype="float16", device="cuda")
+    assert long != default_socket_path("demo", tp=2, dtype="float16", device="cuda")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     link = EngineLink(EngineOptions(model="demo", quant="w8a16", device="cuda"))
     assert link.socket_path == str(tmp_path / "qwen-chat" / "demo+cuda+w8a16.sock")
@@ -84,7 +86,7 @@ def test_health_reports_a_quantized_checkpoints_scheme(tiny_model, tmp_path_fact
     assert quantize_main(["--model", str(tiny_model), "--out", str(qdir), "--scheme", "w8a16",
                           "--device", "cpu"]) == 0
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    path = launcher.default_socket_path(model_id(str(qdir)), device="cpu", dtype="float32")
+    path = default_socket_path(model_id(str(qdir)), device="cpu", dtype="float32")
     log = tmp_path / "serve.log"
     proc = start_server(qdir, None, log=log)  # `serve` without --socket: the same name as the launcher's
     try:
@@ -98,7 +100,7 @@ def test_health_reports_a_quantized_checkpoints_scheme(tiny_model, tmp_path_fact
 
 def test_stop_model_stops_every_configuration(engines, tiny_model, capsys):
     with mock.patch.dict(os.environ, {"XDG_RUNTIME_DIR": str(engines.run)}):
-        assert launcher.stop_main(["--model", str(tiny_model)]) == 0
+        assert stop_main(["--model", str(tiny_model)]) == 0
     out = capsys.readouterr().out
     assert out.count("stopped the engine server") == 2, out
     assert launcher.probe(engines.plain) is None and launcher.probe(engines.quant) is None

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from inference import launcher
+from inference.client.paths import log_path
+from inference.client.server_log import error_line, read_log_tail
 from tests.support.app import SIZE, make_app, wait_for
 from tui.screens.engine_start import EngineFailedScreen
 
@@ -74,13 +75,13 @@ def test_only_this_runs_log_lines_and_its_error_line(tmp_path):
     log.write_text("--- 2026-01-01 00:00:00 starting: old\nerror: an earlier failure\n"
                    "--- 2026-01-02 00:00:00 starting: python -m inference serve\nINFO loading\n"
                    "Traceback (most recent call last):\n  File \"x\", line 1\nRuntimeError: CUDA error: no kernel\n")
-    lines = launcher.read_log_tail(log, 30, this_run=True)
+    lines = read_log_tail(log, 30, this_run=True)
     assert lines == ["INFO loading", "Traceback (most recent call last):", '  File "x", line 1',
                      "RuntimeError: CUDA error: no kernel"]
-    assert launcher.error_line(lines) == "RuntimeError: CUDA error: no kernel"
-    assert launcher.error_line([*lines, "error: the real one"]) == "error: the real one"
-    assert launcher.error_line(["INFO fine"]) is None
-    assert len(launcher.read_log_tail(log, 30)) == 7  # without this_run: the whole tail
+    assert error_line(lines) == "RuntimeError: CUDA error: no kernel"
+    assert error_line([*lines, "error: the real one"]) == "error: the real one"
+    assert error_line(["INFO fine"]) is None
+    assert len(read_log_tail(log, 30)) == 7  # without this_run: the whole tail
 
 
 def test_failure_screen_headlines_this_starts_error_line(tmp_path, monkeypatch):
@@ -91,7 +92,7 @@ def test_failure_screen_headlines_this_starts_error_line(tmp_path, monkeypatch):
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 8}))
     app = make_app(tmp_path / "s.db", model=str(bad), new=True)
-    log = launcher.log_path(app.link.socket_path)
+    log = log_path(app.link.socket_path)
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     old = ["--- 2026-01-01 00:00:00 starting: python -m inference serve (an earlier run)",
            *[f"INFO inference.server: old line {i}" for i in range(40)], "error: OLD FAILURE of an earlier run"]

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from inference.cli import main as cli_main
-from inference.launcher import probe, stop_main
+from inference.client.launcher import probe
+from inference.client.stop import stop_main
+from inference.entrypoints.cli import main as cli_main
 
 pytestmark = pytest.mark.timeout(300)
 ENGINE = ["--device", "cpu", "--dtype", "float32", "--num-kv-blocks", "64"]

@@ -137,9 +137,9 @@ def test_random_7b_fp16_long_prompts_alone_and_beside_decodes(tmp_path):
     """The issue's setting: 7B shapes in float16 (lm_head through the skinny matmul), the default budget and
     max_model_len (32768): 3000, 8000 and 32767-token prompts finish, alone and beside decoding requests
     that keep streaming a token every step, and the KV cache ends idle."""
-    from inference.bench_shapes import SHAPES
-    from inference.demo import write_checkpoint
     from inference.engine.llm_engine import LLMEngine
+    from inference.entrypoints.bench_shapes import SHAPES
+    from inference.models.demo import write_checkpoint
 
     d = write_checkpoint(tmp_path / "random-7b", with_weights=False, **SHAPES["7b"])
     e = LLMEngine(EngineConfig(model=str(d), device="cuda", dtype="float16", num_kv_blocks=2304, max_num_seqs=16,

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from inference.bench_shapes import SHAPES
     from inference.config import EngineConfig
-    from inference.demo import write_checkpoint
     from inference.engine.llm_engine import LLMEngine
+    from inference.entrypoints.bench_shapes import SHAPES
+    from inference.models.demo import write_checkpoint
 
     d = write_checkpoint(tmp_path_factory.mktemp("warm") / "7b", with_weights=False, **SHAPES["7b"])
     calls = []

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from inference.cli import main
+from inference.entrypoints.cli import main
 from inference.errors import UserError
 from inference.server.http_bind import bind, check_key_policy, parse_address
 

@@ -21,7 +21,8 @@ from test_prefix_cache import BS, converse, make_engine, run
 
 from inference.config import EngineConfig, ModelConfig, SamplingParams
 from inference.engine.kv_disk import store_key
-from inference.engine.kv_disk_store import FORMAT, KVDiskStore, header_metadata
+from inference.engine.kv_disk_format import FORMAT, header_metadata
+from inference.engine.kv_disk_store import KVDiskStore
 from inference.engine.llm_engine import LLMEngine, start_engine
 from inference.engine.sequence import Sequence
 from inference.errors import UserError
@@ -170,7 +171,7 @@ def test_fifo_at_a_block_path_is_recomputed_without_waiting(tiny_model, uncached
 
 
 def test_block_reads_take_regular_files_only(tmp_path):
-    from inference.engine.kv_disk_store import read_regular
+    from inference.engine.kv_disk_format import read_regular
 
     real = tmp_path / "real"
     real.write_bytes(b"block")
@@ -236,7 +237,7 @@ def test_bad_settings_are_refused_and_the_flag_turns_it_off(tmp_path):
         KVDiskStore(tmp_path / "file", "k", 1.0)
     import argparse
 
-    from inference.cli_args import add_engine_args, engine_config_from_args
+    from inference.entrypoints.cli_args import add_engine_args, engine_config_from_args
     p = argparse.ArgumentParser(allow_abbrev=False)
     add_engine_args(p, kv_disk_default=True)
     on = engine_config_from_args(p.parse_args(["--model", str(tmp_path)]))

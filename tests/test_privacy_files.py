@@ -14,7 +14,9 @@ import time
 import pytest
 import torch
 
-from inference import launcher
+from inference.client import launcher
+from inference.client.paths import log_path
+from inference.client.stop import stop_main
 from inference.engine.kv_disk_store import KVDiskStore
 from inference.errors import UserError
 from inference.server.listen import claim_socket
@@ -70,7 +72,7 @@ def test_ensure_server_refuses_a_shared_folder_before_writing_anything(tiny_mode
             with pytest.raises(UserError, match="writable by every user"):
                 launcher.ensure_server(str(tiny_model), device="cpu", socket=shared / "x.sock", timeout=30)
         finally:
-            for proc in launcher._spawned.values():  # before the fix a server started there
+            for proc in launcher.spawned.values():  # before the fix a server started there
                 if proc.poll() is None:
                     os.killpg(proc.pid, 9)
         assert [p.name for p in shared.iterdir()] == ["x.log"]
@@ -196,7 +198,7 @@ def test_server_files_are_private_in_the_fallback_folder(tiny_model, monkeypatch
                     events = list(c.generate(prompt_ids=list(range(300, 340)), max_new_tokens=2))
             assert events[-1]["event"] == "done", events[-1]
             assert path.parent == run and mode(run) == 0o700
-            for f in (path, launcher.log_path(path), path.with_name(path.name + ".lock")):
+            for f in (path, log_path(path), path.with_name(path.name + ".lock")):
                 assert mode(f) == 0o600, f
             kv = run / "kv"
             deadline = time.monotonic() + 30
@@ -207,11 +209,11 @@ def test_server_files_are_private_in_the_fallback_folder(tiny_model, monkeypatch
             assert {mode(d) for d in (kv, *(p for p in kv.rglob("*") if p.is_dir()))} == {0o700}
             if second_uid():
                 os.chmod(run, 0o755)  # even with the folder opened up, nothing inside is readable
-                assert not any(other_can_read(f) for f in (launcher.log_path(path), files[0]))
+                assert not any(other_can_read(f) for f in (log_path(path), files[0]))
                 os.chmod(run, 0o700)
         finally:
             if path is not None:
-                launcher.stop_main(["--socket", str(path)])
+                stop_main(["--socket", str(path)])
 
 
 @pytest.mark.parametrize("mask", UMASKS)

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from inference import launcher
-from inference.client import AsyncEngineClient, EngineClient, UntrustedPeer
+from inference.client import AsyncEngineClient, EngineClient, UntrustedPeer, launcher
+from inference.client.stop import stop_main
 from inference.errors import UserError
 from tests.support.privacy import SYSTEM_PYTHON, as_other, folder
 from tui.engine_link import EngineLink, EngineOptions, StartFailed
@@ -73,7 +73,7 @@ def _all_clients_refuse(path, match: str) -> None:
     with pytest.raises(UntrustedPeer, match=match):
         launcher.probe(path, timeout=2.0)
     with pytest.raises(UserError, match=match):
-        launcher.stop_main(["--socket", str(path), "--timeout", "2"])
+        stop_main(["--socket", str(path), "--timeout", "2"])
     with pytest.raises(StartFailed, match=match):  # the app attaching with --socket
         EngineLink(EngineOptions(socket=str(path))).start()
 

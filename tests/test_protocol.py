@@ -1,4 +1,4 @@
-"""Request validation and event encoding (inference/protocol.py), no server needed."""
+"""Request validation and event encoding (inference/protocol/), no server needed."""
 
 from __future__ import annotations
 

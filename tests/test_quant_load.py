@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.bench_shapes import weight_read_bytes
-from inference.checkpoint import load_weights
 from inference.config import EngineConfig, ModelConfig, SamplingParams
-from inference.demo import write_checkpoint
 from inference.engine.llm_engine import LLMEngine
 from inference.engine.model_runner import ModelRunner
+from inference.entrypoints.bench_shapes import weight_read_bytes
+from inference.models.checkpoint import load_weights
+from inference.models.demo import write_checkpoint
 from inference.models.qwen import QWenLMHeadModel
 from inference.quant import utils
 from inference.quant.apply import linear_targets, quantize_layer
@@ -68,8 +68,8 @@ def test_quantize_at_load_equals_quantizing_the_float_model(tiny_model, scheme, 
     (lambda t: t.to(torch.int8), "mlp.w1.weight is stored as int8 but must be a floating-point tensor"),
 ])
 def test_a_bad_tensor_quantized_as_read_is_one_clear_error(tmp_path, change, message):
-    from inference.demo import DEMO_CONFIG, random_weights
     from inference.errors import UserError
+    from inference.models.demo import DEMO_CONFIG, random_weights
 
     w = random_weights(DEMO_CONFIG)
     w["transformer.h.1.mlp.w1.weight"] = change(w["transformer.h.1.mlp.w1.weight"]).contiguous()
@@ -122,7 +122,7 @@ PEAK = """
 import json, sys
 from pathlib import Path
 import torch
-from inference.bench_shapes import weight_read_bytes
+from inference.entrypoints.bench_shapes import weight_read_bytes
 from inference.config import EngineConfig, ModelConfig
 from inference.engine.model_runner import ModelRunner
 

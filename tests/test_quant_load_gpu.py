@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from inference.config import EngineConfig, ModelConfig, SamplingParams
-from inference.demo import write_checkpoint
 from inference.engine.model_runner import ModelRunner
+from inference.models.demo import write_checkpoint
 from tests.test_quant_load import BIG, float_then_quantized, quantized_copy
 
 pytestmark = pytest.mark.gpu
@@ -53,7 +53,7 @@ def test_device_peak_of_random_int8_weights_is_one_copy():
     """7B shape, random weights drawn as int8 layer by layer: the fp16 model (15 GB) never exists."""
     import tempfile
 
-    from inference.bench_shapes import SHAPES
+    from inference.entrypoints.bench_shapes import SHAPES
 
     with tempfile.TemporaryDirectory() as tmp:
         d = write_checkpoint(f"{tmp}/random-7b", with_weights=False, **SHAPES["7b"])

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from inference.config import EngineConfig, SamplingParams
-from inference.demo import DEMO_CONFIG, random_weights, write_checkpoint
 from inference.engine.llm_engine import LLMEngine
 from inference.errors import UserError
 from inference.eval.logits_metrics import aggregate, compare_logits
 from inference.layers.linear import LinearBase
+from inference.models.demo import DEMO_CONFIG, random_weights, write_checkpoint
 
 CFG = {**DEMO_CONFIG, "seq_length": 256}
 PROMPTS = [[9707, 11, 847, 829, 374, 264, 1273], list(range(1000, 1030)), [151644, 872, 198, 100644, 101889]]

@@ -13,8 +13,8 @@ import torch
 from test_quant_msmodelslim import CFG, activation_ranges, export_w8a8, write_dir
 
 from inference.config import EngineConfig
-from inference.demo import random_weights, write_checkpoint
 from inference.engine.llm_engine import LLMEngine
+from inference.models.demo import random_weights, write_checkpoint
 from tests.support.tp_worker import run_prompts
 
 PROMPTS = [[9707, 11, 847, 829, 374], [100644, 101889, 99489], list(range(1000, 1040)), [151644, 872, 198]]

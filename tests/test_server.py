@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 
 from inference.client import AsyncEngineClient, EngineClient
-from inference.launcher import default_socket_path
+from inference.client.paths import default_socket_path
 from inference.model_path import model_id
 from inference.tokenizer import QwenTokenizer
 from tests.support.server import RawConn, start_server, stop_server, wait_ready

@@ -17,7 +17,8 @@ from unittest import mock
 import pytest
 
 from inference.client import EngineClient
-from inference.launcher import EngineStartError, ensure_server, probe, stop_main
+from inference.client.launcher import EngineStartError, ensure_server, probe
+from inference.client.stop import stop_main
 from tests.support.server import CPU_ARGS, start_server, stop_server, wait_ready
 
 PROMPT = list(range(300, 340))
@@ -159,7 +160,7 @@ def test_stop_ends_a_streaming_server(launched, capsys):
 def test_an_exited_unreaped_server_counts_as_stopped():
     """`qwen-chat stop` of a server the app started: it exits, but stays a zombie until the app reaps it;
     stop must not wait 30 s for it and then say it did not stop."""
-    from inference.launcher import _pid_alive
+    from inference.client.stop import _pid_alive
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])  # not the launcher's: nobody reaps it
     state = Path(f"/proc/{proc.pid}/stat")

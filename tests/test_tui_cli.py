@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from inference.cli import COMMANDS
+from inference.entrypoints.cli import COMMANDS
 from sessions import SessionStore
 from tui.cli import main
 

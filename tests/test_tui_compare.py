@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from inference import launcher
-from inference.client import EngineClient
+from inference.client import EngineClient, launcher
+from inference.client.stop import stop_server
 from sessions import SessionStore
 from sessions.prompt import build_messages
 from tests.support.app import SIZE, chat, make_app, settings_of, type_and_send, wait_for, wait_ready
@@ -38,7 +38,7 @@ def engine_b(tiny_model, tmp_path_factory):
     try:
         yield run, sock
     finally:
-        launcher.stop_server(sock, timeout=20)
+        stop_server(sock, timeout=20)
 
 
 def pairs(app) -> list[ComparePair]:
@@ -226,7 +226,7 @@ def test_engine_b_stopped_mid_reply_leaves_a_streaming(tui_server, tiny_model, r
             await wait_for(pilot, lambda: pairs(app) and len(pairs(app)[0].right.content) > 5, timeout=60,
                            what="B's first tokens")
             stopping = asyncio.create_task(asyncio.to_thread(  # as `qwen-chat stop` from another terminal
-                launcher.stop_server, Path(chat(app).comparison.link.socket_path), 20))
+                stop_server, Path(chat(app).comparison.link.socket_path), 20))
             pair = pairs(app)[0]
             await wait_for(pilot, lambda: pair.right.status == "error", timeout=30, what="B's error")
             assert pair.left.status == "streaming"  # A goes on
@@ -258,7 +258,7 @@ def test_engine_a_stopped_mid_reply_leaves_b_streaming(engine_b, tiny_model, run
             await type_and_send(pilot, "Tell me a long story")
             await wait_for(pilot, lambda: pairs(app) and len(pairs(app)[0].left.content) > 5, timeout=60,
                            what="A's first tokens")
-            stopping = asyncio.create_task(asyncio.to_thread(launcher.stop_server, Path(app.link.socket_path), 20))
+            stopping = asyncio.create_task(asyncio.to_thread(stop_server, Path(app.link.socket_path), 20))
             pair = pairs(app)[0]
             await wait_for(pilot, lambda: pair.left.status == "error", timeout=30, what="A's error")
             assert pair.right.status == "streaming"  # B goes on

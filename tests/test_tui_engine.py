@@ -11,7 +11,8 @@ import signal
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
+from inference.client.paths import log_path
 from sessions import SessionStore
 from tests.support.app import SIZE, make_app, settings_of, wait_for, wait_ready
 from tui.screens.chat import ChatScreen
@@ -131,7 +132,7 @@ def test_engine_that_cannot_start_shows_its_log_and_the_message_is_kept(runtime,
                            what="the failure screen")
             screen = app.screen
             log = str(screen.query_one("#failed-log Static").render())
-            assert "not Qwen v1" in log and str(launcher.log_path(app.link.socket_path)) == screen.log_path
+            assert "not Qwen v1" in log and str(log_path(app.link.socket_path)) == screen.log_path
             assert "qwen-chat serve --model" in str(screen.query_one("#failed-hint").render())
             await pilot.press("c")  # browse sessions without the engine
             await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from inference import launcher
+from inference.client import launcher
+from inference.client.stop import stop_main
 from sessions import SessionStore
 from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, type_and_send, wait_for, wait_ready
 from tui.app import STATS_EVERY_S
@@ -64,7 +65,7 @@ def test_an_engine_stopped_while_it_starts_says_so_and_r_starts_it_again(tiny_mo
     def start_and_stop(progress=None):
         def report(done, total, what):
             if not stopped and what != "starting the engine server":  # the server answers: it is loading
-                stopped.append(launcher.stop_main(["--socket", app.link.socket_path]))
+                stopped.append(stop_main(["--socket", app.link.socket_path]))
             progress(done, total, what)
 
         return start(report)
@@ -108,7 +109,7 @@ def test_an_engine_stopped_while_the_app_is_idle_shows_down_and_the_next_message
             bar = chat(app).query_one(StatusBar)
             assert bar.state == "ready"
             pid = app.link.info["pid"]
-            assert launcher.stop_main(["--socket", app.link.socket_path]) == 0
+            assert stop_main(["--socket", app.link.socket_path]) == 0
             await wait_for(pilot, lambda: app.engine_state == "down", timeout=3 * STATS_EVERY_S + 5,
                            what="the engine marked down")
             assert bar.state == "down"

@@ -9,7 +9,9 @@ import argparse
 import os
 import sys
 
-from inference.cli import COMMANDS as ENGINE_COMMANDS  # `qwen-chat <command>` execs `python -m inference <command>`
+from inference.entrypoints.cli import (
+    COMMANDS as ENGINE_COMMANDS,  # `qwen-chat <command>` execs `python -m inference <command>`
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     from tui.engine_link import EngineOptions
 
     if args.socket is None:
+        from inference.client.preflight import check_start
         from inference.errors import UserError
-        from inference.preflight import check_start
 
         try:  # fail here, in one line, for what needs no engine: files, config, --tp, the device
             check_start(args.model, tp=args.tp, device=args.device, dtype=args.dtype, quant=args.quant)

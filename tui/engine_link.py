@@ -1,6 +1,6 @@
 """The app's link to the engine: start it (or attach to a running one), health, stats, reconnect.
 
-Torch-free: uses only `inference.launcher`, `inference.client` and `inference.model_path`.
+Torch-free: uses only `inference.client.launcher`, `inference.client` and `inference.model_path`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inference import launcher
-from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable, UntrustedPeer
+from inference.client import AsyncEngineClient, EngineClient, EngineError, EngineUnavailable, UntrustedPeer, launcher
+from inference.client.paths import default_socket_path, log_path
+from inference.client.server_log import error_line, read_log_tail
 from inference.model_path import model_id
 
 Progress = Callable[[int, int, str], None]
@@ -48,14 +49,14 @@ class EngineLink:
 
     def __init__(self, opts: EngineOptions):
         self.opts = opts
-        self.socket_path = str(opts.socket or launcher.default_socket_path(  # one engine per configuration
+        self.socket_path = str(opts.socket or default_socket_path(  # one engine per configuration
             model_id(opts.model), tp=opts.tp, dtype=opts.dtype, device=opts.device, quant=opts.quant))
         self.info: dict = {}
         self.stats: dict = {}
 
     @property
     def log_path(self) -> str:
-        return str(launcher.log_path(self.socket_path))
+        return str(log_path(self.socket_path))
 
     # -- start / attach (blocking: run in a thread) -----------------------------------------------
     def start(self, progress: Progress | None = None) -> dict:
@@ -100,9 +101,9 @@ class EngineLink:
     def _start_error(self, e: Exception) -> StartFailed:
         """The engine's own error line first (from this start's log lines only), then what happened."""
         log_path = str(getattr(e, "log_file", None) or self.log_path)
-        lines = launcher.read_log_tail(log_path, 30, this_run=True)
+        lines = read_log_tail(log_path, 30, this_run=True)
         what = getattr(e, "what", None) or (str(e) or type(e).__name__).split("\nlast lines of", 1)[0]
-        reason = launcher.error_line(lines) or getattr(e, "reason", None)
+        reason = error_line(lines) or getattr(e, "reason", None)
         message = f"{reason}\n({what})" if reason and reason not in what else what
         code = getattr(e, "returncode", None)
         if code is not None and code <= 0 and not reason:  # 0: asked to stop (stop, SIGTERM); < 0: killed

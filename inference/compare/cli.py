@@ -32,7 +32,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inference.cli_args import add_engine_args
+    from inference.entrypoints.cli_args import add_engine_args
 
     p = CliParser(prog="qwen-chat compare", description=__doc__, allow_abbrev=False,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,7 +61,7 @@ def engine_b(a: argparse.Namespace) -> dict:
 
 
 def start(side: str, engine: dict, extra: list[str]) -> Path:
-    from inference.launcher import EngineStartError, ensure_server
+    from inference.client.launcher import EngineStartError, ensure_server
 
     last = [None]
 
@@ -79,12 +79,12 @@ def start(side: str, engine: dict, extra: list[str]) -> Path:
 
 def run(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from inference.client import EngineClient
+    from inference.client.launcher import describe
     from inference.compare.prompts import load_prompts
     from inference.compare.report import render
     from inference.compare.runner import compare_one
+    from inference.entrypoints.generate_remote import serve_args
     from inference.eval.results import PartialResults, atomic_write_text
-    from inference.generate_remote import serve_args
-    from inference.launcher import describe
     from inference.model_path import resolve_model
 
     kind = Path(a.out).suffix.lower() if a.out else ".md"

@@ -31,7 +31,8 @@ from pathlib import Path
 from safetensors.torch import load as st_load
 
 from inference import distributed as dist
-from inference.engine.kv_disk_store import FORMAT, KVDiskStore
+from inference.engine.kv_disk_format import FORMAT
+from inference.engine.kv_disk_store import KVDiskStore
 
 __all__ = ["DiskTier", "DiskTierScheduler", "KVDiskStore", "open_tier", "store_key"]
 LOAD_THREADS = 8

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from inference.checkpoint import load_weights, materialize
 from inference.config import EngineConfig, ModelConfig
+from inference.models.checkpoint import load_weights, materialize
 from inference.models.qwen import QWenLMHeadModel
 
 NORMS = ("ln_1.weight", "ln_2.weight", "ln_f.weight")

@@ -44,7 +44,7 @@ class Worker:
         torch.set_num_threads(cpu_threads(cfg.cpu_threads))  # before loading: weight conversion uses them too
         model_dir = Path(cfg.model)
         if model_dir == demo_dir():  # built on first use (and brought up to date)
-            from inference.demo import ensure_demo
+            from inference.models.demo import ensure_demo
 
             ensure_demo(model_dir)
         self.model_config = m = ModelConfig.from_dir(model_dir)

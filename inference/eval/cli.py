@@ -34,7 +34,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inference.cli_args import add_engine_args
+    from inference.entrypoints.cli_args import add_engine_args
 
     p = CliParser(
         prog="qwen-chat eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def reference_config(args):
-    from inference.cli_args import engine_config_from_args
+    from inference.entrypoints.cli_args import engine_config_from_args
 
     ref = copy.copy(args)
     if args.reference:
@@ -87,7 +87,7 @@ def reference_config(args):
 
 
 def run(args) -> int:
-    from inference.cli_args import engine_config_from_args
+    from inference.entrypoints.cli_args import engine_config_from_args
 
     if args.task == "logits-dump":
         from inference.eval.logits_compare import run_dump_job

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from inference.checkpoint import shard_map
 from inference.config import ModelConfig
 from inference.errors import UserError
 from inference.layers.rotary import RotaryEmbedding, apply_rotary
+from inference.models.checkpoint import shard_map
 
 
 @dataclass

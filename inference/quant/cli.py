@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
         src = resolve_model(a.model)
         if a.model == "demo":
-            from inference.demo import ensure_demo
+            from inference.models.demo import ensure_demo
 
             ensure_demo(src)
         opts = QuantizeOptions(model=str(src), out=a.out, scheme=a.scheme, calib=a.calib, smooth=a.smooth,

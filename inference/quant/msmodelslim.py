@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from inference.checkpoint import default_loader, materialize
 from inference.errors import UserError
 from inference.layers.layernorm import RMSNorm
 from inference.layers.linear import LinearBase, RowParallelLinear
+from inference.models.checkpoint import default_loader, materialize
 from inference.quant import params
 from inference.quant.apply import checkpoint_names
 from inference.quant.methods import W8A8LinearMethod, W8A16LinearMethod

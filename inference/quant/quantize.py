@@ -20,10 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from inference.checkpoint import check_float_checkpoint, shard_map
 from inference.config import ModelConfig
 from inference.errors import UserError
 from inference.eval.progress import ProgressBar
+from inference.models.checkpoint import check_float_checkpoint, shard_map
 from inference.quant import utils
 from inference.quant.calibrate import CalibResult, TensorReader, calibrate, load_calib
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from inference import protocol as P
 from inference.config import MAX_LOGPROBS
-from inference.json_values import is_int, reject_constant, type_name
+from inference.protocol.json_values import is_int, reject_constant, type_name
 
 MAX_STOP = 16  # stop strings per request
 MAX_STOP_CHARS = 1000

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inference import envs, private_files
+from inference.client.launcher import EXIT_ALREADY_RUNNING
+from inference.client.paths import default_socket_path, runtime_dir
+from inference.client.preflight import check_config
 from inference.errors import CliParser, UserError
-from inference.launcher import EXIT_ALREADY_RUNNING, default_socket_path, runtime_dir
-from inference.preflight import check_config
 from inference.server.app import EngineServer
 from inference.server.listen import AlreadyRunning, claim_socket, release_socket
 
@@ -26,7 +27,7 @@ DEFAULT_SEND_LIMIT = 4 << 20
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inference.cli_args import add_engine_args
+    from inference.entrypoints.cli_args import add_engine_args
 
     ap = CliParser(prog="qwen-chat serve", allow_abbrev=False,
                    description="Serve the engine on a local Unix socket (docs/protocol.md) "
@@ -84,7 +85,7 @@ def _setup_http(server: EngineServer, host: str, port: int, api_key: str | None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from inference.cli_args import engine_config_from_args
+    from inference.entrypoints.cli_args import engine_config_from_args
     from inference.model_path import is_demo, model_id
 
     args = build_parser().parse_args(argv)
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         release_socket(path, None, lock_fd)
     if server.loop is not None and server.loop.load_error is not None:
-        raise server.loop.load_error  # bad checkpoint or option: one `error:` line, exit 2 (inference.cli)
+        raise server.loop.load_error  # bad checkpoint or option: one `error:` line, exit 2 (inference.entrypoints.cli)
     if server.loop is not None and server.loop.is_alive():  # stuck loading or in a collective: do not wait
         logging.shutdown()
         sys.stdout.flush()

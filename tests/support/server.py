@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from inference.launcher import probe
+from inference.client.launcher import probe
 
 CPU_ARGS = ("--device", "cpu", "--dtype", "float32", "--num-kv-blocks", "256")
 

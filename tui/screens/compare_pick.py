@@ -52,8 +52,8 @@ def read_choice(values: dict[str, str], greedy: bool) -> CompareChoice:
         return CompareChoice(EngineOptions(model=v["model"] or "?", socket=v["socket"]), greedy)
     if not v["model"]:
         raise ValueError("model: give a model directory or alias (or the socket of a running engine)")
+    from inference.client.preflight import check_start
     from inference.errors import UserError
-    from inference.preflight import check_start
 
     try:
         check_start(v["model"], tp=tp, device=v["device"], dtype=v["dtype"], quant=quant)

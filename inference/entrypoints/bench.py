@@ -14,11 +14,11 @@ from types import SimpleNamespace
 
 import torch
 
-from inference.bench_shapes import SHAPES, decode_bytes, weight_read_bytes
-from inference.cli_args import add_engine_args, engine_config_from_args
 from inference.config import SamplingParams
+from inference.entrypoints.bench_shapes import SHAPES, decode_bytes, weight_read_bytes
+from inference.entrypoints.cli_args import add_engine_args, engine_config_from_args
+from inference.entrypoints.generate import progress_printer
 from inference.errors import CliParser, UserError
-from inference.generate import progress_printer
 
 COLUMNS = ["Model", "Batchsize", "In_seq", "Out_seq", "Total time(s)", "First token time(ms)",
            "Non-first token time(ms)", "Non-first token Throughput(Tokens/s)", "E2E Throughput(Tokens/s)",
@@ -136,8 +136,8 @@ def progress_line(i: int, n: int, r: dict) -> str:
 
 
 def make_engine(a):
-    from inference.demo import write_checkpoint
     from inference.engine.llm_engine import start_engine
+    from inference.models.demo import write_checkpoint
 
     if a.random_weights:
         tmp = Path(tempfile.mkdtemp(prefix="qwen-bench-")) / f"random-{a.random_weights}"
@@ -204,7 +204,7 @@ def main(argv) -> int:
         rows.append(row(label + " ttft", 1, n_in, 1, runs[1], float("nan")))
         print(progress_line(len(rows), total, rows[-1]), file=sys.stderr, flush=True)
     if a.baseline == "hf":
-        from inference.bench_hf import hf_rows
+        from inference.entrypoints.bench_hf import hf_rows
 
         rows += hf_rows(engine, a, bw, el, label)
     if a.out:

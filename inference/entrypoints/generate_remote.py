@@ -32,7 +32,7 @@ def serve_args(a: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
 
 def sampling_fields(a: argparse.Namespace, model_dir: str) -> dict:
     """The sampling fields local generate would use (generation_config.json, then the flags), validated."""
-    from inference.generate import sampling  # torch-free; generate imports this lazily
+    from inference.entrypoints.generate import sampling  # torch-free; generate imports this lazily
 
     p: SamplingParams = sampling(a, model_dir)
     return {"max_new_tokens": p.max_new_tokens, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k,
@@ -47,8 +47,8 @@ def _progress(done: int, total: int, what: str) -> None:
 
 def run_remote(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from inference.client import EngineClient
-    from inference.generate import parse_ids
-    from inference.launcher import EngineStartError, ensure_server
+    from inference.client.launcher import EngineStartError, ensure_server
+    from inference.entrypoints.generate import parse_ids
     from inference.model_path import resolve_model
 
     model_dir = str(resolve_model(a.model))

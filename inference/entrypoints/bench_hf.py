@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from inference.bench_shapes import decode_bytes
+from inference.entrypoints.bench_shapes import decode_bytes
 
 
 def hf_model_from_engine(engine):
@@ -44,7 +44,7 @@ def hf_model_from_engine(engine):
 
 
 def hf_rows(engine, a, bw, el, label) -> list[dict]:
-    from inference.bench import progress_line, row
+    from inference.entrypoints.bench import progress_line, row
 
     dev, m = engine.device, engine.model_config
     engine.runner.graphs = None

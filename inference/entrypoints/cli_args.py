@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from inference import envs
-from inference.config import EngineConfig
+from inference.config import EngineConfig, default_kv_disk_dir
 from inference.model_path import resolve_model
-
-
-def default_kv_disk_dir() -> str:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return str(cache / "qwen-chat" / "kv")
 
 
 def add_engine_args(p: argparse.ArgumentParser, kv_disk_default: bool = False) -> None:

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from inference.cli_args import add_engine_args, engine_config_from_args
 from inference.config import SamplingParams, generation_defaults
+from inference.entrypoints.cli_args import add_engine_args, engine_config_from_args
 from inference.errors import CliParser, UserError
 from inference.model_path import is_demo
 
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if a.connect:
-        from inference.generate_remote import run_remote
+        from inference.entrypoints.generate_remote import run_remote
 
         return run_remote(a, parser)
     from inference.engine.llm_engine import start_engine

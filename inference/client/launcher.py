@@ -1,20 +1,17 @@
-"""Start, find and stop the background engine server (no torch: the Textual app imports this).
+"""Start and find the background engine server (no torch: the Textual app imports this).
 
     path = ensure_server("14b", progress=lambda done, total, what: ...)   # reuse or start, wait ready
     client = EngineClient(path)
 
-The server runs detached (its own session) as `python -m inference serve ...`, logging to
-`<name>.log` beside its socket `<name>.sock` in `$XDG_RUNTIME_DIR/qwen-chat/` (fallback
-`~/.cache/qwen-chat/`, made 0700). `<name>` is the model id plus the options that differ from the
-defaults (`demo+w8a16`, `14b-chat+tp2`): each configuration gets its own engine. Only a folder of this
-user that no one else can write to is used, and its files are opened without following links.
+The server runs detached (its own session) as `python -m inference serve ...`, logging beside its socket
+(paths.py names both: one pair per model configuration, so each configuration gets its own engine). Only
+a folder of this user that no one else can write to is used, and its files are opened without following
+links. stop.py stops servers; server_log.py reads a start's log lines.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,15 +21,14 @@ from pathlib import Path
 
 from inference import private_files
 from inference.client import EngineClient, EngineError, EngineUnavailable, UntrustedPeer
-from inference.errors import CliParser, UserError
+from inference.client.paths import default_socket_path, log_path, runtime_dir
+from inference.client.server_log import START_MARK, error_line, read_log_tail
+from inference.errors import UserError
 
-START_MARK = "--- "  # spawn_server's line before each start: "--- <time> starting: <command>"
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b[^\s]*: \S")
 EXIT_ALREADY_RUNNING = 3  # `serve` exit code when a live server owns the socket path
 LOG_ROTATE_BYTES = 10 << 20
 START_TIMEOUT = 1800.0  # a 72B checkpoint from a slow disk takes a while
-MAX_SOCKET_PATH = 107  # bytes of a Unix socket path, without the trailing NUL
-_spawned: dict[int, subprocess.Popen] = {}  # servers this process started
+spawned: dict[int, subprocess.Popen] = {}  # servers this process started (stop.py reaps them)
 
 
 class EngineStartError(UserError):
@@ -54,76 +50,6 @@ class EngineStartError(UserError):
         if self.log_tail:
             message += f"\nlast lines of {log_file}:\n" + "\n".join("  " + s for s in self.log_tail)
         super().__init__(message)
-
-
-def runtime_dir() -> Path:
-    """`$XDG_RUNTIME_DIR/qwen-chat` when that is a writable directory, else `~/.cache/qwen-chat`."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
-        return Path(xdg) / "qwen-chat"
-    return Path.home() / ".cache" / "qwen-chat"
-
-
-def engine_name(model_id: str, tp: int = 1, dtype: str = "auto", device: str = "auto",
-                quant: str | None = None) -> str:
-    """The model id plus every option that differs from the default, e.g. `demo+cpu+w8a16`."""
-    parts = [model_id]
-    if int(tp) != 1:
-        parts.append(f"tp{int(tp)}")
-    parts += [v for v in (device, dtype) if v and v != "auto"]
-    if quant:
-        parts.append(quant)
-    return "+".join([parts[0], *(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)) for p in parts[1:])])
-
-
-def default_socket_path(model_id: str, tp: int = 1, dtype: str = "auto", device: str = "auto",
-                        quant: str | None = None) -> Path:
-    """Where the engine of this model and configuration listens (one socket per configuration). Options
-    that would make the path too long for a Unix socket are named by a short hash instead."""
-    name = engine_name(model_id, tp, dtype, device, quant)
-    path = runtime_dir() / f"{name}.sock"
-    if name != model_id and len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
-        digest = hashlib.sha1(name[len(model_id):].encode()).hexdigest()[:6]
-        path = runtime_dir() / f"{model_id}+{digest}.sock"
-    return path
-
-
-def model_sockets(model_id: str) -> list[Path]:
-    """The sockets of every configuration of `model_id` in the default folder."""
-    d = runtime_dir()
-    return sorted({*d.glob(f"{model_id}.sock"), *d.glob(f"{model_id}+*.sock")})
-
-
-def log_path(socket_path: str | os.PathLike) -> Path:
-    p = Path(socket_path)
-    return p.with_name(p.stem + ".log") if p.suffix == ".sock" else p.with_name(p.name + ".log")
-
-
-def read_log_tail(path: str | os.PathLike, n: int = 20, this_run: bool = False) -> list[str]:
-    """The last `n` lines of a log file ([] when it does not exist). With `this_run`, only the lines
-    after the last start marker that `spawn_server` writes: nothing from earlier runs."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))
-            lines = [ln.decode("utf-8", "replace").rstrip("\r\n") for ln in f]
-    except OSError:
-        return []
-    if this_run:
-        starts = [i for i, ln in enumerate(lines) if ln.startswith(START_MARK) and " starting: " in ln]
-        lines = lines[starts[-1] + 1:] if starts else lines
-    return lines[-n:] if n > 0 else []
-
-
-def error_line(lines: Sequence[str]) -> str | None:
-    """A failed start's own reason in its log lines: the last `error: ...` line (what the CLI prints for
-    bad input), else the last line of a traceback (`SomeError: ...`), else None."""
-    for line in reversed(lines):
-        if line.startswith(("error: ", "error (rank")):
-            return line.strip()
-    for line in reversed(lines):
-        if _EXCEPTION_LINE.match(line):
-            return line.strip()
-    return None
 
 
 def probe(socket_path: str | os.PathLike, timeout: float = 3.0) -> dict | None:
@@ -168,7 +94,7 @@ def spawn_server(cmd: Sequence[str], log_file: Path) -> subprocess.Popen:
         log.flush()
         proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
-    _spawned[proc.pid] = proc
+    spawned[proc.pid] = proc
     return proc
 
 
@@ -257,68 +183,3 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if pid in _spawned:  # our own child: poll() reaps it, so an exited server is not a zombie here
-        return _spawned[pid].poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """An exited process its parent has not reaped yet (e.g. a server the app started, stopped by
-    `qwen-chat stop`): gone, though kill(pid, 0) still finds it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
-
-
-def stop_server(path: Path, timeout: float = 30.0) -> str:
-    """Ask the server on `path` to shut down and wait until it is gone. Returns what happened."""
-    try:
-        with EngineClient(path, timeout=5.0) as c:
-            health = c.health()
-            c.shutdown()
-    except UntrustedPeer as e:
-        raise UserError(str(e)) from None
-    except (EngineUnavailable, EngineError):
-        return f"no engine server is running on {path}"
-    pid = health.get("pid")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not path.exists() and not _pid_alive(pid):
-            return f"stopped the engine server for {health.get('model_id', '?')} (pid {pid}, {path})"
-        time.sleep(0.1)
-    raise UserError(f"the engine server (pid {pid}) on {path} did not stop within {timeout:.0f}s; "
-                    f"end it with `kill {pid}`")
-
-
-def stop_main(argv: Sequence[str] | None = None) -> int:
-    """`qwen-chat stop [--model M | --socket PATH]`: no option stops every server in the default directory;
-    `--model M` every configuration of M."""
-    ap = CliParser(prog="qwen-chat stop", description="Stop background engine servers.", allow_abbrev=False)
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--model", help="stop the servers of this model (path, alias or demo), every configuration")
-    g.add_argument("--socket", help="stop the server listening on this socket")
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it to exit")
-    args = ap.parse_args(argv)
-    if args.socket:
-        paths = [Path(args.socket).expanduser()]
-    elif args.model:  # every configuration of the model
-        paths = model_sockets(_model_id(args.model)) or [default_socket_path(_model_id(args.model))]
-    else:
-        paths = sorted(runtime_dir().glob("*.sock"))
-        if not paths:
-            print(f"no engine server is running (no sockets in {runtime_dir()})")
-            return 0
-    for p in paths:
-        print(stop_server(p, args.timeout))
-    return 0

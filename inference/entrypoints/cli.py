@@ -15,17 +15,18 @@ from inference import envs
 from inference.errors import UserError
 
 COMMANDS = {  # every engine command, `python -m inference <command>` and `qwen-chat <command>` alike
-    "generate": ("inference.generate", "main"),
+    "generate": ("inference.entrypoints.generate", "main"),
     "serve": ("inference.server", "main"),
-    "stop": ("inference.launcher", "stop_main"),
+    "stop": ("inference.client.stop", "stop_main"),
     "eval": ("inference.eval.cli", "main"),
     "quantize": ("inference.quant.cli", "main"),
-    "bench": ("inference.bench", "main"),
+    "bench": ("inference.entrypoints.bench", "main"),
     "compare": ("inference.compare.cli", "main"),
 }
 TORCHRUN_COMMANDS = {"generate", "serve", "eval", "bench"}  # they start ranks: relaunched under torchrun at --tp > 1
-PARSERS = {"generate": ("inference.generate", "build_parser"), "serve": ("inference.server.serve", "build_parser"),
-           "eval": ("inference.eval.cli", "build_parser"), "bench": ("inference.bench", "parse_args")}
+PARSERS = {"generate": ("inference.entrypoints.generate", "build_parser"),
+           "serve": ("inference.server.serve", "build_parser"), "eval": ("inference.eval.cli", "build_parser"),
+           "bench": ("inference.entrypoints.bench", "parse_args")}
 
 
 def peek_tp(argv: list[str]) -> int:
@@ -44,16 +45,16 @@ def peek_tp(argv: list[str]) -> int:
 
 def preflight(argv: list[str]) -> None:
     """Refuse bad tensor-parallel setups before any rank starts."""
-    from inference.cli_args import add_engine_args, engine_config_from_args
     from inference.config import ModelConfig, check_tp, check_tp_devices
     from inference.engine.device import device_count
+    from inference.entrypoints.cli_args import add_engine_args, engine_config_from_args
 
     p = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     add_engine_args(p)
     a, _ = p.parse_known_args(argv)
     cfg = engine_config_from_args(a)
     if a.model == "demo":
-        from inference.demo import ensure_demo
+        from inference.models.demo import ensure_demo
 
         ensure_demo()
     check_tp(ModelConfig.from_dir(cfg.model), cfg.tp)
