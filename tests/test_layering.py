@@ -17,7 +17,8 @@ KNOWN = {"inference/quant/quantize.py": ["inference.eval.progress", "inference.e
 HEAVY = ("torch", "numpy", "safetensors", "triton", "transformers")
 # the torch-free modules of inference/ that tui/ may use; the shared foundations at the top of inference/
 TUI_MAY_IMPORT = ("inference.client", "inference.protocol", "inference.entrypoints.cli", "inference.errors",
-                  "inference.model_path", "inference.private_files", "inference.config", "inference.envs")
+                  "inference.model_path", "inference.private_files", "inference.config", "inference.envs",
+                  "inference.compare.metrics")  # the compare view's first difference and agreement (pure)
 
 
 def _imports(path: Path) -> set[str]:
@@ -72,6 +73,7 @@ def test_the_app_side_loads_without_torch():
     """Importing the app, the sessions store, every client and protocol module and the command table loads
     neither torch nor numpy nor safetensors (the AST checks above miss what a foundation module imports)."""
     modules = ["tui.app", "tui.cli", "sessions", "inference.entrypoints.cli", "inference.tokenizer",
+               "inference.compare.metrics",
                *(f"inference.{p.parent.name}.{p.stem}".removesuffix(".__init__")
                  for pkg in ("client", "protocol") for p in sorted((INFERENCE / pkg).glob("*.py")))]
     code = (f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
