@@ -4,13 +4,7 @@
 # Env: SKIP_TESTS=1, GPU_TESTS (more test files), CASES, BASELINE, TEST_TIMEOUT, BENCH_TIMEOUT,
 # SKIP_SOAK=1, SOAK_DURATION (seconds of bench/soak.py's traffic, default 180), SOAK_TIMEOUT.
 set -uo pipefail
-OUT=${1:-${OUT:-/tmp/qwen-bench}}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv,noheader
+. "$(dirname "$0")/gpu_env.sh" "$@"  # OUT, PYTHONPATH, .whl/ wheels, the GPU's line
 python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   xdist=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")

@@ -7,13 +7,7 @@
 # Env: SCHEME (w8a16, or w8a8), CASES, TTFT, BENCH_TIMEOUT (s, default 470), TESTS=1 (first the load-memory
 # GPU tests, tests/test_quant_load_gpu.py: about a minute more).
 set -uo pipefail
-OUT=${1:-${OUT:-/tmp/qwen-bench}}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv,noheader
+. "$(dirname "$0")/gpu_env.sh" "$@"  # OUT, PYTHONPATH, .whl/ wheels, the GPU's line
 if [ "${TESTS:-0}" = 1 ]; then
   timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_quant_load_gpu.py 2>&1 \
     | tee "$OUT/quant_load_tests.log" | tail -4

@@ -5,12 +5,9 @@ the GPU tests' part; the one-token GEMV and W8A8 kernels are `test_quant_numeric
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
+from tests.support.interpreter import run_interpreted
 
 CHECK = textwrap.dedent("""
     import torch
@@ -49,7 +46,4 @@ CHECK = textwrap.dedent("""
 
 
 def test_decode_kernels_match_reference_in_the_interpreter():
-    pytest.importorskip("triton")
-    r = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "TRITON_INTERPRET": "1"})
-    assert r.returncode == 0 and "decode kernels ok" in r.stdout, r.stderr[-3000:]
+    run_interpreted(CHECK, "decode kernels ok", timeout=240)

@@ -3,9 +3,6 @@ through Triton's CPU interpreter."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -18,6 +15,7 @@ from inference.quant.apply import linear_targets, quantize_layer
 from inference.quant.calibrate import smooth_group
 from inference.quant.methods import W8A8LinearMethod, W8A16LinearMethod
 from inference.quant.quantize import quantized_modules
+from tests.support.interpreter import run_interpreted
 
 
 def row_cosine_min(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -145,7 +143,4 @@ KERNEL_CHECK = textwrap.dedent("""
 
 def test_triton_kernels_match_reference_in_the_interpreter():
     """The kernels' logic (tiling, masks, split-K, epilogues) on the CPU; the GPU tests cover bf16 and speed."""
-    pytest.importorskip("triton")
-    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "TRITON_INTERPRET": "1"})
-    assert r.returncode == 0 and "kernels ok" in r.stdout, r.stderr[-3000:]
+    run_interpreted(KERNEL_CHECK, "kernels ok", timeout=120)

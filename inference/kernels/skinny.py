@@ -21,6 +21,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from inference.kernels import capability_at_least, pdl
 from inference.kernels.fused import add_rmsnorm, add_rmsnorm_row, pdl_wait
+from inference.kernels.swap_ab import load_k_step, swap_ab_start
 
 _FITS: dict[tuple, int] = {}  # configs whose pipeline did not fit in shared memory -> the stages that did
 SMEM_BYTES = 220 * 1024  # the pipelined tiles of one program stay under this (Hopper: 227 KB per block)
@@ -32,35 +33,11 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, best_ptr, M, N, K, stride_xm, str
                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
                    ARGMAX: tl.constexpr):
     pdl_wait(PDL)
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows_w = (offs_n % N).to(tl.int64)
-    rows_x = (offs_m % M).to(tl.int64)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    t0 = pid_k * per_split
-    t1 = tl.minimum(t0 + per_split, k_tiles)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (t0 * BLOCK_K + offs_k)[None, :]
-    x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (t0 * BLOCK_K + offs_k)[:, None]
+    pid_n, pid_k, pid_m, offs_n, offs_m, offs_k, rows_w, t0, t1, w_ptrs, x_ptrs, acc, acc_up = swap_ab_start(
+        x_ptr, w_ptr, M, N, K, stride_xm, stride_wn, SPLIT_K, BLOCK_N, BLOCK_M, BLOCK_K)
     up_off = N * stride_wn
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(t0, t1):
-        if EVEN_K:
-            x = tl.load(x_ptrs)
-            w = tl.load(w_ptrs)
-            if GATED:
-                w_up = tl.load(w_ptrs + up_off)
-        else:
-            k_ok = t * BLOCK_K + offs_k < K
-            x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
-            if GATED:
-                w_up = tl.load(w_ptrs + up_off, mask=k_ok[None, :], other=0.0)
+        x, w, w_up = load_k_step(x_ptrs, w_ptrs, up_off, t, offs_k, K, GATED, EVEN_K, BLOCK_K)
         acc = tl.dot(w, x, acc)
         if GATED:
             acc_up = tl.dot(w_up, x, acc_up)

@@ -11,7 +11,9 @@ A decode step streams every weight byte once, so these kernels are built to keep
 - `w8a16_skinny_kernel`: a "swap AB" tensor-core GEMM: the weight tile is the left operand, the tokens the
   right one; on Hopper the tiles come in through the TMA. The gated form reads the gate and up rows of the
   merged [w2; w1] weight and writes silu(gate) * up, so no separate SiLU kernel runs. Where the output has too
-  few tiles for the GPU, K is split and `w8a16_reduce_kernel` sums the partials in a fixed order.
+  few tiles for the GPU, K is split and `w8a16_reduce_kernel` (the fp16 path's `skinny._reduce_kernel`: the
+  same sum of float32 partials) adds them up in a fixed order. The start of a program and the loads of a K step
+  are `inference.kernels.swap_ab`'s, which the fp16 skinny kernel shares.
 Every kernel waits for the one before it first under programmatic dependent launch (`inference.kernels.pdl`).
 """
 
@@ -21,6 +23,8 @@ import triton
 import triton.language as tl
 
 from inference.kernels.fused import pdl_wait
+from inference.kernels.skinny import _reduce_kernel as w8a16_reduce_kernel  # noqa: F401 (the same sum)
+from inference.kernels.swap_ab import load_k_step, swap_ab_start
 
 
 @triton.jit
@@ -45,39 +49,17 @@ def w8a16_skinny_kernel(x_ptr, w_ptr, x_desc, w_desc, s_ptr, b_ptr, y_ptr, M, N,
     """y^T = (q s) x^T for 2-64 tokens, the int8 tile converted in registers (`i8_to`) as the left operand.
     SPLIT_K > 1: y[pid_k] holds float32 partials, already scaled (gated: gate then up, [.., 2N])."""
     pdl_wait(PDL)
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    t0 = pid_k * per_split
-    t1 = tl.minimum(t0 + per_split, k_tiles)
-    rows_w = (offs_n % N).to(tl.int64)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (t0 * BLOCK_K + offs_k)[None, :]
-    x_ptrs = x_ptr + (offs_m % M).to(tl.int64)[None, :] * stride_xm + (t0 * BLOCK_K + offs_k)[:, None]
+    pid_n, pid_k, pid_m, offs_n, offs_m, offs_k, rows_w, t0, t1, w_ptrs, x_ptrs, acc, acc_up = swap_ab_start(
+        x_ptr, w_ptr, M, N, K, stride_xm, stride_wn, SPLIT_K, BLOCK_N, BLOCK_M, BLOCK_K)
     up_off = N * stride_wn
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(t0, t1):
         if TMA:
             x = x_desc.load([pid_m * BLOCK_M, t * BLOCK_K]).T
             w = w_desc.load([pid_n * BLOCK_N, t * BLOCK_K])
             if GATED:
                 w_up = w_desc.load([N + pid_n * BLOCK_N, t * BLOCK_K])
-        elif EVEN_K:
-            x = tl.load(x_ptrs)
-            w = tl.load(w_ptrs)
-            if GATED:
-                w_up = tl.load(w_ptrs + up_off)
         else:
-            k_ok = t * BLOCK_K + offs_k < K
-            x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0)
-            if GATED:
-                w_up = tl.load(w_ptrs + up_off, mask=k_ok[None, :], other=0)
+            x, w, w_up = load_k_step(x_ptrs, w_ptrs, up_off, t, offs_k, K, GATED, EVEN_K, BLOCK_K)
         acc = tl.dot(i8_to(w, x.dtype), x, acc)
         if GATED:
             acc_up = tl.dot(i8_to(w_up, x.dtype), x, acc_up)
@@ -99,26 +81,3 @@ def w8a16_skinny_kernel(x_ptr, w_ptr, x_desc, w_desc, s_ptr, b_ptr, y_ptr, M, N,
         tl.store(y_ptrs, acc, mask=mask)
         if GATED:
             tl.store(y_ptrs + N, acc_up, mask=mask)
-
-
-@triton.jit
-def w8a16_reduce_kernel(ws_ptr, b_ptr, y_ptr, N, stride_s, stride_wm, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        GATED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """y[m] = sum of the split-K partials (+ bias; gated: silu(gate) * up), a fixed order (deterministic)."""
-    pdl_wait(PDL)
-    m = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < N
-    base = ws_ptr + m * stride_wm + cols
-    acc = tl.load(base, mask=ok, other=0.0)
-    if GATED:
-        up = tl.load(base + N, mask=ok, other=0.0)
-    for s in tl.static_range(1, SPLIT_K):
-        acc += tl.load(base + s * stride_s, mask=ok, other=0.0)
-        if GATED:
-            up += tl.load(base + s * stride_s + N, mask=ok, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    if GATED:
-        acc = _silu(acc) * up
-    tl.store(y_ptr + m * N + cols, acc.to(y_ptr.dtype.element_ty), mask=ok)

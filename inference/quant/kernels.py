@@ -17,6 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from inference.kernels.swap_ab import swap_ab_start
+
 
 # ---------------------------------------------------------------------------------------------------------
 @triton.jit
@@ -63,21 +65,8 @@ def w8a16_swap_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, str
                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """y^T = (q s) x^T for few tokens: the converted weight tile is the left MMA operand (it can stay in
     registers), the tokens the right one. y[s] holds float32 partials when SPLIT_K > 1."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows_w = (offs_n % N).to(tl.int64)
-    rows_x = (offs_m % M).to(tl.int64)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    t0 = pid_k * per_split
-    t1 = min(t0 + per_split, k_tiles)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (t0 * BLOCK_K + offs_k)[None, :]
-    x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (t0 * BLOCK_K + offs_k)[:, None]
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    pid_n, pid_k, pid_m, offs_n, offs_m, offs_k, rows_w, t0, t1, w_ptrs, x_ptrs, acc, _ = swap_ab_start(
+        x_ptr, w_ptr, M, N, K, stride_xm, stride_wn, SPLIT_K, BLOCK_N, BLOCK_M, BLOCK_K)
     for t in range(t0, t1):
         if EVEN_K:
             w = tl.load(w_ptrs)
