@@ -20,7 +20,6 @@ from sessions.records import (
     pack_ids,
     this_writer,
     unpack_ids,
-    writer_alive,
 )
 
 _ALT_COLS = ("id, message_id, engine, chosen_engine, content, token_ids, status, stats, first_diff, agreement, "
@@ -155,15 +154,6 @@ class AlternativesMixin:
                       "chosen_engine = ? WHERE id = ?", (*msg[2:6], alt[2], alt[1], alt_id))
             self._touch(c, msg[0])
         return self.get_message(alt[0]), self.get_alternative(alt_id)
-
-    def _recover_alternatives(self) -> int:
-        rows = self._read("SELECT id, writer FROM alternatives WHERE status = 'streaming'")
-        dead = [(aid,) for aid, writer in rows if not writer_alive(writer)]
-        if dead:
-            with self._tx() as c:
-                c.executemany("UPDATE alternatives SET status = 'interrupted', writer = NULL "
-                              "WHERE id = ? AND status = 'streaming'", dead)
-        return len(dead)
 
     @staticmethod
     def _copy_alternatives(c, src: str, dst: str, last_idx: int) -> None:

@@ -14,6 +14,13 @@ from pathlib import Path
 from sessions.private import secure_db_files
 from sessions.records import SessionError
 
+# A reply's columns, the same in messages (the kept reply) and alternatives (another engine's reply).
+REPLY_COLUMNS = """content TEXT NOT NULL DEFAULT '',
+        token_ids BLOB NOT NULL DEFAULT x'',
+        status TEXT NOT NULL DEFAULT 'complete'
+            CHECK (status IN ('complete', 'streaming', 'interrupted', 'error')),
+        stats TEXT NOT NULL DEFAULT '{}',"""
+
 MIGRATION_1 = (
     """
     CREATE TABLE sessions (
@@ -29,17 +36,13 @@ MIGRATION_1 = (
     )
     """,
     "CREATE INDEX sessions_by_updated ON sessions(updated_at)",
-    """
+    f"""
     CREATE TABLE messages (
         id INTEGER PRIMARY KEY,
         session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
         idx INTEGER NOT NULL,
         role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
-        content TEXT NOT NULL DEFAULT '',
-        token_ids BLOB NOT NULL DEFAULT x'',
-        status TEXT NOT NULL DEFAULT 'complete'
-            CHECK (status IN ('complete', 'streaming', 'interrupted', 'error')),
-        stats TEXT NOT NULL DEFAULT '{}',
+        {REPLY_COLUMNS}
         writer TEXT,
         created_at REAL NOT NULL,
         UNIQUE (session_id, idx)
@@ -50,17 +53,13 @@ MIGRATION_1 = (
 # token_ids: packed little-endian int32. writer: "host:pid" of the process streaming the reply.
 
 MIGRATION_2 = (
-    """
+    f"""
     CREATE TABLE alternatives (
         id INTEGER PRIMARY KEY,
         message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
         engine TEXT NOT NULL DEFAULT '',
         chosen_engine TEXT NOT NULL DEFAULT '',
-        content TEXT NOT NULL DEFAULT '',
-        token_ids BLOB NOT NULL DEFAULT x'',
-        status TEXT NOT NULL DEFAULT 'complete'
-            CHECK (status IN ('complete', 'streaming', 'interrupted', 'error')),
-        stats TEXT NOT NULL DEFAULT '{}',
+        {REPLY_COLUMNS}
         first_diff INTEGER,
         agreement REAL,
         writer TEXT,

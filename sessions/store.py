@@ -54,14 +54,16 @@ class SessionStore(AlternativesMixin, Database):
 
     def recover(self) -> int:
         """Mark streaming replies (and alternatives) whose process is gone as interrupted; returns how many."""
-        n = self._recover_alternatives()
-        rows = self._read("SELECT id, writer FROM messages WHERE status = 'streaming'")
-        dead = [(mid,) for mid, writer in rows if not writer_alive(writer)]
+        return sum(self._recover_table(table) for table in ("alternatives", "messages"))
+
+    def _recover_table(self, table: str) -> int:
+        rows = self._read(f"SELECT id, writer FROM {table} WHERE status = 'streaming'")
+        dead = [(row_id,) for row_id, writer in rows if not writer_alive(writer)]
         if dead:
             with self._tx() as c:
-                c.executemany("UPDATE messages SET status = 'interrupted', writer = NULL "
+                c.executemany(f"UPDATE {table} SET status = 'interrupted', writer = NULL "
                               "WHERE id = ? AND status = 'streaming'", dead)
-        return len(dead) + n
+        return len(dead)
 
     def _insert_session(self, c, sid, title, model, system_prompt, settings: dict, created_at=None,
                         updated_at=None, parent_id=None, forked_at=None) -> str:

@@ -152,49 +152,44 @@ def parse_json(text: str) -> dict:
         role = _field(m, "role", str, where, "")
         if role not in ROLES:
             raise SessionError(f"import: {where}.role {role!r} is not one of {', '.join(ROLES)}")
-        status = _field(m, "status", str, where, "complete")
-        if status not in STATUSES:
-            raise SessionError(f"import: {where}.status {status!r} is not one of {', '.join(STATUSES)}")
-        ids = _field(m, "token_ids", list, where, [])
-        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in ids):
-            raise SessionError(f"import: {where}.token_ids must be a list of non-negative integers")
-        try:
-            stats = check_stats(_field(m, "stats", dict, where, {}))
-        except SessionError as e:
-            raise SessionError(f"import: {where}: {e}") from e
+        reply = _parse_reply(m, where)
         alts = _field(m, "alternatives", list, where, [])
         if alts and role != "assistant":
             raise SessionError(f"import: {where}: only replies (role assistant) have alternatives")
         messages.append({
             "alternatives": [_parse_alt(a, f"{where}.alternatives[{j}]") for j, a in enumerate(alts)],
-            "role": role, "content": _field(m, "content", str, where, ""), "token_ids": ids,
-            # a reply that was streaming when exported can never finish now
-            "status": "interrupted" if status == "streaming" else status,
-            "stats": stats, "created_at": _field(m, "created_at", float, where),
+            "role": role, **reply,
         })
     return {"session": session, "messages": messages}
+
+
+def _parse_reply(r: dict, where: str) -> dict:
+    """What a message and an alternative both hold: content, token_ids, status, stats and created_at."""
+    status = _field(r, "status", str, where, "complete")
+    if status not in STATUSES:
+        raise SessionError(f"import: {where}.status {status!r} is not one of {', '.join(STATUSES)}")
+    ids = _field(r, "token_ids", list, where, [])
+    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in ids):
+        raise SessionError(f"import: {where}.token_ids must be a list of non-negative integers")
+    try:
+        stats = check_stats(_field(r, "stats", dict, where, {}))
+    except SessionError as e:
+        raise SessionError(f"import: {where}: {e}") from e
+    return {"content": _field(r, "content", str, where, ""), "token_ids": ids,
+            # a reply that was streaming when exported can never finish now
+            "status": "interrupted" if status == "streaming" else status,
+            "stats": stats, "created_at": _field(r, "created_at", float, where)}
 
 
 def _parse_alt(a, where: str) -> dict:
     if not isinstance(a, dict):
         raise SessionError(f"import: {where} must be an object")
-    status = _field(a, "status", str, where, "complete")
-    if status not in STATUSES:
-        raise SessionError(f"import: {where}.status {status!r} is not one of {', '.join(STATUSES)}")
-    ids = _field(a, "token_ids", list, where, [])
-    if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in ids):
-        raise SessionError(f"import: {where}.token_ids must be a list of non-negative integers")
+    reply = _parse_reply(a, where)
     first_diff, agreement = a.get("first_diff"), a.get("agreement")
     if first_diff is not None and (not isinstance(first_diff, int) or isinstance(first_diff, bool) or first_diff < 0):
         raise SessionError(f"import: {where}.first_diff must be a non-negative integer or null")
     if agreement is not None and (not isinstance(agreement, (int, float)) or isinstance(agreement, bool)
                                   or not 0 <= agreement <= 1):
         raise SessionError(f"import: {where}.agreement must be a number in [0, 1] or null")
-    try:
-        stats = check_stats(_field(a, "stats", dict, where, {}))
-    except SessionError as e:
-        raise SessionError(f"import: {where}: {e}") from e
     return {"engine": _field(a, "engine", str, where, ""), "chosen_engine": _field(a, "chosen_engine", str, where, ""),
-            "content": _field(a, "content", str, where, ""), "token_ids": ids,
-            "status": "interrupted" if status == "streaming" else status, "stats": stats,
-            "first_diff": first_diff, "agreement": agreement, "created_at": _field(a, "created_at", float, where)}
+            "first_diff": first_diff, "agreement": agreement, **reply}

@@ -15,7 +15,7 @@ from inference.client import EngineClient, launcher
 from inference.client.stop import stop_server
 from sessions import SessionStore
 from sessions.prompt import build_messages
-from tests.support.app import SIZE, chat, make_app, settings_of, type_and_send, wait_for, wait_ready
+from tests.support.app import chat, new_chat, ready, type_and_send, wait_for
 from tui.screens.compare_pick import ComparePickScreen
 from tui.widgets.compare_pair import MARK, ComparePair, ReplyColumn
 from tui.widgets.message_view import MessageView
@@ -94,16 +94,14 @@ def test_a_against_w8a16_marks_the_first_difference_and_keeping_b_continues_from
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))  # B is found through the launcher, as the app would
     shown = record_appends(monkeypatch)
     db = tmp_path / "s.db"
-    app = make_app(db, tui_server.sock, new=True)
-    sid = app.current_session_id
-    settings_of(db, sid, max_new_tokens=TOKENS)  # temperature stays 1.0: the view is greedy by default
+    # temperature stays 1.0: the view is greedy by default
+    app, sid = new_chat(db, tui_server.sock, max_new_tokens=TOKENS)
 
     expected = ids_a = None
 
     async def main():
         nonlocal expected, ids_a
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_ready(pilot, app)
+        async with ready(app) as pilot:
             await open_compare(pilot, app, model=str(tiny_model), quant="w8a16", dtype="float32", device="cpu")
             assert chat(app).comparison.link.socket_path == str(sock_b)
             await type_and_send(pilot, "The capital of France is")
@@ -149,13 +147,10 @@ def test_a_against_w8a16_marks_the_first_difference_and_keeping_b_continues_from
 
 def test_a_against_itself_agrees_fully_and_k_or_regenerate_work_on_the_pair(tui_server, tmp_path):
     db = tmp_path / "s.db"
-    app = make_app(db, tui_server.sock, new=True)
-    sid = app.current_session_id
-    settings_of(db, sid, max_new_tokens=16)
+    app, sid = new_chat(db, tui_server.sock, max_new_tokens=16)
 
     async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_ready(pilot, app)
+        async with ready(app) as pilot:
             await open_compare(pilot, app, socket=str(tui_server.sock))  # an engine already running
             await type_and_send(pilot, "Hello there")
             await wait_for(pilot, lambda: pair_done(app, 1), timeout=90, what="the pair")
@@ -185,14 +180,11 @@ def test_a_against_itself_agrees_fully_and_k_or_regenerate_work_on_the_pair(tui_
 
 def test_engine_b_that_cannot_start_shows_its_error_and_a_still_answers(tui_server, tmp_path):
     db = tmp_path / "s.db"
-    app = make_app(db, tui_server.sock, new=True)
-    sid = app.current_session_id
-    settings_of(db, sid, max_new_tokens=8)
+    app, sid = new_chat(db, tui_server.sock, max_new_tokens=8)
     nowhere = tmp_path / "nothing.sock"
 
     async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_ready(pilot, app)
+        async with ready(app) as pilot:
             await pilot.press("f3")
             await wait_for(pilot, lambda: isinstance(app.screen, ComparePickScreen), what="the compare dialog")
             app.screen.query_one("#cmp-socket").value = str(nowhere)
@@ -214,13 +206,10 @@ def test_engine_b_that_cannot_start_shows_its_error_and_a_still_answers(tui_serv
 
 def test_engine_b_stopped_mid_reply_leaves_a_streaming(tui_server, tiny_model, runtime, tmp_path):
     db = tmp_path / "s.db"
-    app = make_app(db, tui_server.sock, new=True)
-    sid = app.current_session_id
-    settings_of(db, sid, max_new_tokens=400)
+    app, sid = new_chat(db, tui_server.sock, max_new_tokens=400)
 
     async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_ready(pilot, app)
+        async with ready(app) as pilot:
             await open_compare(pilot, app, model=str(tiny_model), dtype="float32", device="cpu")  # started
             await type_and_send(pilot, "Tell me a long story")
             await wait_for(pilot, lambda: pairs(app) and len(pairs(app)[0].right.content) > 5, timeout=60,
@@ -247,13 +236,11 @@ def test_engine_b_stopped_mid_reply_leaves_a_streaming(tui_server, tiny_model, r
 def test_engine_a_stopped_mid_reply_leaves_b_streaming(engine_b, tiny_model, runtime, tmp_path):
     _, sock_b = engine_b
     db = tmp_path / "s.db"
-    app = make_app(db, model=str(tiny_model), new=True)  # A: started by the app in the test's runtime folder
-    sid = app.current_session_id
-    settings_of(db, sid, max_new_tokens=400)
+    # A: started by the app in the test's runtime folder
+    app, sid = new_chat(db, model=str(tiny_model), max_new_tokens=400)
 
     async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_ready(pilot, app, timeout=120)
+        async with ready(app, timeout=120) as pilot:
             await open_compare(pilot, app, socket=str(sock_b))
             await type_and_send(pilot, "Tell me a long story")
             await wait_for(pilot, lambda: pairs(app) and len(pairs(app)[0].left.content) > 5, timeout=60,

@@ -11,7 +11,7 @@ import pytest
 from inference.client import EngineClient
 from sessions import SessionStore
 from sessions.cli import main as sessions_main
-from tests.support.app import SIZE, boxes, chat, idle, make_app, settings_of, type_and_send, wait_for, wait_ready
+from tests.support.app import SIZE, boxes, chat, idle, make_app, new_chat, ready, type_and_send, wait_for
 from tui.widgets.prompt_input import PromptInput
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,14 +26,11 @@ def test_a_refused_request_shows_and_saves_its_reason_and_the_app_stays_usable(s
     db = tmp_path / "s.db"
     with EngineClient(server.sock) as client:
         limit = client.health()["max_model_len"]
-    app = make_app(db, server.sock, new=True)
-    sid = app.current_session_id
-    settings_of(db, sid, max_new_tokens=4, temperature=0.0)
+    app, sid = new_chat(db, server.sock, max_new_tokens=4, temperature=0.0)
     too_long = " ".join(f"word{i}" for i in range(limit))  # more tokens than the engine holds
 
     async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_ready(pilot, app)
+        async with ready(app) as pilot:
             prompt = chat(app).query_one(PromptInput)
             prompt.focus()
             prompt.load_text(too_long)
@@ -77,13 +74,10 @@ def test_an_unexpected_failure_in_the_reply_job_is_an_error_reply_not_a_complete
 
     monkeypatch.setattr(tui.reply, "usage_stats", broken)  # a bug met when the reply ends
     db = tmp_path / "s.db"
-    app = make_app(db, server.sock, new=True)
-    sid = app.current_session_id
-    settings_of(db, sid, max_new_tokens=3)
+    app, sid = new_chat(db, server.sock, max_new_tokens=3)
 
     async def main():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_ready(pilot, app)
+        async with ready(app) as pilot:
             await type_and_send(pilot, "Hi")
             await wait_for(pilot, lambda: len(boxes(app)) == 2 and idle(app), what="the reply")
             footer = str(boxes(app)[1].query_one(".message-footer").render())

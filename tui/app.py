@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
 
 from textual.app import App
 from textual.binding import Binding
@@ -158,23 +157,12 @@ class ChatApp(App):
     async def _start_in_thread(self, screen: EngineStartScreen) -> dict:
         """Run the blocking `link.start` in a daemon thread (quitting never waits for it)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
         ctx = contextvars.copy_context()  # the app's context, for widget updates from the thread
 
         def progress(n: int, total: int, what: str) -> None:
             loop.call_soon_threadsafe(screen.set_progress, n, total, what, context=ctx)
 
-        def target() -> None:
-            try:
-                result = self.link.start(progress)
-            except BaseException as e:  # noqa: BLE001 - handed to the event loop
-                err = e
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(err))
-            else:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
-
-        threading.Thread(target=target, name="engine-start", daemon=True).start()
-        return await done
+        return await self.link.start_in_thread(progress, name="engine-start")
 
     async def action_restart_engine(self) -> None:
         self.run_worker(self.ensure_engine(restart=True), group="engine", exclusive=True)

@@ -10,17 +10,14 @@ or never starting leaves the other streaming; its column shows the error line.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from contextlib import aclosing
 
 from textual.message import Message
 
 from inference.compare.metrics import agreement, first_difference
-from inference.protocol import DISCONNECTED
 from sessions.prompt import build_messages, sampling_from
 from sessions.records import DEFAULT_TITLE, title_from
-from tui.reply import DIED, ENGINE_ERRORS, FLUSH_S, NOT_RUNNING, SAVE_S, EngineDown, UserSaved, usage_stats
+from tui.reply import ENGINE_ERRORS, NOT_RUNNING, EngineDown, ReplyStream, UserSaved
 
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
 
@@ -105,8 +102,10 @@ class CompareJob:
             return False
 
 
-class SideStream:
+class SideStream(ReplyStream):
     """One column's reply: reads the engine's token events, saves the row, posts `SideDelta` / `SideFinished`."""
+
+    FLUSH_EMPTY = True  # the column's token count and rate move even without new text
 
     def __init__(self, job: CompareJob, side: str, link, row_id: int, prompt: list[dict], sampling: dict):
         self.job, self.side, self.link, self.row_id = job, side, link, row_id
@@ -114,81 +113,34 @@ class SideStream:
         self.store = job.store
         self.stop_requested = job.stop_requested
 
-    def _save(self, content: str, ids: list[int]) -> None:
+    def save(self) -> None:
         if self.side == "a":
-            self.store.update_reply(self.row_id, content, ids)
+            self.store.update_reply(self.row_id, self.content, self.ids)
         else:
-            self.store.update_alternative(self.row_id, content, ids)
+            self.store.update_alternative(self.row_id, self.content, self.ids)
 
-    def _finish(self, content: str, ids: list[int], status: str, stats: dict):
-        if self.side == "a":
-            return self.store.finish_reply(self.row_id, content, ids, status=status, stats=stats)
-        return self.store.finish_alternative(self.row_id, content, ids, status=status, stats=stats)
+    def finish(self) -> None:
+        kept = self.store.finish_reply if self.side == "a" else self.store.finish_alternative
+        record = kept(self.row_id, self.content, self.ids, status=self.status, stats=self.stats)
+        self.job.screen.post_message(SideFinished(self.side, record, self.status, self.stats, self.error,
+                                                  self.ids, self.offsets))
 
-    def _down(self) -> None:
+    def down(self) -> None:
         if self.side == "a":
             self.job.screen.post_message(EngineDown())
         else:
             self.job.comparison.state = "down"
 
+    def died(self, reason) -> str:
+        return super().died(reason) if self.side == "a" else f"engine B stopped ({reason})"
+
     async def run(self, error: str = "") -> None:
         """Stream the reply; with `error` (no engine for this side), only record the failed reply."""
-        content, ids, offsets, pending = "", [], [], ""
-        stats: dict = {}
-        status = "error" if error else "complete"
-        start = last_flush = last_save = time.monotonic()
-        first_at = None
-        try:
-            if not error:
-                async with self.link.client() as client, aclosing(client.generate(
-                        messages=self.prompt, session=self.job.session_id, request_id=uuid.uuid4().hex,
-                        history="trim", **self.sampling)) as events:
-                    async for ev in events:
-                        if self.stop_requested:
-                            status = "interrupted"
-                            break
-                        kind = ev.get("event")
-                        if kind == "token":
-                            new = list(ev.get("token_ids", ()))
-                            offsets += [len(content)] * len(new)
-                            ids += new
-                            content += ev.get("text", "")
-                            pending += ev.get("text", "")
-                            now = time.monotonic()
-                            first_at = first_at or now
-                            if now - last_flush >= FLUSH_S:
-                                self._delta(pending, ids, start, first_at, now)
-                                pending, last_flush = "", now
-                            if now - last_save >= SAVE_S:
-                                self._save(content, ids)
-                                last_save = now
-                        elif kind == "done":
-                            stats = usage_stats(ev)
-                            if ev.get("finish_reason") == "cancelled":
-                                status = "interrupted"
-                        elif kind == "error":
-                            status, error = "error", str(ev.get("message") or "engine error")
-                            if ev.get("code") == DISCONNECTED:
-                                self._down()
-                                error = DIED.format(error) if self.side == "a" else f"engine B stopped ({error})"
-        except asyncio.CancelledError:
-            status = "interrupted"
-        except ValueError as e:
-            status, error = "error", str(e)
-        except ENGINE_ERRORS as e:
-            self._down()
-            status, error = "error", DIED.format(e) if self.side == "a" else f"engine B stopped ({e})"
-        except Exception as e:  # noqa: BLE001 - the column says so and the other goes on
-            status, error = "error", f"the reply failed: {type(e).__name__}: {e}"
-        finally:
-            if pending:
-                self._delta(pending, ids, start, first_at, time.monotonic())
-            if error:
-                stats = {**stats, "error": error}
-            record = self._finish(content, ids, status, stats)
-            self.job.screen.post_message(SideFinished(self.side, record, status, stats, error, ids, offsets))
+        await self.read(self.link, dict(messages=self.prompt, session=self.job.session_id,
+                                        request_id=uuid.uuid4().hex, history="trim", **self.sampling), error)
 
-    def _delta(self, text: str, ids: list[int], start: float, first_at: float | None, now: float) -> None:
-        ttft = None if first_at is None else 1000 * (first_at - start)
+    def flush(self, now: float) -> None:
+        first_at, ids = self.first_at, self.ids
+        ttft = None if first_at is None else 1000 * (first_at - self.start)
         rate = (len(ids) - 1) / (now - first_at) if first_at and now > first_at and len(ids) > 1 else None
-        self.job.screen.post_message(SideDelta(self.side, text, len(ids), ttft, rate))
+        self.job.screen.post_message(SideDelta(self.side, self.pending, len(ids), ttft, rate))

@@ -7,7 +7,6 @@ its failure go to the compare bar, never to a modal screen: the main engine's co
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from textual.message import Message
 
@@ -65,24 +64,11 @@ class Comparison:
             return self.state == "ready"
 
     async def _start_in_thread(self, screen) -> dict:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
-
         def progress(n: int, total: int, what: str) -> None:
             self.progress = f"{what} ({n}/{total})" if total else what
             screen.post_message(ComparisonChanged())  # thread-safe
 
-        def target() -> None:
-            try:
-                result = self.link.start(progress)
-            except BaseException as e:  # noqa: BLE001 - handed to the event loop
-                err = e
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(err))
-            else:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
-
-        threading.Thread(target=target, name="compare-engine-start", daemon=True).start()
-        return await done
+        return await self.link.start_in_thread(progress, name="compare-engine-start")
 
     def status_text(self) -> str:
         what = {"starting": f"starting… {self.progress}".rstrip(), "ready": "ready", "down": "down",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,6 +77,24 @@ class EngineLink:
             raise self._start_error(e) from e
         self.info = health
         return health
+
+    async def start_in_thread(self, progress: Progress, name: str) -> dict:
+        """Run the blocking `start` in a daemon thread named `name` (quitting never waits for it) and
+        return its result; `progress` is called from that thread."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def target() -> None:
+            try:
+                result = self.start(progress)
+            except BaseException as e:  # noqa: BLE001 - handed to the event loop
+                err = e
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(err))
+            else:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+        threading.Thread(target=target, name=name, daemon=True).start()
+        return await done
 
     def _attach(self, progress: Progress | None) -> dict:
         import time

@@ -58,7 +58,90 @@ class ReplyFinished(Message):
         self.session_id = session_id
 
 
-class ReplyJob:
+class ReplyStream:
+    """The loop that reads one reply's token events: keeps `content`, `ids`, `offsets` (`offsets[i]`: the
+    length of the text before token i), `status`, `error` and `stats`, and calls the hooks below.
+
+    Text goes up through `flush` in batches of at most FLUSH_S; the reply is saved through `save` every
+    SAVE_S while it streams and through `finish` once, whatever happened."""
+
+    FLUSH_EMPTY = False  # call `flush` on time even with no new text (the token count moved)
+
+    stop_requested = False
+
+    def flush(self, now: float) -> None:
+        """Post `pending` (the text since the last flush) up."""
+
+    def save(self) -> None:
+        """Save the partial reply."""
+
+    def down(self) -> None:
+        """The engine stopped answering."""
+
+    def died(self, reason) -> str:
+        """The error line of a reply whose engine stopped (`reason`)."""
+        return DIED.format(reason)
+
+    def finish(self) -> None:
+        """Save the ended reply and post it up."""
+
+    async def read(self, link, request: dict, error: str = "") -> None:
+        """Stream the reply to `request` (`generate`'s arguments) from `link`, then `finish`; with `error`
+        (no engine), only record the failed reply."""
+        self.content, self.ids, self.offsets, self.pending = "", [], [], ""
+        self.stats: dict = {}
+        self.status, self.error = ("error" if error else "complete"), error
+        self.start = last_flush = last_save = time.monotonic()
+        self.first_at: float | None = None
+        try:
+            if not error:
+                async with link.client() as client, aclosing(client.generate(**request)) as events:
+                    async for ev in events:
+                        if self.stop_requested:
+                            self.status = "interrupted"  # closing the stream cancels the request on the server
+                            break
+                        kind = ev.get("event")
+                        if kind == "token":
+                            new, text = list(ev.get("token_ids", ())), ev.get("text", "")
+                            self.offsets += [len(self.content)] * len(new)
+                            self.ids += new
+                            self.content += text
+                            self.pending += text
+                            now = time.monotonic()
+                            self.first_at = self.first_at or now
+                            if (self.pending or self.FLUSH_EMPTY) and now - last_flush >= FLUSH_S:
+                                self.flush(now)
+                                self.pending, last_flush = "", now
+                            if now - last_save >= SAVE_S:
+                                self.save()
+                                last_save = now
+                        elif kind == "done":
+                            self.stats = usage_stats(ev)
+                            if ev.get("finish_reason") == "cancelled":
+                                self.status = "interrupted"
+                        elif kind == "error":
+                            self.status, self.error = "error", str(ev.get("message") or "engine error")
+                            if ev.get("code") == DISCONNECTED:
+                                self.down()
+                                self.error = self.died(self.error)
+        except asyncio.CancelledError:
+            self.status = "interrupted"  # leaving the stream cancels the request on the server
+        except ValueError as e:  # a request the client refuses to send (bad setting)
+            self.status, self.error = "error", str(e)
+        except ENGINE_ERRORS as e:
+            self.down()
+            self.status, self.error = "error", self.died(e)
+        except Exception as e:  # noqa: BLE001 - whatever it was, the reply says so and the app goes on
+            self.status, self.error = "error", f"the reply failed: {type(e).__name__}: {e}"
+        finally:
+            if self.pending:
+                self.flush(time.monotonic())
+            if self.error:
+                self.stats = {**self.stats, "error": self.error}  # the reason is saved with the reply
+            self.finish()
+
+
+class ReplyJob(ReplyStream):
     """Send `user_text` (None: regenerate from the stored history) in `session_id` and stream the reply."""
 
     def __init__(self, screen, session_id: str, user_text: str | None = None, user_box=None):
@@ -110,58 +193,24 @@ class ReplyJob:
     async def stream(self) -> None:
         session = self.store.get_session(self.session_id)
         prompt = build_messages(session, self.store.messages(self.session_id))
-        reply = self.store.begin_reply(self.session_id)
-        self.post(ReplyStarted(reply, self.session_id))
-        content, ids, pending = "", [], ""
-        stats: dict = {}
-        status, error = "complete", ""
-        last_flush = last_save = time.monotonic()
-        try:
-            async with self.link.client() as client, aclosing(client.generate(
-                    messages=prompt, session=self.session_id, request_id=self.request_id, history="trim",
-                    **sampling_from(session))) as events:
-                async for ev in events:
-                    if self.stop_requested:
-                        status = "interrupted"  # closing the stream cancels the request on the server
-                        break
-                    kind = ev.get("event")
-                    if kind == "token":
-                        text = ev.get("text", "")
-                        content += text
-                        pending += text
-                        ids.extend(ev.get("token_ids", ()))
-                        now = time.monotonic()
-                        if pending and now - last_flush >= FLUSH_S:
-                            self.post(ReplyDelta(pending))
-                            pending, last_flush = "", now
-                        if now - last_save >= SAVE_S:
-                            self.store.update_reply(reply.id, content, ids)
-                            last_save = now
-                    elif kind == "done":
-                        stats = usage_stats(ev)
-                        if ev.get("finish_reason") == "cancelled":
-                            status = "interrupted"
-                    elif kind == "error":
-                        status, error = "error", str(ev.get("message") or "engine error")
-                        if ev.get("code") == DISCONNECTED:
-                            self.post(EngineDown())
-                            error = DIED.format(error)
-        except asyncio.CancelledError:
-            status = "interrupted"  # leaving the stream cancels the request on the server
-        except ValueError as e:  # a request the client refuses to send (bad setting)
-            status, error = "error", str(e)
-        except ENGINE_ERRORS as e:
-            self.post(EngineDown())
-            status, error = "error", DIED.format(e)
-        except Exception as e:  # noqa: BLE001 - whatever it was, the reply says so and the app goes on
-            status, error = "error", f"the reply failed: {type(e).__name__}: {e}"
-        finally:
-            if pending:
-                self.post(ReplyDelta(pending))
-            if error:
-                stats = {**stats, "error": error}  # the reason is saved with the reply
-            record = self.store.finish_reply(reply.id, content, ids, status=status, stats=stats)
-            self.post(ReplyFinished(record, status, stats, error, self.session_id))
+        self.reply = self.store.begin_reply(self.session_id)
+        self.post(ReplyStarted(self.reply, self.session_id))
+        await self.read(self.link, dict(messages=prompt, session=self.session_id, request_id=self.request_id,
+                                        history="trim", **sampling_from(session)))
+
+    def flush(self, now: float) -> None:
+        self.post(ReplyDelta(self.pending))
+
+    def save(self) -> None:
+        self.store.update_reply(self.reply.id, self.content, self.ids)
+
+    def down(self) -> None:
+        self.post(EngineDown())
+
+    def finish(self) -> None:
+        record = self.store.finish_reply(self.reply.id, self.content, self.ids, status=self.status,
+                                         stats=self.stats)
+        self.post(ReplyFinished(record, self.status, self.stats, self.error, self.session_id))
 
 
 def usage_stats(done_event: dict) -> dict:

@@ -13,6 +13,13 @@ from inference.config import SamplingParams
 from inference.errors import UserError
 from inference.protocol.json_values import is_int, is_number
 
+__all__ = ["BAD_JSON", "BAD_REQUEST", "COMMON_FIELDS", "CancelRequest", "DISCONNECTED", "DUPLICATE_ID", "ENGINE_ERROR",
+           "FINISH_REASONS", "GenerateRequest", "HISTORY_MODES", "INTERNAL_ERROR", "LINE_TOO_LONG", "MAX_ID_CHARS",
+           "MAX_INT", "MAX_LINE_BYTES", "MAX_MESSAGES", "MAX_SEED", "NOT_READY", "OPS", "OP_FIELDS", "OVERLOADED",
+           "PROMPT_TOO_LONG", "PROTOCOL_VERSION", "ProtocolError", "ROLES", "Request", "SAMPLING_FIELDS",
+           "SHUTTING_DOWN", "SimpleRequest", "TokenizeRequest", "UNKNOWN_OP", "UNSUPPORTED_PROTOCOL", "done_event",
+           "encode", "error_event", "request", "result_event", "token_event"]
+
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per line, requests and events alike
 MAX_ID_CHARS = 256

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sessions import SessionStore
@@ -35,6 +36,21 @@ def start_server(model, sock: Path, log: Path, timeout: float = 90.0) -> subproc
 def make_app(db: Path, sock: Path | None = None, model: str = "demo", **kw) -> ChatApp:
     opts = EngineOptions(model=model, socket=str(sock) if sock else None, device="cpu", dtype="float32")
     return ChatApp(opts, SessionStore(db), **kw)
+
+
+def new_chat(db: Path, sock: Path | None = None, model: str = "demo", **settings) -> tuple[ChatApp, str]:
+    """An app on a new chat in `db` whose settings are changed by `settings`: (the app, the chat's id)."""
+    app = make_app(db, sock, model, new=True)
+    settings_of(db, app.current_session_id, **settings)
+    return app, app.current_session_id
+
+
+@asynccontextmanager
+async def ready(app: ChatApp, timeout: float = 60.0):
+    """The app running under its pilot, once its engine is ready: `async with ready(app) as pilot:`."""
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_ready(pilot, app, timeout)
+        yield pilot
 
 
 async def wait_for(pilot, cond, timeout: float = 30.0, what: str = "condition"):

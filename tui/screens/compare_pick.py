@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from tui.engine_link import EngineOptions
+from tui.screens.dialogs import FormScreen
 from tui.widgets.ordered_keys import OrderedInput
 
 CHOICES = {"quant": ("none", "w8a16", "w8a8"), "dtype": ("auto", "float32", "float16", "bfloat16"),
@@ -63,10 +63,10 @@ def read_choice(values: dict[str, str], greedy: bool) -> CompareChoice:
                                        device=v["device"]), greedy)
 
 
-class ComparePickScreen(ModalScreen[CompareChoice | str | None]):
+class ComparePickScreen(FormScreen[CompareChoice | str | None]):
     """Dismisses with a CompareChoice, "stop" (end the comparison) or None (Esc)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "compare", "Compare")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "submit", "Compare")]
     AUTO_FOCUS = "#cmp-model"
 
     def __init__(self, defaults: EngineOptions, comparing: bool = False):
@@ -86,7 +86,7 @@ class ComparePickScreen(ModalScreen[CompareChoice | str | None]):
                     with Horizontal(classes="setting-row"):
                         yield Label(label, classes="setting-label")
                         yield OrderedInput(start[key], id=f"cmp-{key}", classes="setting-input", compact=True,
-                                           submit=lambda _: self.action_compare())
+                                           submit=lambda _: self.action_submit())
                 yield Static(HINT, classes="dialog-hint", markup=False)
                 yield Checkbox("Greedy on both (temperature 0): replies comparable token by token", True,
                                id="cmp-greedy")
@@ -97,21 +97,13 @@ class ComparePickScreen(ModalScreen[CompareChoice | str | None]):
                     yield Button("Stop comparing", id="stop", variant="warning")
                 yield Button("Cancel (Esc)", id="cancel")
 
-    def action_compare(self) -> None:
+    def read(self) -> CompareChoice:
         values = {k: self.query_one(f"#cmp-{k}", Input).value for k, _ in FIELDS}
-        try:
-            choice = read_choice(values, self.query_one("#cmp-greedy", Checkbox).value)
-        except ValueError as e:
-            self.query_one("#settings-error", Label).update(f"⚠ {e}")
-            return
-        self.dismiss(choice)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
+        return read_choice(values, self.query_one("#cmp-greedy", Checkbox).value)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "compare":
-            self.action_compare()
+            self.action_submit()
         elif event.button.id == "stop":
             self.dismiss("stop")
         else:

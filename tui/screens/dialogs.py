@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, ScreenResultType
 from textual.widgets import Button, Label
 
 from tui.widgets.ordered_keys import OrderedInput
@@ -33,6 +33,25 @@ class TextPrompt(ModalScreen[str | None]):
             self.notify("Type something, or press Esc to cancel", severity="warning")
             return
         self.dismiss(text)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class FormScreen(ModalScreen[ScreenResultType]):
+    """A form: `read()` returns its result or raises ValueError, whose message shows in the form's
+    `#settings-error` line; submit (ctrl+s, Enter in a field) dismisses with the result, Esc with None."""
+
+    def read(self) -> ScreenResultType:
+        raise NotImplementedError
+
+    def action_submit(self) -> None:
+        try:
+            result = self.read()
+        except ValueError as e:
+            self.query_one("#settings-error", Label).update(f"⚠ {e}")
+            return
+        self.dismiss(result)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, TextArea
 
 from sessions.records import SessionError, validate_settings
+from tui.screens.dialogs import FormScreen
 from tui.widgets.ordered_keys import OrderedInput, OrderedTextArea
 
 FIELDS = [  # (key, label, parse)
@@ -20,12 +20,12 @@ FIELDS = [  # (key, label, parse)
 ]
 
 
-class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
+class SettingsScreen(FormScreen[tuple[str, dict] | None]):
     """Edit a session's settings; dismisses with (system_prompt, settings) or None."""
 
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Save"),  # not priority: it runs after the keys typed before it
+        Binding("ctrl+s", "submit", "Save"),  # not priority: it runs after the keys typed before it
     ]
     AUTO_FOCUS = "#system-prompt"  # the first field (the default would focus the scrolling container)
 
@@ -45,7 +45,7 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
                     with Horizontal(classes="setting-row"):
                         yield Label(label, classes="setting-label")
                         yield OrderedInput(str(self.settings.get(key, "")), id=f"set-{key}", classes="setting-input",
-                                           compact=True, submit=lambda _: self.action_save())
+                                           compact=True, submit=lambda _: self.action_submit())
             yield Label("", id="settings-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (ctrl+s)", id="save", variant="primary")
@@ -64,19 +64,8 @@ class SettingsScreen(ModalScreen[tuple[str, dict] | None]):
         settings = validate_settings(values, base=self.settings)
         return self.query_one("#system-prompt", TextArea).text, settings
 
-    def action_save(self) -> None:
-        try:
-            result = self.read()
-        except ValueError as e:
-            self.query_one("#settings-error", Label).update(f"⚠ {e}")
-            return
-        self.dismiss(result)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":
-            self.action_save()
+            self.action_submit()
         else:
             self.action_cancel()
