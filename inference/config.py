@@ -114,6 +114,23 @@ def check_tp_devices(tp: int, kind: str, count: int | None) -> None:
     if kind != "cpu" and count is not None and tp > count:
         raise UserError(f"--tp {tp} needs {tp} {kind} devices but only {count} are visible; lower --tp")
 
+# The range of each real-valued sampling setting, (low, high, low excluded): SamplingParams checks these and
+# the socket protocol and the OpenAI schema tell clients the same (sessions/ keeps a copy: it is stdlib-only).
+SAMPLING_RANGES = {"temperature": (0.0, 100.0, False), "top_p": (0.0, 1.0, True),
+                   "repetition_penalty": (0.0, 10.0, True)}
+
+
+def in_sampling_range(name: str, value: float) -> bool:
+    lo, hi, lo_open = SAMPLING_RANGES[name]
+    return (lo < value if lo_open else lo <= value) and value <= hi
+
+
+def sampling_range_text(name: str) -> str:
+    """The range as written in error messages: "[0, 100]", "(0, 1]"."""
+    lo, hi, lo_open = SAMPLING_RANGES[name]
+    return f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+
 @dataclass
 class SamplingParams:
     """How one request samples. temperature 0 means greedy."""
@@ -133,14 +150,11 @@ class SamplingParams:
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not (0.0 <= float(self.temperature) <= 100.0):
-            raise UserError(f"temperature must be between 0 and 100, got {self.temperature!r}")
-        if not (0.0 < float(self.top_p) <= 1.0):
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        for name in SAMPLING_RANGES:
+            if not in_sampling_range(name, float(getattr(self, name))):
+                raise UserError(f"{name} must be in {sampling_range_text(name)}, got {getattr(self, name)!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise UserError(f"top_k must be a non-negative integer (0 = off), got {self.top_k!r}")
-        if not (0.0 < float(self.repetition_penalty) <= 10.0):
-            raise UserError(f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise UserError(f"seed must be an integer, got {self.seed!r}")
         if self.logits not in ("none", "last", "all"):

@@ -191,3 +191,24 @@ def test_any_object_parses_or_raises_protocol_error(obj, op):
         assert e.message and e.code in (P.BAD_REQUEST, P.UNKNOWN_OP, P.UNSUPPORTED_PROTOCOL)
         return
     assert req.op == obj["op"]
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_p", "repetition_penalty"])
+@pytest.mark.parametrize("value", [-1.0, 0.0, 1e-9, 0.5, 1.0, 1.0 + 1e-9, 10.0, 10.5, 100.0, 101.0])
+def test_the_protocol_and_the_engine_accept_the_same_sampling_values(name, value):
+    """One range per setting (config.SAMPLING_RANGES): a value the socket accepts is one SamplingParams takes."""
+    from inference.config import SamplingParams
+    from inference.errors import UserError
+
+    line = json.dumps({"op": "generate", "id": 1, "prompt_ids": [1], name: value})
+    try:
+        P.parse_request(P.decode_line(line.encode()))
+        wire = True
+    except P.ProtocolError:
+        wire = False
+    try:
+        SamplingParams(**{name: value})
+        engine = True
+    except UserError:
+        engine = False
+    assert wire == engine

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from inference.config import SamplingParams
+from inference.config import SamplingParams, in_sampling_range, sampling_range_text
 from inference.errors import UserError
 from inference.protocol.json_values import is_int, is_number
 
@@ -47,10 +47,12 @@ DISCONNECTED = "disconnected"  # made by clients when the connection drops
 
 SAMPLING_FIELDS = {  # request field -> (is the value allowed?, what is allowed)
     "max_new_tokens": (lambda v: is_int(v) and 1 <= v <= MAX_INT, f"an integer in 1..{MAX_INT}"),
-    "temperature": (lambda v: is_number(v) and 0 <= v <= 100, "a number in [0, 100] (0 = greedy)"),
-    "top_p": (lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "temperature": (lambda v: is_number(v) and in_sampling_range("temperature", v),
+                    f"a number in {sampling_range_text('temperature')} (0 = greedy)"),
+    "top_p": (lambda v: is_number(v) and in_sampling_range("top_p", v), f"a number in {sampling_range_text('top_p')}"),
     "top_k": (lambda v: is_int(v) and 0 <= v <= MAX_INT, f"an integer in 0..{MAX_INT} (0 = off)"),
-    "repetition_penalty": (lambda v: is_number(v) and 0 < v <= 10, "a number in (0, 10]"),
+    "repetition_penalty": (lambda v: is_number(v) and in_sampling_range("repetition_penalty", v),
+                           f"a number in {sampling_range_text('repetition_penalty')}"),
     "seed": (lambda v: v is None or (is_int(v) and 0 <= v <= MAX_SEED), "an integer in 0..2**63-1 or null"),
     "ignore_eos": (lambda v: isinstance(v, bool), "true or false"),
     "logprobs": (lambda v: v is None or (is_int(v) and 0 <= v <= 20), "an integer in 0..20 or null"),
