@@ -8,8 +8,11 @@ set -uo pipefail
 python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   xdist=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu $xdist -p no:cacheprovider tests/test_gpu_*.py ${GPU_TESTS:-} \
-    2>&1 | tee "$OUT/gpu_tests.log" | tail -8
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu $xdist -p no:cacheprovider tests/test_gpu_*.py \
+    tests/test_quant_gpu.py ${GPU_TESTS:-} --deselect tests/test_gpu_warmup.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -8
+  # alone: these time the first turns after start or measure the GPU's peak memory (no other test beside them)
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_warmup.py \
+    tests/test_quant_load_gpu.py 2>&1 | tee -a "$OUT/gpu_tests.log" | tail -4
 fi
 BENCH="python3 -m inference bench --random-weights 7b --dtype float16 --device cuda --max-num-batched-tokens 8192
   --max-num-seqs 64 --max-model-len 8192"  # 7b random weights, fp16 (word-split on purpose)
@@ -19,4 +22,4 @@ if [ "${SKIP_SOAK:-0}" != 1 ]; then  # the server under chat traffic: random 7B 
   timeout "${SOAK_TIMEOUT:-480}" python3 bench/soak.py --model random-7b --device cuda \
     --duration "${SOAK_DURATION:-180}" 2>&1 | tee "$OUT/soak.log" | tail -16
 fi
-grep -h "passed\|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -2
+grep -h "passed\|failed" "$OUT/gpu_tests.log" 2>/dev/null | tail -3
