@@ -62,6 +62,14 @@ def capability_at_least(index: int, major: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= major
 
 
+@functools.cache
+def num_sms(index: int) -> int:
+    """Multiprocessors of CUDA device `index` (4 under the Triton interpreter on the CPU)."""
+    if not torch.cuda.is_available():
+        return 4
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def pdl(x: torch.Tensor) -> bool:
     """Programmatic dependent launch for the decode kernels (Hopper and newer): each kernel is launched
     while the one before it drains and waits (`griddepcontrol.wait`) before touching memory, so the ~1 us

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.kernels import capability_at_least, pdl
+from inference.kernels import capability_at_least, num_sms, pdl
 from inference.kernels.fused import pdl_wait
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -164,9 +164,6 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ob, stride_oh, SPLITS
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
 
 
-_SMS: dict[int, int] = {}
-
-
 def use_dot(q: torch.Tensor) -> bool:
     """The tensor-core form: batch 5 up, float16 / bfloat16, Ampere or newer (its tiles need 70 KB of shared
     memory)."""
@@ -180,13 +177,11 @@ def num_splits(q: torch.Tensor, dot: bool = False) -> int:
     not split from 2 pairs per multiprocessor. Both thresholds were timed in the engine's decode step."""
     if not q.is_cuda:
         return 1
-    dev = q.device.index or 0
-    if dev not in _SMS:
-        _SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    sms = num_sms(q.device.index or 0)
     pairs = max(q.shape[0] * q.shape[1], 1)
-    if pairs > 16 * _SMS[dev] or (dot and pairs >= 2 * _SMS[dev]):
+    if pairs > 16 * sms or (dot and pairs >= 2 * sms):
         return 1
-    want = max(_SMS[dev] // pairs, 2)
+    want = max(sms // pairs, 2)
     return min(8, 1 << want.bit_length() - 1)
 
 

@@ -11,15 +11,13 @@ through the TMA (`_skinny_tma_kernel`), which is faster than per-thread copies.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from inference.kernels import capability_at_least, pdl
+from inference.kernels import capability_at_least, num_sms, pdl
 from inference.kernels.fused import add_rmsnorm, add_rmsnorm_row, pdl_wait
 from inference.kernels.swap_ab import load_k_step, swap_ab_start
 
@@ -155,19 +153,13 @@ def launch_fitted(key: tuple, stages: int, launch) -> None:
             stages = _FITS[key] = stages - 1
 
 
-def use_tma(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Tiles through the TMA (Hopper and newer) where both operands meet its 16-byte alignment of base and
+def use_tma(*tensors: torch.Tensor) -> bool:
+    """Tiles through the TMA (Hopper and newer) where every operand meets its 16-byte alignment of base and
     row stride."""
-    el = x.element_size()
+    x = tensors[0]
     return (x.is_cuda and capability_at_least(x.device.index or 0, 9)
-            and all(t.data_ptr() % 16 == 0 and t.stride(0) * el % 16 == 0 and t.stride(1) == 1 for t in (x, weight)))
-
-
-@functools.cache
-def _num_sms(index: int) -> int:
-    if not torch.cuda.is_available():  # the Triton interpreter on the CPU
-        return 4
-    return torch.cuda.get_device_properties(index).multi_processor_count
+            and all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 and t.stride(1) == 1
+                    for t in tensors))
 
 
 def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = False
@@ -189,7 +181,7 @@ def skinny_config(m: int, n: int, k: int, device: torch.device, gated: bool = Fa
         bn, bk, stages, split = 128, 128, 4, 1
     while stages > 2 and ((2 if gated else 1) * bn + bm) * bk * 2 * stages > SMEM_BYTES:  # gated: 2 weight tiles
         stages -= 1
-    sms = _num_sms(device.index or 0)
+    sms = num_sms(device.index or 0)
     while triton.cdiv(n, bn) * triton.cdiv(m, bm) * split < sms // 4 and split < 8 and triton.cdiv(k, bk) >= 4 * split:
         split *= 2
     return bn, bm, bk, 4, stages, split

@@ -11,23 +11,15 @@ ways) towards two programs a multiprocessor and the float32 partials are summed 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 
-from inference.kernels import capability_at_least, pdl
+from inference.kernels import num_sms, pdl
+from inference.kernels.skinny import use_tma
 from inference.quant.decode_kernels import w8a16_reduce_kernel, w8a16_skinny_kernel
 
 DECODE_MAX_M = 64  # the most tokens served here (2 the least)
 SMEM_BYTES = 200 * 1024  # a program's pipelined tiles stay under this (Hopper: 227 KB a block)
-
-
-@functools.cache
-def _num_sms(index: int) -> int:
-    if not torch.cuda.is_available():  # the Triton interpreter (TRITON_INTERPRET=1) on the CPU
-        return 4
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def bucket(m: int) -> int:
@@ -43,7 +35,7 @@ def skinny_config(m: int, n: int, k: int, device: torch.device) -> tuple[int, in
 def split_for(m: int, n: int, k: int, bn: int, bm: int, bk: int, device: torch.device) -> int:
     """Split K until there are two programs a multiprocessor (each keeps 32-64 KB of tiles in flight), at most
     4 ways (the float32 partials grow with the split) and at least 4 K tiles a split."""
-    tiles, sms, split = triton.cdiv(n, bn) * triton.cdiv(m, bm), _num_sms(device.index or 0), 1
+    tiles, sms, split = triton.cdiv(n, bn) * triton.cdiv(m, bm), num_sms(device.index or 0), 1
     while tiles * split < 2 * sms and split < 4 and triton.cdiv(k, bk) >= 8 * split:
         split *= 2
     return split
@@ -53,13 +45,6 @@ def _stages(stages: int, per_stage: int) -> int:
     while stages > 2 and stages * per_stage > SMEM_BYTES:
         stages -= 1
     return stages
-
-
-def _tma(*ts: torch.Tensor) -> bool:
-    """TMA tiles: Hopper or newer, 16-byte aligned bases and row strides."""
-    return (ts[0].is_cuda and capability_at_least(ts[0].device.index or 0, 9)
-            and all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 and t.stride(1) == 1
-                    for t in ts))
 
 
 def _desc(t: torch.Tensor, block: list[int]):
@@ -82,7 +67,7 @@ def w8a16_skinny(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias=Non
     b = bias if bias is not None else scale
     bn, bm, bk, warps, stages, split = config or skinny_config(m, n, k, x.device)
     stages = _stages(stages, ((2 if gated else 1) * bn + 2 * bm) * bk)
-    tma = _tma(x, w) if tma is None else tma
+    tma = use_tma(x, w) if tma is None else tma
     out = y if split == 1 else torch.empty(split, m, 2 * n if gated else n, dtype=torch.float32, device=x.device)
     xd, wd = (_desc(x, [bm, bk]), _desc(w, [bn, bk])) if tma else (x, w)
     w8a16_skinny_kernel[(triton.cdiv(n, bn), split, triton.cdiv(m, bm))](
