@@ -11,8 +11,10 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu $xdist -p no:cacheprovider tests/test_gpu_*.py \
     tests/test_quant_gpu.py ${GPU_TESTS:-} --deselect tests/test_gpu_warmup.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -8
   # alone: these time the first turns after start or measure the GPU's peak memory (no other test beside them)
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_warmup.py \
-    tests/test_quant_load_gpu.py 2>&1 | tee -a "$OUT/gpu_tests.log" | tail -4
+  for t in tests/test_gpu_warmup.py tests/test_quant_load_gpu.py; do  # one process each
+    timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider "$t" 2>&1 \
+      | tee -a "$OUT/gpu_tests.log" | tail -2
+  done
 fi
 BENCH="python3 -m inference bench --random-weights 7b --dtype float16 --device cuda --max-num-batched-tokens 8192
   --max-num-seqs 64 --max-model-len 8192"  # 7b random weights, fp16 (word-split on purpose)

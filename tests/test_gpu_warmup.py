@@ -5,6 +5,7 @@ QWEN_CHAT_WARMUP=0 it fails (the first uses load kernel modules inside the timed
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -27,7 +28,11 @@ def engine(tmp_path_factory):
                                max_num_batched_tokens=4096, extra={"random_weights": True}),
                   progress=lambda *a: calls.append(a))
     e.progress_calls = calls
-    return e
+    yield e
+    e.shutdown()
+    del e
+    gc.collect()  # the engine's 60 GiB of KV cache back before the next module's tests
+    torch.cuda.empty_cache()
 
 
 def ttft(e, prompt: list[int]) -> float:

@@ -6,6 +6,8 @@ Run on a GPU machine: python -m pytest -q tests/test_quant_load_gpu.py (about a 
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ MIB = 1 << 20
 
 def load_peak(model_dir, **kw) -> tuple[ModelRunner, int, int]:
     """(runner, peak bytes allocated while building it, bytes of its weights)."""
+    gc.collect()  # an earlier test's runner freed while this one loads would hide part of its peak
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -76,8 +79,6 @@ def test_quantize_at_load_equals_quantizing_on_the_gpu(tiny_model, dtype):
 
 def test_kv_sizing_after_an_int8_load_counts_no_float_copy(big_model):
     """--gpu-memory-utilization: the KV cache takes what the int8 weights and one step's activations leave."""
-    import gc
-
     from inference.engine import memory
     from inference.engine.llm_engine import LLMEngine
 
