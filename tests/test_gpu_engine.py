@@ -44,10 +44,10 @@ def test_cuda_engine_matches_oracle(tiny_model):
 
 
 def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeypatch):
-    """A prefill step of at most the largest graph bucket's tokens replays the decode graph with one row per
-    token (ModelRunner.prefill_as_decode_rows). float32 greedy tokens equal the oracle's for a fresh prompt,
-    and for a next turn on top of a cached prefix batched with a new prompt; QWEN_CHAT_ROW_PREFILL=0 takes
-    the eager path."""
+    """A prefill step of at most the largest graph bucket's tokens replays a graph with one row per token
+    (ModelRunner.prefill_as_decode_rows): the grouped graphs, or the decode graphs where groups save nothing.
+    float32 greedy tokens equal the oracle's for a fresh prompt, for a next turn on top of a cached prefix
+    batched with a new prompt, and for one-token prompts; QWEN_CHAT_ROW_PREFILL=0 takes the eager path."""
     from inference import envs
     from inference.config import EngineConfig, SamplingParams
     from inference.engine.llm_engine import LLMEngine
@@ -78,8 +78,14 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
                 cached[o.request_id] = o.usage.cached_tokens
     assert row_steps() == 2 and cached[rids[0]] >= 96 and cached[rids[1]] == 0
     assert [toks[r] for r in rids] == [hf_greedy(oracle, a2, 12)[0], hf_greedy(oracle, b, 12)[0]]
+    # both steps in the grouped graphs (each sequence's rows read its context once a group); one-token
+    # prompts, where groups would save nothing, in the decode graphs
+    assert [p.graphs for p in plans] == [e.runner.row_graphs] * 2
+    ones = [[5], [6], [7]]
+    assert e.generate(ones, greedy) == [hf_greedy(oracle, p, 12)[0] for p in ones]
+    assert row_steps() == 3 and plans[-1].graphs is e.runner.graphs
     monkeypatch.setattr(envs, "ROW_PREFILL", False)
-    assert e.generate([b[::-1]], greedy) == [hf_greedy(oracle, b[::-1], 12)[0]] and row_steps() == 2
+    assert e.generate([b[::-1]], greedy) == [hf_greedy(oracle, b[::-1], 12)[0]] and row_steps() == 3
 
 
 @pytest.mark.parametrize("mapped", ["1", "0"])

@@ -56,6 +56,30 @@ def test_paged_decode_kernel_reaches_blocks_past_int32_offsets(dot):
     torch.cuda.empty_cache()
 
 
+@pytest.mark.parametrize("dtype, splits", [(torch.float16, None), (torch.bfloat16, 1), (torch.float16, 8),
+                                           (torch.float32, 2)])
+def test_row_group_attention_matches_float64(dtype, splits):
+    """Prefill rows in groups of 16 of one sequence (a 40-token chunk after 1500 cached tokens, padded to 48
+    rows, then a fresh 16-token prompt), each row causal: against float64, padding rows zero."""
+    from inference.kernels.row_group_attention import row_group_attention
+    from inference.layers.attention import decode_attention_torch
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    nb, bs, h, d = 400, 16, 32, 128
+    kc = torch.randn(nb, bs, h, d, device="cuda", dtype=dtype, generator=g)
+    vc = torch.randn(nb, bs, h, d, device="cuda", dtype=dtype, generator=g)
+    tables = torch.randperm(nb, device="cuda", generator=g)[:2 * 100].view(2, 100).to(torch.int32)
+    ctx = [1500 + i + 1 for i in range(40)] + [0] * 8 + [i + 1 for i in range(16)]
+    bt = torch.cat([tables[:1].expand(48, -1), tables[1:].expand(16, -1)])
+    lens = torch.tensor(ctx, dtype=torch.int32, device="cuda")
+    q = torch.randn(len(ctx), h, d, device="cuda", dtype=dtype, generator=g)
+    out = row_group_attention(q, kc, vc, bt, lens, d**-0.5, splits=splits)
+    real = lens > 0
+    ref = decode_attention_torch(q[real].double(), kc.double(), vc.double(), bt[real], lens[real], 1540, d**-0.5)
+    assert rel(out[real], ref) < (1e-5 if dtype == torch.float32 else 1e-2) and not out.isnan().any()
+    assert not out[~real].any()
+
+
 @pytest.mark.parametrize("ctx_lens", [[1000], [3], [700, 1], [16, 2000, 257, 999]])
 def test_paged_decode_kernel_matches_torch_at_small_batches(ctx_lens):
     """Batches of 1-4, with the tiles and splits the kernel picks for them, against float64."""

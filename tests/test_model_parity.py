@@ -155,6 +155,15 @@ def test_step_as_decode_rows_gives_the_prefill_logits(tiny_model):
                      [1.0, 1.0], 1, [False, False], list(range(8)))
     for plan in (fresh, mixed):
         want = runner.run(plan)
-        rows = decode_rows(plan)
-        assert rows.num_decodes == len(rows.q_lens) == len(plan.token_ids)
+        rows, where = decode_rows(plan)
+        assert rows.num_decodes == len(rows.q_lens) == len(plan.token_ids) and where == list(range(len(where)))
         torch.testing.assert_close(runner.run(rows), want, rtol=1e-4, atol=1e-4)
+        # grouped (the CUDA graphs' row groups): each sequence's rows start a group of 8, padded by rows of
+        # context 0; the tokens' rows are the same rows as above
+        grouped, at = decode_rows(plan, 8)
+        starts = [at[sum(plan.q_lens[:i])] for i in range(len(plan.q_lens))]
+        assert len(grouped.token_ids) % 8 == 0 and all(s % 8 == 0 for s in starts), starts
+        real = [grouped.ctx_lens[i] for i in at]
+        assert real == rows.ctx_lens and [grouped.token_ids[i] for i in at] == rows.token_ids
+        assert sorted(set(range(len(grouped.ctx_lens))) - set(at)) == [
+            i for i, c in enumerate(grouped.ctx_lens) if c == 0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from inference import envs
+from inference.kernels import ROW_GROUP
 from inference.layers.attention import AttentionMetadata
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -36,9 +37,14 @@ def read_back(dev: torch.Tensor, host: torch.Tensor):
 
 
 class DecodeGraphs:
-    def __init__(self, model, rotary, max_bs: int, max_blocks: int, device):
-        self.model, self.rotary, self.device = model, rotary, device
-        self.buckets = [b for b in BUCKETS if b <= max_bs] or [1]
+    """`grouped_rows`: graphs for prefill chunks as rows, each sequence's rows in aligned groups of ROW_GROUP
+    (the attention takes a group at once), at the buckets that are multiples of ROW_GROUP; `pool`: share
+    another instance's memory pool (never replayed at the same time)."""
+
+    def __init__(self, model, rotary, max_bs: int, max_blocks: int, device, grouped_rows: bool = False, pool=None):
+        self.model, self.rotary, self.device, self.grouped_rows = model, rotary, device, grouped_rows
+        step = ROW_GROUP if grouped_rows else 1
+        self.buckets = [b for b in BUCKETS if b <= max_bs and b % step == 0] or [step]
         top = self.buckets[-1]
         self.max_bs, self.max_blocks = top, max_blocks
         self.mapped = envs.MAPPED_IO
@@ -61,7 +67,7 @@ class DecodeGraphs:
         self.last: int | None = None  # the bucket of the last replay (its slot: (count - 1) % 2)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = None
+        self.pool = pool
         self.cos_table, self.sin_table = rotary.table(1.0, 1)
 
     def _forward(self, bs: int) -> torch.Tensor:
@@ -73,7 +79,7 @@ class DecodeGraphs:
         cos, sin = self.cos_table[pos], self.sin_table[pos]
         meta = AttentionMetadata(slot_mapping=self.slots[:bs], block_tables=self.block_tables[:bs],
                                  context_lens=self.ctx[:bs], q_lens=[1] * bs, ctx_lens=[1] * bs, num_decodes=bs,
-                                 max_ctx=1, no_cached_prefix=[False] * bs)
+                                 max_ctx=1, no_cached_prefix=[False] * bs, grouped_rows=self.grouped_rows)
         hidden = self.model(self.ids[:bs], cos, sin, None, meta)
         # greedy tokens into the ids (the next step's input) and, mapped, into the host slot
         logits, best = self.model.compute_logits(hidden, argmax=True)

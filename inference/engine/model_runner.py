@@ -14,13 +14,13 @@ from inference.distributed import get_rank, get_world_size
 from inference.engine.cuda_graph import DecodeGraphs
 from inference.engine.model_loader import build_model
 from inference.engine.staging import HostStaging
-from inference.kernels import use_triton
+from inference.kernels import ROW_GROUP, use_triton
 from inference.layers.attention import AttentionMetadata
 from inference.layers.rotary import RotaryEmbedding, logn_scale
 
-# A step with prefill whose tokens' summed context lengths (K/V token reads per layer) stay within this runs
-# as decode-graph rows, one per token (`ModelRunner.prefill_as_decode_rows`); QWEN_CHAT_ROW_PREFILL=0
-# (`envs`) turns it off.
+# A step with prefill whose K/V token reads per layer stay within this runs as graph rows, one per token
+# (`ModelRunner.prefill_as_decode_rows`): a row reads its context, a group of ROW_GROUP rows reads its last
+# row's. QWEN_CHAT_ROW_PREFILL=0 (`envs`) turns it off.
 ROW_PREFILL_READS = 32768
 
 
@@ -39,13 +39,33 @@ class StepPlan:
     logit_rows: list[int]  # flat token indices whose logits rank 0 needs
 
 
-def decode_rows(plan: StepPlan) -> StepPlan:
+def decode_rows(plan: StepPlan, group: int = 1) -> tuple[StepPlan, list[int]]:
     """The step with every token as a decode row of its own: its position, its slot, context length
-    position + 1 (causal), its sequence's block table; logits for every row."""
-    n = len(plan.token_ids)
-    per_token = lambda xs: [x for x, q in zip(xs, plan.q_lens) for _ in range(q)]  # noqa: E731
-    return StepPlan(plan.token_ids, plan.positions, [1] * n, [p + 1 for p in plan.positions],
-                    per_token(plan.block_tables), per_token(plan.alphas), n, [False] * n, list(range(n)))
+    position + 1 (causal), its sequence's block table; logits for every row. `group` > 1: each sequence's rows
+    padded to a multiple of it (padding rows: context 0, so they write and read nothing). Also each token's
+    row."""
+    ids, pos, ctx, tables, alphas, where, t = [], [], [], [], [], [], 0
+    for q, table, alpha in zip(plan.q_lens, plan.block_tables, plan.alphas):
+        where += range(len(ids), len(ids) + q)
+        pad = -q % group
+        ids += plan.token_ids[t:t + q] + [0] * pad
+        pos += plan.positions[t:t + q] + [0] * pad
+        ctx += [p + 1 for p in plan.positions[t:t + q]] + [0] * pad
+        tables += [table] * (q + pad)
+        alphas += [alpha] * (q + pad)
+        t += q
+    n = len(ids)
+    return StepPlan(ids, pos, [1] * n, ctx, tables, alphas, n, [False] * n, list(range(n))), where
+
+
+@dataclass
+class RowStep:
+    """A prefill step as decode rows (`ModelRunner.prefill_as_decode_rows`): the row plan, the graphs that
+    replay it, each token's row."""
+
+    plan: StepPlan
+    graphs: DecodeGraphs
+    rows: list[int]
 
 
 class ModelRunner:
@@ -63,7 +83,7 @@ class ModelRunner:
         self.rotary = RotaryEmbedding(model_cfg.rotary_dim, model_cfg.rotary_emb_base, device)
         self.attn_layers = self.model.attention_layers()
         self.num_blocks = 0
-        self.graphs = None
+        self.graphs = self.row_graphs = None
 
     # --- KV cache ------------------------------------------------------------------------------------------
     def allocate_kv_cache(self, num_blocks: int) -> None:
@@ -109,6 +129,10 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.rotary, min(self.cfg.max_num_seqs, 256), max_blocks,
                                        self.device)
             self.graphs.capture()
+            if envs.ROW_PREFILL:  # prefill chunks as rows, attending in groups (one pool: never replayed at once)
+                self.row_graphs = DecodeGraphs(self.model, self.rotary, min(self.cfg.max_num_batched_tokens, 256),
+                                               max_blocks, self.device, grouped_rows=True, pool=self.graphs.pool)
+                self.row_graphs.capture()
 
     # --- one step ------------------------------------------------------------------------------------------
     def block_table_tensor(self, tables: list[list[int]]) -> torch.Tensor:
@@ -137,45 +161,58 @@ class ModelRunner:
             logn = logn_scale(pos, self.model_cfg.seq_length)
         return ids, cos, sin, logn, meta, rows
 
-    def _graphable(self, plan: StepPlan) -> bool:
+    def _graphable(self, plan: StepPlan, graphs: DecodeGraphs) -> bool:
         """Pure decode, rotary base 1 and no logn scaling: the captured graphs compute exactly this."""
         max_ctx = max(plan.ctx_lens)
         return (plan.num_decodes == len(plan.q_lens) and all(a == 1.0 for a in plan.alphas)
                 and not (self.model_cfg.use_logn_attn and max_ctx > self.model_cfg.seq_length)
-                and self.graphs.can_run(len(plan.q_lens), max_ctx))
+                and graphs.can_run(len(plan.q_lens), max_ctx))
 
     def graphable(self, plan: StepPlan) -> bool:
-        return self.graphs is not None and self._graphable(plan)
+        return self.graphs is not None and self._graphable(plan, self.graphs)
 
     @torch.inference_mode()
-    def run_graph(self, plan: StepPlan, ids_device: torch.Tensor | None = None) -> torch.Tensor:
-        bs = self.block_size
-        slots = [b[p // bs] * bs + p % bs for b, p in zip(plan.block_tables, plan.positions)]
-        return self.graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens,
-                               self.block_table_tensor(plan.block_tables), ids_device)
+    def run_graph(self, plan: StepPlan, ids_device: torch.Tensor | None = None, graphs=None) -> torch.Tensor:
+        graphs, bs = graphs or self.graphs, self.block_size
+        slots = [b[p // bs] * bs + p % bs if c else -1 for b, p, c in zip(plan.block_tables, plan.positions,
+                                                                            plan.ctx_lens)]
+        return graphs.run(plan.token_ids, plan.positions, slots, plan.ctx_lens,
+                          self.block_table_tensor(plan.block_tables), ids_device)
 
-    def prefill_as_decode_rows(self, plan: StepPlan) -> StepPlan | None:
+    def prefill_as_decode_rows(self, plan: StepPlan) -> RowStep | None:
         """A small step with prefill as one decode row per token: its own position, slot and causal context
         length (position + 1), its sequence's block table. Every row's K/V is stored before any row attends,
-        so the decode kernel computes causal attention, and the step replays a CUDA graph instead of the
-        host launching a dozen kernels a layer. None: no graphs, too many tokens or context reads."""
-        n = len(plan.token_ids)
-        if self.graphs is None or n > self.graphs.max_bs or not envs.ROW_PREFILL:
+        so the decode kernels compute causal attention, and the step replays a CUDA graph instead of the host
+        launching a dozen kernels a layer. The grouped graphs (each sequence's rows in groups that read its
+        context once) where they read at most half what rows alone would; else the decode graphs. None: no
+        graphs, too many tokens or context reads."""
+        if self.graphs is None or not envs.ROW_PREFILL:
             return None
-        rows = decode_rows(plan)
-        return rows if sum(rows.ctx_lens) <= ROW_PREFILL_READS and self._graphable(rows) else None
+        rows, where = decode_rows(plan)
+        reads = sum(rows.ctx_lens)
+        if self.row_graphs is not None:
+            grouped, at = decode_rows(plan, ROW_GROUP)
+            ctx = grouped.ctx_lens
+            group_reads = sum(max(ctx[i:i + ROW_GROUP]) for i in range(0, len(ctx), ROW_GROUP))
+            if (len(ctx) <= self.row_graphs.max_bs and group_reads <= ROW_PREFILL_READS
+                    and (2 * group_reads <= reads or reads > ROW_PREFILL_READS or len(where) > self.graphs.max_bs)
+                    and self._graphable(grouped, self.row_graphs)):
+                return RowStep(grouped, self.row_graphs, at)
+        if len(where) <= self.graphs.max_bs and reads <= ROW_PREFILL_READS and self._graphable(rows, self.graphs):
+            return RowStep(rows, self.graphs, where)
+        return None
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:
         """Logits [len(plan.logit_rows), vocab] on rank 0, None on other ranks."""
         if self.graphable(plan):
             return self.run_graph(plan)
-        row_plan = self.prefill_as_decode_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
-        if row_plan is not None:
-            logits = self.run_graph(row_plan)  # a view of the graph's output: copy the rows out
+        step = self.prefill_as_decode_rows(plan) if plan.num_decodes < len(plan.q_lens) else None
+        if step is not None:
+            logits = self.run_graph(step.plan, graphs=step.graphs)  # a view of the graph's output: copy rows out
             if logits is None:
                 return None
-            r = plan.logit_rows
+            r = [step.rows[i] for i in plan.logit_rows]
             return logits[r[0]:r[-1] + 1].clone() if r and r == list(range(r[0], r[-1] + 1)) else logits[r]
         ids, cos, sin, logn, meta, rows = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)

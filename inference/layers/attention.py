@@ -34,6 +34,7 @@ class AttentionMetadata:
     num_decodes: int  # the first num_decodes sequences have one query token each
     max_ctx: int
     no_cached_prefix: list[bool]  # per sequence: no cached context before this chunk
+    grouped_rows: bool = False  # decode rows in aligned groups of one sequence (a prefill chunk in a graph)
 
     @property
     def num_seqs(self) -> int:
@@ -71,8 +72,13 @@ def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_
     return torch.einsum("bhl,blhd->bhd", probs, v.float()).to(q.dtype)
 
 
-def decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale):
-    """One query row per sequence over its blocks: the Triton paged decode kernel on CUDA, torch elsewhere."""
+def decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, grouped_rows=False):
+    """Query rows over their blocks: the Triton paged decode kernel on CUDA (`grouped_rows`: the kernel that
+    takes aligned groups of one sequence's rows together, `row_group_attention`), torch elsewhere."""
+    if use_triton(q) and grouped_rows:
+        from inference.kernels.row_group_attention import row_group_attention
+
+        return row_group_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
     if use_triton(q):
         from inference.kernels.paged_attention import paged_decode_attention
 
@@ -137,7 +143,7 @@ class PagedAttention(torch.nn.Module):
         outs = []
         if nd:
             args = (q[:nd], self.k_cache, self.v_cache, meta.block_tables[:nd], meta.context_lens[:nd],
-                    meta.max_ctx, self.scale)
+                    meta.max_ctx, self.scale, meta.grouped_rows)
             outs.append(decode_attention(*args))
         start = nd
         for i in range(nd, meta.num_seqs):
