@@ -20,7 +20,7 @@ def _engine(model, dtype, graphs=True):
 
 def test_cuda_engine_matches_oracle(tiny_model):
     from inference.config import SamplingParams
-    from tests.support.oracle import hf_greedy, hf_qwen2
+    from tests.support.oracle import hf_forced, hf_greedy, hf_qwen2
 
     oracle = hf_qwen2(tiny_model)
     prompts = [[9707, 11, 847, 829, 374], list(range(3000, 3100)), [151644, 872, 198, 151643, 42]]
@@ -40,7 +40,9 @@ def test_cuda_engine_matches_oracle(tiny_model):
             toks += o.new_token_ids
             logits = o.logits if o.finished else logits
     assert rel(logits, want[1][1]) < 3e-2, rid
-    assert sum(a == b for a, b in zip(toks, want[1][0])) >= 8  # bf16 may drift late in a random model
+    # bf16 breaks some near-ties of a random model otherwise than float32 does, and greedy text then drifts:
+    # at each step the oracle, fed the engine's own tokens, picks the engine's token
+    assert sum(a == b for a, b in zip(toks, hf_forced(oracle, prompts[1], toks))) >= 13
 
 
 def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeypatch):
@@ -78,11 +80,11 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
                 cached[o.request_id] = o.usage.cached_tokens
     assert row_steps() == 2 and cached[rids[0]] >= 96 and cached[rids[1]] == 0
     assert [toks[r] for r in rids] == [hf_greedy(oracle, a2, 12)[0], hf_greedy(oracle, b, 12)[0]]
-    # both steps in the grouped graphs (each sequence's rows read its context once a group); one-token
-    # prompts, where groups would save nothing, in the decode graphs
+    # both steps in the grouped graphs (each sequence's rows read its context once a group); two-token
+    # prompts, where groups would save little, in the decode graphs
     assert [p.graphs for p in plans] == [e.runner.row_graphs] * 2
-    ones = [[5], [6], [7]]
-    assert e.generate(ones, greedy) == [hf_greedy(oracle, p, 12)[0] for p in ones]
+    twos = [[5, 6], [7, 8], [9, 10]]
+    assert e.generate(twos, greedy) == [hf_greedy(oracle, p, 12)[0] for p in twos]
     assert row_steps() == 3 and plans[-1].graphs is e.runner.graphs
     monkeypatch.setattr(envs, "ROW_PREFILL", False)
     assert e.generate([b[::-1]], greedy) == [hf_greedy(oracle, b[::-1], 12)[0]] and row_steps() == 3

@@ -118,18 +118,19 @@ def _bind(fn, layer):
 
 def load_float_quantized(layer: LinearBase, param, src, name: str = "", shard_id=None) -> None:
     """Quantize as read: a float checkpoint tensor (or one drawn at random) becomes this rank's int8 rows and
-    their scales, ROW_CHUNK rows at a time on the layer's device (the float weight never exists whole). Equal
-    to quantizing the loaded float weight: rows are scaled independently, and a row split over ranks
-    (row-parallel) takes its absmax over the whole row, read here on every rank."""
+    their scales, whole rows of about `utils.CHUNK_ELEMENTS` at a time on the layer's device (the float weight
+    never exists whole). Equal to quantizing the loaded float weight: rows are scaled independently, and a row
+    split over ranks (row-parallel) takes its absmax over the whole row, read here on every rank."""
     rows, shape = full_rows(layer, shard_id), shape_of(src)
     if shape != (rows, layer.full_in):
         raise UserError(f"tensor {name}: shape {list(shape)} does not fit the config (expected "
                         f"{[rows, layer.full_in]}); config.json and the weights disagree, re-download the checkpoint")
     (c0, c1), whole_row = col_range(layer), isinstance(layer, RowParallelLinear) and layer.tp_size > 1
     dev, dtype = param.device, layer.float_dtype
+    step = utils.chunk_rows(layer.full_in)
     for start, count, dst in row_parts(layer, shard_id):
-        for i in range(0, count, utils.ROW_CHUNK):
-            a, n = start + i, min(utils.ROW_CHUNK, count - i)
+        for i in range(0, count, step):
+            a, n = start + i, min(step, count - i)
             w = torch.as_tensor(src[a:a + n, :] if whole_row else src[a:a + n, c0:c1]).to(device=dev, dtype=dtype)
             absmax = utils.weight_absmax(w) if whole_row else None
             q, scale = utils.quantize_weight(w[:, c0:c1] if whole_row else w, absmax)

@@ -20,7 +20,12 @@ SCHEMES = ("w8a16", "w8a8")
 DEFAULT_SKIP = {"w8a16": (), "w8a8": ("mlp.c_proj",)}
 # checkpoint modules that can be quantized (embeddings and lm_head always stay float)
 TARGET_RE = re.compile(r"^transformer\.h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2|mlp\.c_proj)$")
-ROW_CHUNK = 4096  # rows quantized at once (bounds the float32 temporaries)
+CHUNK_ELEMENTS = 1 << 24  # weight elements quantized at once: each float32 temporary stays at 64 MiB
+
+
+def chunk_rows(cols: int) -> int:
+    """Rows of a [rows, cols] weight quantized at once (whole rows, about CHUNK_ELEMENTS elements)."""
+    return max(1, CHUNK_ELEMENTS // max(cols, 1))
 
 
 def check_scheme(scheme: str | None) -> str:
@@ -64,16 +69,18 @@ def row_scales(absmax: torch.Tensor) -> torch.Tensor:
 
 def weight_absmax(w: torch.Tensor) -> torch.Tensor:
     """Per-row max |w| in float32, computed in row chunks."""
-    return torch.cat([w[i:i + ROW_CHUNK].float().abs().amax(dim=1) for i in range(0, w.shape[0], ROW_CHUNK)])
+    n = chunk_rows(w.shape[1])
+    return torch.cat([w[i:i + n].float().abs().amax(dim=1) for i in range(0, w.shape[0], n)])
 
 
 def quantize_weight(w: torch.Tensor, absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 rows and float32 per-row scales of a [n, k] float weight (same device)."""
     scale = row_scales(weight_absmax(w) if absmax is None else absmax)
     q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-    for i in range(0, w.shape[0], ROW_CHUNK):
-        rows = w[i:i + ROW_CHUNK].float() / scale[i:i + ROW_CHUNK, None]
-        q[i:i + ROW_CHUNK] = torch.round(rows).clamp_(-127, 127).to(torch.int8)
+    n = chunk_rows(w.shape[1])
+    for i in range(0, w.shape[0], n):
+        rows = w[i:i + n].float() / scale[i:i + n, None]
+        q[i:i + n] = torch.round(rows).clamp_(-127, 127).to(torch.int8)
     return q, scale
 
 

@@ -70,6 +70,14 @@ def hf_greedy(model, prompt: list[int], n: int) -> tuple[list[int], torch.Tensor
     return out.sequences[0, len(prompt):].tolist(), out.logits[0][0]
 
 
+@torch.inference_mode()
+def hf_forced(model, prompt: list[int], tokens: list[int]) -> list[int]:
+    """The oracle's greedy pick at each step of `tokens`, fed the prompt and the tokens before that step (one
+    forward pass, all-ones mask): where lower precision broke a near-tie, later steps still compare."""
+    ids = torch.tensor([prompt + tokens[:-1]])
+    return model(ids, attention_mask=torch.ones_like(ids)).logits[0, len(prompt) - 1:].argmax(-1).tolist()
+
+
 def _rms(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
