@@ -52,9 +52,12 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
     batched with a new prompt, and for one-token prompts; QWEN_CHAT_ROW_PREFILL=0 takes the eager path."""
     from inference import envs
     from inference.config import EngineConfig, SamplingParams
+    from inference.engine import model_runner
     from inference.engine.llm_engine import LLMEngine
     from tests.support.oracle import hf_greedy, hf_qwen2
 
+    # a small budget of context reads, so that rows alone would read too much (tiny_model's seq_length is 256)
+    monkeypatch.setattr(model_runner, "ROW_PREFILL_READS", 3000)
     oracle = hf_qwen2(tiny_model)
     e = LLMEngine(EngineConfig(model=str(tiny_model), device="cuda", dtype="float32", num_kv_blocks=512,
                                max_num_seqs=128))
@@ -80,8 +83,8 @@ def test_small_prefill_runs_as_graph_rows_and_matches_oracle(tiny_model, monkeyp
                 cached[o.request_id] = o.usage.cached_tokens
     assert row_steps() == 2 and cached[rids[0]] >= 96 and cached[rids[1]] == 0
     assert [toks[r] for r in rids] == [hf_greedy(oracle, a2, 12)[0], hf_greedy(oracle, b, 12)[0]]
-    # both steps in the grouped graphs (each sequence's rows read its context once a group); two-token
-    # prompts, where groups would save little, in the decode graphs
+    # both steps in the grouped graphs (each sequence's rows read its context once a group: within the budget);
+    # two-token prompts, where groups would take a larger graph, in the decode graphs
     assert [p.graphs for p in plans] == [e.runner.row_graphs] * 2
     twos = [[5, 6], [7, 8], [9, 10]]
     assert e.generate(twos, greedy) == [hf_greedy(oracle, p, 12)[0] for p in twos]

@@ -59,8 +59,9 @@ def test_paged_decode_kernel_reaches_blocks_past_int32_offsets(dot):
 @pytest.mark.parametrize("dtype, splits", [(torch.float16, None), (torch.bfloat16, 1), (torch.float16, 8),
                                            (torch.float32, 2)])
 def test_row_group_attention_matches_float64(dtype, splits):
-    """Prefill rows in groups of 16 of one sequence (a 40-token chunk after 1500 cached tokens, padded to 48
-    rows, then a fresh 16-token prompt), each row causal: against float64, padding rows zero."""
+    """Prefill rows in aligned groups of one sequence (a 40-token chunk after 1500 cached tokens and a fresh
+    16-token prompt, each padded to a group), each row causal: against float64, padding rows zero."""
+    from inference.kernels import ROW_GROUP
     from inference.kernels.row_group_attention import row_group_attention
     from inference.layers.attention import decode_attention_torch
 
@@ -69,8 +70,10 @@ def test_row_group_attention_matches_float64(dtype, splits):
     kc = torch.randn(nb, bs, h, d, device="cuda", dtype=dtype, generator=g)
     vc = torch.randn(nb, bs, h, d, device="cuda", dtype=dtype, generator=g)
     tables = torch.randperm(nb, device="cuda", generator=g)[:2 * 100].view(2, 100).to(torch.int32)
-    ctx = [1500 + i + 1 for i in range(40)] + [0] * 8 + [i + 1 for i in range(16)]
-    bt = torch.cat([tables[:1].expand(48, -1), tables[1:].expand(16, -1)])
+    ctx = ([1500 + i + 1 for i in range(40)] + [0] * (-40 % ROW_GROUP) + [i + 1 for i in range(16)]
+           + [0] * (-16 % ROW_GROUP))
+    first = -(-40 // ROW_GROUP) * ROW_GROUP
+    bt = torch.cat([tables[:1].expand(first, -1), tables[1:].expand(len(ctx) - first, -1)])
     lens = torch.tensor(ctx, dtype=torch.int32, device="cuda")
     q = torch.randn(len(ctx), h, d, device="cuda", dtype=dtype, generator=g)
     out = row_group_attention(q, kc, vc, bt, lens, d**-0.5, splits=splits)

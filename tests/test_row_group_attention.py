@@ -1,7 +1,7 @@
 """The grouped-rows paged attention (`inference.kernels.row_group_attention`: a prefill chunk's rows in a CUDA
-graph, 16 rows of one sequence per program) against the per-row torch reference, through Triton's interpreter:
-several sequences with cached prefixes, padding rows (context 0: zeros), split contexts, float16 and float32.
-Its speed and the engine's use of it are the GPU tests' part (`test_gpu_engine.py`)."""
+graph, an aligned group of one sequence's rows per program) against the per-row torch reference, through
+Triton's interpreter: several sequences with cached prefixes, padding rows (context 0: zeros), split
+contexts, float16 and float32. Its speed and the engine's use of it are the GPU tests' part."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ CHECK = textwrap.dedent("""
         row_group_attention(q[:5], k_cache, v_cache, bt[:5], lens[:5], 1.0)
         raise SystemExit("5 rows accepted")
     except ValueError as e:
-        assert "multiple of 16" in str(e)
+        assert f"multiple of {GROUP}" in str(e)
     print("row groups ok")
 """)
 

@@ -107,6 +107,10 @@ class DecodeGraphs:
         self.ctr.zero_()  # the warm-ups counted themselves
         torch.cuda.synchronize()
 
+    def bucket(self, rows: int) -> int:
+        """The graph a replay of this many rows takes (rows <= max_bs)."""
+        return next((b for b in self.buckets if b >= rows), self.max_bs)
+
     def can_run(self, num_seqs: int, max_ctx: int) -> bool:
         return num_seqs <= self.max_bs and max_ctx <= self.cos_table.shape[0]
 
@@ -116,7 +120,7 @@ class DecodeGraphs:
         replaces `token_ids`. Returns the logits rows (a view of the graph's output buffer; None on ranks
         other than 0)."""
         n = len(token_ids)
-        bs = next(b for b in self.buckets if b >= n)
+        bs = self.bucket(n)
         pad, top, turn = bs - n, self.max_bs, self.count & 1
         if self.done[turn] is not None:  # replay r - 2 read this slot, and its tokens were read (long since)
             self.done[turn].synchronize()

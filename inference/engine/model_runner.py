@@ -184,23 +184,20 @@ class ModelRunner:
         length (position + 1), its sequence's block table. Every row's K/V is stored before any row attends,
         so the decode kernels compute causal attention, and the step replays a CUDA graph instead of the host
         launching a dozen kernels a layer. The grouped graphs (each sequence's rows in groups that read its
-        context once) where they read at most half what rows alone would; else the decode graphs. None: no
-        graphs, too many tokens or context reads."""
+        context once a group) where they replay a bucket no larger than rows alone would, or rows alone would
+        read too much; else the decode graphs. None: no graphs, too many tokens or context reads."""
         if self.graphs is None or not envs.ROW_PREFILL:
             return None
         rows, where = decode_rows(plan)
-        reads = sum(rows.ctx_lens)
+        alone = len(where) <= self.graphs.max_bs and sum(rows.ctx_lens) <= ROW_PREFILL_READS
         if self.row_graphs is not None:
             grouped, at = decode_rows(plan, ROW_GROUP)
-            ctx = grouped.ctx_lens
-            group_reads = sum(max(ctx[i:i + ROW_GROUP]) for i in range(0, len(ctx), ROW_GROUP))
-            if (len(ctx) <= self.row_graphs.max_bs and group_reads <= ROW_PREFILL_READS
-                    and (2 * group_reads <= reads or reads > ROW_PREFILL_READS or len(where) > self.graphs.max_bs)
-                    and self._graphable(grouped, self.row_graphs)):
+            n, ctx = len(grouped.ctx_lens), grouped.ctx_lens
+            reads = sum(max(ctx[i:i + ROW_GROUP]) for i in range(0, n, ROW_GROUP))
+            if (n <= self.row_graphs.max_bs and reads <= ROW_PREFILL_READS and self._graphable(grouped, self.row_graphs)
+                    and not (alone and self.row_graphs.bucket(n) > self.graphs.bucket(len(where)))):
                 return RowStep(grouped, self.row_graphs, at)
-        if len(where) <= self.graphs.max_bs and reads <= ROW_PREFILL_READS and self._graphable(rows, self.graphs):
-            return RowStep(rows, self.graphs, where)
-        return None
+        return RowStep(rows, self.graphs, where) if alone and self._graphable(rows, self.graphs) else None
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:

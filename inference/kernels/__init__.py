@@ -28,7 +28,7 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and _triton_ok()
 
 
-ROW_GROUP = 16  # prefill rows in a graph attend in aligned groups of this many (`row_group_attention`)
+ROW_GROUP = 64  # prefill rows in a graph attend in aligned groups of this many (`row_group_attention`)
 DECODE_MATMUL_MAX_ROWS = 64  # decode sizes: up to this many rows, `decode_matmul` takes a Triton kernel
 
 
