@@ -117,7 +117,9 @@ class ModelRunner:
         before = mod.memory_allocated()
         self.run(plan)
         mod.synchronize()
-        return mod.max_memory_allocated() - before
+        peak = mod.max_memory_allocated() - before
+        mod.empty_cache()  # else the step's freed blocks count as used and again as the peak when sizing the KV
+        return peak
 
     def finish_setup(self, max_model_len: int) -> None:
         """Device-specific fast paths once the KV cache exists (CUDA graphs)."""
@@ -211,6 +213,11 @@ class ModelRunner:
                 return None
             r = [step.rows[i] for i in plan.logit_rows]
             return logits[r[0]:r[-1] + 1].clone() if r and r == list(range(r[0], r[-1] + 1)) else logits[r]
+        return self.run_eager(plan)
+
+    @torch.inference_mode()
+    def run_eager(self, plan: StepPlan) -> torch.Tensor | None:
+        """`run` kernel by kernel (no graph)."""
         ids, cos, sin, logn, meta, rows = self.prepare(plan)
         hidden = self.model(ids, cos, sin, logn, meta)
         if not plan.logit_rows:  # a prompt chunk that samples nothing (its K/V is the step's work): no lm_head
