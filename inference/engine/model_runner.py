@@ -190,6 +190,8 @@ class ModelRunner:
         read too much; else the decode graphs. None: no graphs, too many tokens or context reads."""
         if self.graphs is None or not envs.ROW_PREFILL:
             return None
+        if len(plan.token_ids) > max(self.graphs.max_bs, self.row_graphs.max_bs if self.row_graphs else 0):
+            return None  # more tokens than any graph has rows (a long prompt): no row plans built
         rows, where = decode_rows(plan)
         alone = len(where) <= self.graphs.max_bs and sum(rows.ctx_lens) <= ROW_PREFILL_READS
         if self.row_graphs is not None:
