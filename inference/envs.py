@@ -23,7 +23,7 @@ DEMO_DIR: str | None = os.environ.get("QWEN_CHAT_DEMO_DIR") or None
 # Set (to anything): CUDA runs torch's paths instead of the Triton kernels, to rule the kernels out.
 NO_TRITON: bool = bool(os.environ.get("QWEN_CHAT_NO_TRITON"))
 
-# 0: small prefill steps run eagerly instead of replaying the decode graphs, one row per token.
+# 0: small prefill steps run eagerly instead of replaying a graph one row per token (no grouped graphs).
 ROW_PREFILL: bool = os.environ.get("QWEN_CHAT_ROW_PREFILL") != "0"
 
 # 0: no kernel warm-up at engine start on CUDA (engine/warmup.py); the first turns then load kernels.
