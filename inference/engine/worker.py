@@ -61,8 +61,9 @@ class Worker:
         block_bytes = memory.kv_block_bytes(m, cfg, element)
         memory.check_fits(m, cfg, self.device, element, block_bytes)
         self.runner = ModelRunner(cfg, m, self.device, self.dtype, progress=progress)
-        peak = self.runner.profile_peak() if self.device.type != "cpu" and not cfg.num_kv_blocks else 0
-        self.num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes, peak))
+        self.activation_peak = self.runner.profile_peak() if self.device.type != "cpu" and not cfg.num_kv_blocks else 0
+        self.num_blocks = dist.min_across_ranks(memory.num_kv_blocks(cfg, self.device, block_bytes,
+                                                                     self.activation_peak))
         self.runner.allocate_kv_cache(self.num_blocks)
         self.runner.finish_setup(self.max_model_len)
         self.warmup_s = warm_up_engine(self.runner, self.num_blocks, self.max_model_len, progress)
