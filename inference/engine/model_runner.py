@@ -192,16 +192,20 @@ class ModelRunner:
             return None
         if len(plan.token_ids) > max(self.graphs.max_bs, self.row_graphs.max_bs if self.row_graphs else 0):
             return None  # more tokens than any graph has rows (a long prompt): no row plans built
-        rows, where = decode_rows(plan)
-        alone = len(where) <= self.graphs.max_bs and sum(rows.ctx_lens) <= ROW_PREFILL_READS
+        n = len(plan.token_ids)
+        alone = n <= self.graphs.max_bs and sum(plan.positions) + n <= ROW_PREFILL_READS  # reads: position + 1 each
         if self.row_graphs is not None:
             grouped, at = decode_rows(plan, ROW_GROUP)
-            n, ctx = len(grouped.ctx_lens), grouped.ctx_lens
-            reads = sum(max(ctx[i:i + ROW_GROUP]) for i in range(0, n, ROW_GROUP))
-            if (n <= self.row_graphs.max_bs and reads <= ROW_PREFILL_READS and self._graphable(grouped, self.row_graphs)
-                    and not (alone and self.row_graphs.bucket(n) > self.graphs.bucket(len(where)))):
+            ctx = grouped.ctx_lens
+            reads = sum(max(ctx[i:i + ROW_GROUP]) for i in range(0, len(ctx), ROW_GROUP))
+            if (len(ctx) <= self.row_graphs.max_bs and reads <= ROW_PREFILL_READS
+                    and not (alone and self.row_graphs.bucket(len(ctx)) > self.graphs.bucket(n))
+                    and self._graphable(grouped, self.row_graphs)):
                 return RowStep(grouped, self.row_graphs, at)
-        return RowStep(rows, self.graphs, where) if alone and self._graphable(rows, self.graphs) else None
+        if not alone:
+            return None
+        rows, where = decode_rows(plan)
+        return RowStep(rows, self.graphs, where) if self._graphable(rows, self.graphs) else None
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor | None:

@@ -75,11 +75,11 @@ def decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, max_
 def decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale, grouped_rows=False):
     """Query rows over their blocks: the Triton paged decode kernel on CUDA (`grouped_rows`: the kernel that
     takes aligned groups of one sequence's rows together, `row_group_attention`), torch elsewhere."""
-    if use_triton(q) and grouped_rows:
-        from inference.kernels.row_group_attention import row_group_attention
-
-        return row_group_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
     if use_triton(q):
+        if grouped_rows:
+            from inference.kernels.row_group_attention import row_group_attention
+
+            return row_group_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
         from inference.kernels.paged_attention import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, max_ctx, scale)
