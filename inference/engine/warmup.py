@@ -7,8 +7,8 @@ cached prefix past the decode-graph rows, the first long prompt of each cuDNN bu
 every rank runs, in the same order:
 
   - whole-model steps: fresh prefills of a few lengths and prefills that extend a (garbage) cached prefix,
-    through `ModelRunner.run`, so each takes the path a real step of its shape takes (a graph of rows, for
-    some), and kernel by kernel (`run_eager`: the path of the same shape in a busier step);
+    through `ModelRunner.run`, so each takes the path a real step of its shape takes; one that replays a graph
+    of rows also runs kernel by kernel (`run_eager`: the path of the same shape in a busier step);
   - attention alone (no weights, so cheap): flash for fresh chunks and for chunks after a prefix over a grid
     of query and key lengths (flash picks variants by length: even tiles, split-KV and its combine kernel),
     and cuDNN once per bucket up to the step budget (`attention.causal_cudnn`).
@@ -91,8 +91,9 @@ def warm_up(runner: ModelRunner, num_blocks: int, max_model_len: int, progress=N
     for i, plan in enumerate(plans):
         if progress:
             progress(i, total, "warming up kernels")
-        # the path a real step of this shape takes, then kernel by kernel (the same shape in a busier step)
-        for run in (runner.run, runner.run_eager):
+        # the path a real step of this shape takes, and kernel by kernel where that is a graph of rows (the
+        # same shape in a busier step runs eagerly)
+        for run in (runner.run, runner.run_eager) if runner.prefill_as_decode_rows(plan) else (runner.run,):
             logits = run(plan)
             if logits is not None:
                 logits.float().argmax(-1).tolist()  # the sampler's greedy path (and waits for the step)
