@@ -137,6 +137,27 @@ KERNEL_CHECK = textwrap.dedent("""
         qb = torch.randint(-999, 999, (n,), dtype=torch.int32)
         y, r = K.int8_linear(q, w, xs, s, qb, b, torch.float16), w8a8_reference(q, w, xs, s, qb, b, torch.float16)
         assert (y.float() - r.float()).norm() / r.float().norm() < 2e-3, (m, n, k)
+    # one token, gated (silu(gate) * up of [gate; up]) and not, K a multiple of the word tile (even) or not
+    for n, k, tile in ((24, 2048, ("words", 8, 128, 4, 2)), (20, 1000, ("words", 4, 64, 4, 2))):
+        x = torch.randn(1, k).half()
+        w = torch.randint(-127, 128, (2 * n, k), dtype=torch.int8)
+        s, qb = torch.rand(2 * n) * 1e-3, torch.randint(-999, 999, (2 * n,), dtype=torch.int32)
+        r = w8a16_reference(x, w, s).float()
+        y = K.w8a16_gemv(x, w, s, gated=True, config=tile)
+        ref = ref16 = torch.nn.functional.silu(r[:, :n]) * r[:, n:]
+        assert y.shape == (1, n) and (y.float() - ref).norm() / ref.norm() < 2e-3, (n, k)
+        q, xs = U.quantize_per_token(x)
+        r8 = w8a8_reference(q, w, xs, s, qb, None, torch.float32)
+        y = K.w8a8_gemv(q, w, xs, s, qb, None, torch.float16, gated=True, config=tile)
+        ref = torch.nn.functional.silu(r8[:, :n]) * r8[:, n:]
+        assert (y.float() - ref).norm() / ref.norm() < 2e-3, (n, k)
+        y = K.w8a16_gemv(x, w, s, gated=True, config=("bytes", 4, 256, 4, 2))
+        assert (y.float() - ref16).norm() / ref16.norm() < 2e-3, (n, k)
+        for kind, bk in (("words", tile[2]), ("bytes", 512)):  # plain, each GEMV
+            y, r = K.w8a16_gemv(x, w, s, config=(kind, tile[1], bk, 4, 2)), w8a16_reference(x, w, s)
+            assert (y.float() - r.float()).norm() / r.float().norm() < 2e-3, (n, k, kind)
+        exact = K.w8a8_gemv(q, w, xs, s, qb, None, torch.float32, config=tile)  # int32 sums: the reference's
+        assert torch.equal(exact, r8), (n, k)
     print("kernels ok")
 """)
 

@@ -66,7 +66,7 @@ def gated_act(w2_w1: MergedColumnParallelLinear, x: torch.Tensor) -> torch.Tenso
     """silu(x W_gate^T) * (x W_up^T) from the stacked [gate; up] weight."""
     if w2_w1.quant_method is None:
         act = decode_matmul(x, w2_w1.weight, gated=True)  # silu(gate) * up in the matmul's epilogue
-    else:  # int8 weights: the same fusion where the scheme has it (W8A16 at 2-64 tokens)
+    else:  # int8 weights: the same fusion where the scheme has it (W8A16 at 1-64 tokens, W8A8 at one)
         apply_gated = getattr(w2_w1.quant_method, "apply_gated", None)
         act = apply_gated(w2_w1, x) if apply_gated is not None else None
     if act is not None:

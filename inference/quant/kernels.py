@@ -1,14 +1,14 @@
 """Triton kernels for int8 linears (CUDA; fp16/bf16 activations). `ops` picks tile shapes and launches them.
 
-- `w8a16_gemv_kernel`: one token; each program reduces BLOCK_N int8 rows over K (loads pipelined).
 - `w8a16_swap_kernel`: 65-511 tokens; tensor-core GEMM with the converted weight tile as the left operand
   ("swap AB", so it can stay in registers), optional split-K (`splitk_reduce_kernel` sums the partials).
-- `int8_gemm_kernel`: int8 x int8 -> int32 on tensor cores, dequantization fused into the epilogue (W8A8 at
-  every size from one token).
+- `int8_gemm_kernel`: int8 x int8 -> int32 on tensor cores, dequantization fused into the epilogue (W8A8 from
+  two tokens; one token: `gemv_kernels`).
 - `dequant_weight_kernel`: int8 rows x scale -> fp16/bf16 (the prefill path hands that to cuBLAS).
 - `quant_per_token_kernel` / `quant_static_kernel`: float -> int8 activations.
-W8A16 at 2-64 tokens runs `decode_kernels` instead, measured faster there on an H100; these kernels measured
-faster for W8A16 at one token and for W8A8 at every decode size.
+W8A16 at 2-64 tokens runs `decode_kernels` instead, measured faster there on an H100; one token runs
+`gemv_kernels`. The activation quantization and W8A8 kernels wait for the kernel before them under programmatic
+dependent launch (`inference.kernels.pdl`), as the other decode kernels do.
 Numerics follow `inference.quant.utils` (IEEE division, round half to even).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from inference.kernels.fused import pdl_wait
 from inference.kernels.swap_ab import swap_ab_start
 
 
@@ -27,36 +28,6 @@ def _rint(v):
     r = tl.floor(v + 0.5)
     odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
     return tl.where(((r - v) == 0.5) & odd, r - 1.0, r)
-
-
-@triton.jit
-def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                       HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
-    m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    n_mask = offs_n < N
-    rows = tl.where(n_mask, offs_n, 0).to(tl.int64)
-    w_ptrs = w_ptr + rows[:, None] * stride_wn + offs_k[None, :]
-    x_ptrs = x_ptr + m * stride_xm + offs_k
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-        if EVEN_K:
-            xv = tl.load(x_ptrs)
-            wv = tl.load(w_ptrs)
-        else:
-            k_mask = offs_k + k0 < K
-            xv = tl.load(x_ptrs, mask=k_mask, other=0.0)
-            wv = tl.load(w_ptrs, mask=k_mask[None, :], other=0)
-        acc += wv.to(tl.float32) * xv.to(tl.float32)[None, :]
-        w_ptrs += BLOCK_K
-        x_ptrs += BLOCK_K
-    y = tl.sum(acc, axis=1) * tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + m * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
 @triton.jit
@@ -107,8 +78,10 @@ def splitk_reduce_kernel(ws_ptr, b_ptr, y_ptr, MN, N, stride_s, SPLIT_K: tl.cons
 @triton.jit
 def int8_gemm_kernel(a_ptr, w_ptr, cs_ptr, rs_ptr, qb_ptr, b_ptr, y_ptr, M, N, K, stride_am, stride_wn, stride_ym,
                       ROW_SCALAR: tl.constexpr, HAS_QB: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                      PDL: tl.constexpr):
     """y[m, n] = ((sum_k a[m, k] w[n, k] + qb[n]) * rs[m] * cs[n] + b[n]), int8 x int8 -> int32."""
+    pdl_wait(PDL)
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -163,8 +136,9 @@ def dequant_weight_kernel(q_ptr, s_ptr, w_ptr, K, BLOCK: tl.constexpr):
 
 @triton.jit
 def quant_per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, GIVEN: tl.constexpr,
-                            ONE_PASS: tl.constexpr, BLOCK: tl.constexpr):
+                            ONE_PASS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """One program per token. ONE_PASS (BLOCK >= K): the row is loaded once and kept in registers."""
+    pdl_wait(PDL)
     m = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     x_row = x_ptr + m.to(tl.int64) * stride_xm
@@ -200,7 +174,8 @@ def quant_per_token_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, GIVEN: 
 
 @triton.jit
 def quant_static_kernel(x_ptr, q_ptr, s_ptr, o_ptr, K, stride_xm, stride_qm, HAS_OFFSET: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_wait(PDL)
     m = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K

@@ -66,16 +66,17 @@ class W8A16LinearMethod:
     scheme = "w8a16"
 
     def apply_gated(self, layer, x: torch.Tensor) -> torch.Tensor | None:
-        """silu(x gate^T) * (x up^T) of a merged [gate; up] layer in one kernel at 2-64 tokens on CUDA (no bias
-        or weight offset), else None: the caller runs `apply` and its own SiLU gate (one token: the GEMV, measured
-        faster there)."""
-        x2 = x.reshape(-1, x.shape[-1])
-        if (not fast_path(x2) or not 1 < x2.shape[0] <= _kernels().DECODE_MAX_M or layer.bias is not None
+        """silu(x gate^T) * (x up^T) of a merged [gate; up] layer in one kernel at 1-64 tokens on CUDA (no bias
+        or weight offset), else None: the caller runs `apply` and its own SiLU gate."""
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        if (not fast_path(x2) or not 0 < x2.shape[0] <= _kernels().DECODE_MAX_M or layer.bias is not None
                 or getattr(layer, "weight_offset", None) is not None):
             return None
-        from inference.quant.decode_ops import w8a16_skinny
-
-        y = w8a16_skinny(x2.contiguous(), layer.weight, layer.weight_scale, gated=True)
+        k = _kernels()
+        if x2.shape[0] == 1 and k.words(layer.weight):
+            y = k.w8a16_gemv(x2, layer.weight, layer.weight_scale, gated=True)
+        else:
+            y = k.decode_ops.w8a16_skinny(x2, layer.weight, layer.weight_scale, gated=True)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def apply(self, layer, x: torch.Tensor) -> torch.Tensor:
@@ -110,19 +111,31 @@ class W8A8LinearMethod:
         dist.all_reduce(amax, op=dist.ReduceOp.MAX)
         return utils.row_scales(amax)
 
+    def _quantize(self, layer, x2: torch.Tensor, k):
+        """(int8 x, row scale): the layer's static scale, or per-token scales."""
+        if self.static:
+            row_scale, off = layer.input_scale, getattr(layer, "input_offset", None)
+            quantize = k.quantize_static if k is not None else utils.quantize_static
+            return quantize(x2, row_scale, off), row_scale
+        given = self._token_scales(layer, x2)
+        return k.quantize_per_token(x2, given) if k is not None else utils.quantize_per_token(x2, given)
+
+    def apply_gated(self, layer, x: torch.Tensor) -> torch.Tensor | None:
+        """silu(gate) * up of a merged [gate; up] layer in one kernel at one token on CUDA (no bias), else None."""
+        x2 = x.reshape(-1, x.shape[-1])
+        if not fast_path(x2) or x2.shape[0] != 1 or layer.bias is not None or not _kernels().words(layer.weight):
+            return None
+        k = _kernels()
+        xq, row_scale = self._quantize(layer, x2, k)
+        y = k.w8a8_gemv(xq, layer.weight, row_scale, layer.weight_scale, getattr(layer, "quant_bias", None),
+                        out_dtype=x.dtype, gated=True)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
     def apply(self, layer, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         qb, bias = getattr(layer, "quant_bias", None), layer.bias
         k = _kernels() if fast_path(x2) else None
-        if self.static:
-            row_scale, off = layer.input_scale, getattr(layer, "input_offset", None)
-            xq = k.quantize_static(x2, row_scale, off) if k else utils.quantize_static(x2, row_scale, off)
-        else:
-            given = self._token_scales(layer, x2)
-            if k is not None:
-                xq, row_scale = k.quantize_per_token(x2, given)
-            else:
-                xq, row_scale = utils.quantize_per_token(x2, given)
+        xq, row_scale = self._quantize(layer, x2, k)
         if k is not None:
             y = k.int8_linear(xq, layer.weight, row_scale, layer.weight_scale, qb, bias, x.dtype)
         else:

@@ -3,7 +3,8 @@ measured on an H100 (7B shapes, `bench/quant_bench.py`) and are picked by the nu
 compiles once and CUDA-graph capture never benchmarks.
 
 - `w8a16_linear`: y = x (q s)^T + b, the int8 weight converted in registers:
-  1 token: a GEMV (each program reduces BLOCK_N rows over K, loads pipelined);
+  1 token: `gemv_kernels.w8a16_gemv_kernel` (the weight read as 32-bit words; `w8a16_gemv` also takes a
+  merged [gate; up] weight and writes silu(gate) * up);
   2..64 tokens: `decode_ops.w8a16_skinny` (swap-AB tensor-core GEMM, split K, the gated SiLU of a merged
   [gate; up] weight fusable), measured faster there on an H100 than this module's kernels, which measured
   faster at one token;
@@ -13,25 +14,28 @@ compiles once and CUDA-graph capture never benchmarks.
   the same kernel, or given).
 - `int8_linear`: y = (xq wq^T + quant_bias) * row_scale * col_scale + b on int8 tensor cores (int32
   accumulator) with the dequantization fused into the epilogue (measured faster than torch._int_mm
-  plus an epilogue at 16, 64 and 256 tokens) at every size; at 1-64 tokens it also measured faster on an H100
-  than the decode kernels tried for W8A8 (a GEMV quantizing the token itself, a split-K skinny GEMM).
+  plus an epilogue at 16, 64 and 256 tokens) from 2 tokens; at 2-64 tokens it also measured faster on an H100
+  than a split-K skinny GEMM. One token: `gemv_kernels.w8a8_gemv_kernel` (`dp4a`, exact, gated form too).
 Numerics follow `inference.quant.utils` (IEEE division, round half to even): the CPU reference and these
 kernels agree up to float summation order (and, for prefill W8A16, the rounding of the dequantized weight).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
+from inference.kernels import pdl
 from inference.quant import decode_ops
+from inference.quant.gemv_kernels import w8a8_gemv_kernel, w8a16_gemv_bytes_kernel, w8a16_gemv_kernel
 from inference.quant.kernels import (
     dequant_weight_kernel,
     int8_gemm_kernel,
     quant_per_token_kernel,
     quant_static_kernel,
     splitk_reduce_kernel,
-    w8a16_gemv_kernel,
     w8a16_swap_kernel,
 )
 
@@ -39,13 +43,31 @@ GEMV_MAX_M = 1  # tokens served by the GEMV kernel; from here to DECODE_MAX_M: `
 DECODE_MAX_M = decode_ops.DECODE_MAX_M
 SWAP_MAX_M = 511  # up to here the swapped GEMM; from DEQUANT_MIN_M on: dequantize + cuBLAS
 DEQUANT_MIN_M = 512
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # no inline assembly there
+
+
+W8A8_GEMV = ("gemv", 8, 256, 4, 3)  # (kind, BLOCK_N, BLOCK_K4 words, warps, stages), measured on an H100
+
+
+def words(w: torch.Tensor) -> bool:
+    """Whether the int8 weight can be read as 32-bit words (the one-token GEMVs need that)."""
+    return w.shape[1] % 4 == 0 and w.stride(0) % 4 == 0 and w.stride(1) == 1 and w.data_ptr() % 4 == 0
+
+
+def w8a16_gemv_config(x: torch.Tensor, w: torch.Tensor, gated: bool):
+    """(kind, BLOCK_N, BLOCK_K (words for "words"), warps, stages), measured on an H100 at 7B shapes: the word
+    GEMV for a plain weight, the byte GEMV for a gated one (and where the weight or the token are not aligned
+    for words)."""
+    if not gated and words(w) and x.shape[1] % 4 == 0 and x.data_ptr() % 8 == 0:
+        return ("words", 8, 128, 4, 3)
+    return ("bytes", 2, 1024, 4, 3)
 
 
 def w8a16_config(m: int, n: int, device: torch.device):
-    """Measured choices: ("gemv", BLOCK_N, BLOCK_K, warps, stages), ("decode",) (`decode_ops`, its own tiles),
+    """Measured choices: ("gemv",) (`w8a16_gemv_config`), ("decode",) (`decode_ops`, its own tiles),
     ("swap", BLOCK_N, BLOCK_M, BLOCK_K, warps, stages, SPLIT_K) or ("dequant",)."""
     if m <= GEMV_MAX_M:
-        return ("gemv", 8, 512, 4, 3)
+        return ("gemv",)
     if m <= DECODE_MAX_M:
         return ("decode",)
     if m <= SWAP_MAX_M:
@@ -62,14 +84,26 @@ def int8_config(m: int, n: int) -> tuple[int, int, int, int, int]:
     return 128, 128, 128, 8, 3
 
 
-def _gemv(x, w, scale, bias, cfg) -> torch.Tensor:
-    _, bn, bk, warps, stages = cfg
-    m, k = x.shape
-    n = w.shape[0]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    w8a16_gemv_kernel[(m, triton.cdiv(n, bn))](
-        x, w, scale, bias if bias is not None else scale, y, n, k, x.stride(0), w.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=k % bk == 0, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps)
+def w8a16_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias=None, gated: bool = False,
+               config=None) -> torch.Tensor:
+    """One token: x [1, k] fp16/bf16, w [n, k] int8, scale [n] -> [1, n]; gated: w and scale are [gate; up]
+    (2n rows), no bias, and the result is silu(gate) * up, [1, n]. `config` overrides `w8a16_gemv_config`."""
+    x = x.contiguous()
+    kind, bn, bk, warps, stages = config or w8a16_gemv_config(x, w, gated)
+    k = x.shape[1]
+    n = w.shape[0] // 2 if gated else w.shape[0]
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    on = pdl(x)
+    b = bias if bias is not None else scale
+    if kind == "words":  # the token read 4 elements (8 bytes) at a time, the weight 4 bytes a word
+        w8a16_gemv_kernel[(triton.cdiv(n, bn),)](
+            x.view(torch.int64), w.view(torch.int32), scale, b, y, n, k // 4, w.stride(0) // 4,
+            HAS_BIAS=bias is not None, GATED=gated, EVEN_K=(k // 4) % bk == 0, BLOCK_N=bn, BLOCK_K4=bk,
+            STAGES=stages, PDL=on, num_warps=warps, launch_pdl=on)
+    else:
+        w8a16_gemv_bytes_kernel[(triton.cdiv(n, bn),)](
+            x, w, scale, b, y, n, k, w.stride(0), HAS_BIAS=bias is not None, GATED=gated, EVEN_K=k % bk == 0,
+            BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, PDL=on, num_warps=warps, launch_pdl=on)
     return y
 
 
@@ -110,8 +144,8 @@ def w8a16_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias=Non
     if x.shape[0] == 0:
         return torch.empty(0, w.shape[0], dtype=x.dtype, device=x.device)
     cfg = config or w8a16_config(x.shape[0], w.shape[0], x.device)
-    if cfg[0] == "gemv":
-        return _gemv(x, w, scale, bias, cfg)
+    if cfg[0] in ("gemv", "words", "bytes"):
+        return w8a16_gemv(x, w, scale, bias, config=None if cfg == ("gemv",) else cfg)
     if cfg[0] == "decode":
         return decode_ops.w8a16_skinny(x, w, scale, bias)
     if cfg[0] == "swap":
@@ -127,8 +161,9 @@ def quantize_per_token(x: torch.Tensor, scale: torch.Tensor | None = None):
     s = scale.float().contiguous() if scale is not None else torch.empty(m, dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(k) if k <= 16384 else 4096
     warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    on = pdl(x)
     quant_per_token_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), GIVEN=scale is not None,
-                                  ONE_PASS=block >= k, BLOCK=block, num_warps=warps)
+                                  ONE_PASS=block >= k, BLOCK=block, PDL=on, num_warps=warps, launch_pdl=on)
     return q, s
 
 
@@ -139,7 +174,7 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor |
     block = 1024
     quant_static_kernel[(m, triton.cdiv(k, block))](
         x, q, scale, offset if offset is not None else scale, k, x.stride(0), q.stride(0),
-        HAS_OFFSET=offset is not None, BLOCK=block, num_warps=4)
+        HAS_OFFSET=offset is not None, BLOCK=block, PDL=pdl(x), num_warps=4, launch_pdl=pdl(x))
     return q
 
 
@@ -151,12 +186,33 @@ def int8_linear(xq: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor, col_
     n = w.shape[0]
     if m == 0:
         return torch.empty(0, n, dtype=out_dtype, device=xq.device)
-    bm, bn, bk, warps, stages = config or int8_config(m, n)
     row_scale = row_scale.float()
+    if m == 1 and words(w) and config is None:
+        return w8a8_gemv(xq, w, row_scale, col_scale, quant_bias, bias, out_dtype)
+    bm, bn, bk, warps, stages = config or int8_config(m, n)
     y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
     int8_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
         xq, w, col_scale, row_scale, quant_bias if quant_bias is not None else col_scale,
         bias if bias is not None else col_scale, y, m, n, k, xq.stride(0), w.stride(0), y.stride(0),
         ROW_SCALAR=row_scale.numel() == 1, HAS_QB=quant_bias is not None, HAS_BIAS=bias is not None,
-        EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+        EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, PDL=pdl(xq), num_warps=warps,
+        num_stages=stages, launch_pdl=pdl(xq))
+    return y
+
+
+def w8a8_gemv(xq: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor, quant_bias=None,
+              bias=None, out_dtype=torch.float16, gated: bool = False, config=None) -> torch.Tensor:
+    """One token: `int8_linear`'s result through `dp4a` (exact int32 sums, so the same values); gated: w,
+    col_scale and quant_bias are [gate; up] (2n rows), no bias, and the result is silu(gate) * up, [1, n]."""
+    _, bn, bk4, warps, stages = config or W8A8_GEMV
+    k = xq.shape[1]
+    n = w.shape[0] // 2 if gated else w.shape[0]
+    y = torch.empty(1, n, dtype=out_dtype, device=xq.device)
+    on = pdl(xq)
+    w8a8_gemv_kernel[(triton.cdiv(n, bn),)](
+        xq.contiguous().view(torch.int32), w.view(torch.int32), col_scale, row_scale.float(),
+        quant_bias if quant_bias is not None else col_scale, bias if bias is not None else col_scale, y, n,
+        k // 4, w.stride(0) // 4, HAS_QB=quant_bias is not None, HAS_BIAS=bias is not None, GATED=gated,
+        EVEN_K=(k // 4) % bk4 == 0, BLOCK_N=bn, BLOCK_K4=bk4, STAGES=stages, ASM=not INTERPRETED, PDL=on,
+        num_warps=warps, launch_pdl=on)
     return y
