@@ -3,8 +3,8 @@ measured on an H100 (7B shapes, `bench/quant_bench.py`) and are picked by the nu
 compiles once and CUDA-graph capture never benchmarks.
 
 - `w8a16_linear`: y = x (q s)^T + b, the int8 weight converted in registers:
-  1 token: `gemv_kernels.w8a16_gemv_kernel` (the weight read as 32-bit words; `w8a16_gemv` also takes a
-  merged [gate; up] weight and writes silu(gate) * up);
+  1 token: `w8a16_gemv` (`gemv_kernels`: the weight read as 32-bit words for a plain weight, bytes for a
+  merged [gate; up] weight, of which it writes silu(gate) * up);
   2..64 tokens: `decode_ops.w8a16_skinny` (swap-AB tensor-core GEMM, split K, the gated SiLU of a merged
   [gate; up] weight fusable), measured faster there on an H100 than this module's kernels, which measured
   faster at one token;
