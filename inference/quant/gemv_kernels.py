@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from inference.kernels.fused import pdl_wait
+from inference.quant.decode_kernels import _silu
 
 
 @triton.jit
@@ -44,11 +45,6 @@ def _dp4a(a, b, c, ASM: tl.constexpr):
 
 
 @triton.jit
-def _silu(v):
-    return v / (1.0 + tl.exp(-v))
-
-
-@triton.jit
 def _start(w_ptr, N, stride_w, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr):
     """This program's output rows, their mask, the word offsets of a K step and the first step's pointers."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -56,6 +52,31 @@ def _start(w_ptr, N, stride_w, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr):
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
     offs_j = tl.arange(0, BLOCK_K4)
     return offs_n, n_ok, rows, offs_j, w_ptr + rows[:, None] * stride_w + offs_j[None, :]
+
+
+@triton.jit
+def _load_rows(w_ptrs, k0, k, K, up, GATED: tl.constexpr, EVEN_K: tl.constexpr):
+    """One K step of the program's weight rows and, gated, of their up rows `up` elements further (columns k at
+    or past K read 0); the second is the first where not gated."""
+    if EVEN_K:
+        wv = tl.load(w_ptrs + k0)
+        wu = tl.load(w_ptrs + k0 + up) if GATED else wv
+    else:
+        wv = tl.load(w_ptrs + k0, mask=(k < K)[None, :], other=0)
+        wu = tl.load(w_ptrs + k0 + up, mask=(k < K)[None, :], other=0) if GATED else wv
+    return wv, wu
+
+
+@triton.jit
+def _w8a16_store(acc, acc_up, s_ptr, b_ptr, y_ptr, N, rows, offs_n, n_ok, HAS_BIAS: tl.constexpr,
+                 GATED: tl.constexpr):
+    """y = the row sums scaled (+ bias), or silu(gate) * up of the gate and up sums, in y's dtype."""
+    y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rows).to(tl.float32)
+    if GATED:
+        y = _silu(y) * tl.sum(acc_up, axis=1) * tl.load(s_ptr + N + rows)
+    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
@@ -71,14 +92,7 @@ def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K4, stride_w, HAS_BI
     up = N * stride_w
     for j0 in tl.range(0, K4, BLOCK_K4, num_stages=STAGES):
         j = j0 + offs_j
-        if EVEN_K:
-            wv = tl.load(w_ptrs + j0)
-            if GATED:
-                wu = tl.load(w_ptrs + j0 + up)
-        else:
-            wv = tl.load(w_ptrs + j0, mask=(j < K4)[None, :], other=0)
-            if GATED:
-                wu = tl.load(w_ptrs + j0 + up, mask=(j < K4)[None, :], other=0)
+        wv, wu = _load_rows(w_ptrs, j0, j, K4, up, GATED, EVEN_K)
         xw = tl.load(x_ptr + j, mask=j < K4, other=0)
         lo = xw.to(tl.int32)
         hi = (xw >> 32).to(tl.int32)
@@ -89,12 +103,7 @@ def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K4, stride_w, HAS_BI
             acc += _byte_f32(wv, J) * xj
             if GATED:
                 acc_up += _byte_f32(wu, J) * xj
-    y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rows).to(tl.float32)
-    if GATED:
-        y = _silu(y) * tl.sum(acc_up, axis=1) * tl.load(s_ptr + N + rows)
-    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+    _w8a16_store(acc, acc_up, s_ptr, b_ptr, y_ptr, N, rows, offs_n, n_ok, HAS_BIAS, GATED)
 
 
 @triton.jit
@@ -109,16 +118,8 @@ def w8a8_gemv_kernel(x_ptr, w_ptr, cs_ptr, rs_ptr, qb_ptr, b_ptr, y_ptr, N, K4, 
     up = N * stride_w
     for j0 in tl.range(0, K4, BLOCK_K4, num_stages=STAGES):
         j = j0 + offs_j
-        if EVEN_K:
-            wv = tl.load(w_ptrs + j0)
-            xv = tl.load(x_ptr + j)
-            if GATED:
-                wu = tl.load(w_ptrs + j0 + up)
-        else:
-            wv = tl.load(w_ptrs + j0, mask=(j < K4)[None, :], other=0)
-            xv = tl.load(x_ptr + j, mask=j < K4, other=0)
-            if GATED:
-                wu = tl.load(w_ptrs + j0 + up, mask=(j < K4)[None, :], other=0)
+        wv, wu = _load_rows(w_ptrs, j0, j, K4, up, GATED, EVEN_K)
+        xv = tl.load(x_ptr + j) if EVEN_K else tl.load(x_ptr + j, mask=j < K4, other=0)
         xb = tl.broadcast_to(xv[None, :], (BLOCK_N, BLOCK_K4))
         acc = _dp4a(wv, xb, acc, ASM)
         if GATED:
@@ -150,22 +151,9 @@ def w8a16_gemv_bytes_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_w, H
     up = N * stride_w
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         k = k0 + offs_k
-        if EVEN_K:
-            xv = tl.load(x_ptr + k).to(tl.float32)[None, :]
-            wv = tl.load(w_ptrs + k0)
-            if GATED:
-                wu = tl.load(w_ptrs + k0 + up)
-        else:
-            xv = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)[None, :]
-            wv = tl.load(w_ptrs + k0, mask=(k < K)[None, :], other=0)
-            if GATED:
-                wu = tl.load(w_ptrs + k0 + up, mask=(k < K)[None, :], other=0)
+        wv, wu = _load_rows(w_ptrs, k0, k, K, up, GATED, EVEN_K)
+        xv = (tl.load(x_ptr + k) if EVEN_K else tl.load(x_ptr + k, mask=k < K, other=0.0)).to(tl.float32)[None, :]
         acc += wv.to(tl.float32) * xv
         if GATED:
             acc_up += wu.to(tl.float32) * xv
-    y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rows).to(tl.float32)
-    if GATED:
-        y = _silu(y) * tl.sum(acc_up, axis=1) * tl.load(s_ptr + N + rows)
-    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+    _w8a16_store(acc, acc_up, s_ptr, b_ptr, y_ptr, N, rows, offs_n, n_ok, HAS_BIAS, GATED)

@@ -73,7 +73,7 @@ class W8A16LinearMethod:
                 or getattr(layer, "weight_offset", None) is not None):
             return None
         k = _kernels()
-        if x2.shape[0] == 1 and k.words(layer.weight):
+        if x2.shape[0] == 1:
             y = k.w8a16_gemv(x2, layer.weight, layer.weight_scale, gated=True)
         else:
             y = k.decode_ops.w8a16_skinny(x2, layer.weight, layer.weight_scale, gated=True)
