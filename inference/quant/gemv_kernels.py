@@ -4,12 +4,13 @@ A one-token decode step streams every weight byte once. Both kernels read the in
 a load moves 16 bytes and no byte goes through the conversion unit (16 a clock a multiprocessor on Hopper,
 fewer than the int8 bytes its memory delivers):
 - `w8a16_gemv_kernel`: y = (q s) x (+ b), or silu(gate) * up of a merged [gate; up] weight. Byte J of a word
-  becomes a float with a shift, one integer op and a subtraction (`decode_kernels.i8_to`'s trick): exact.
+  becomes a float exactly (`decode_kernels.i8_to`'s trick): biased by 128 into the mantissa of 2^23, by one
+  xor a word and one `prmt` (byte permute) a byte, then a subtraction.
 - `w8a8_gemv_kernel`: y = (q xq + qb) rs s (+ b), gated likewise: four int8 products and their sum a `dp4a`
   instruction into int32, exact, so the result equals the tensor-core GEMM's (`kernels.int8_gemm_kernel`).
 Both wait for the kernel before them under programmatic dependent launch (`inference.kernels.pdl`).
 K must be a multiple of 4 and the weight's rows 4-byte aligned (`ops` routes other shapes elsewhere).
-ASM=False computes `dp4a` with shifts (Triton's interpreter runs no inline assembly).
+ASM=False computes `dp4a` and the byte extraction with shifts (Triton's interpreter runs no inline assembly).
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from inference.quant.decode_kernels import _silu
 def _byte_f32(words, J: tl.constexpr):
     """Byte J (little-endian) of each int32 word as a float32, exact: biased by 128 into the mantissa of 2^23."""
     return (((words >> (8 * J)) & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+
+
+@triton.jit
+def _biased_f32(words):
+    """The four bytes of each int32 word as float32 values 2^23 + 128 too large (`_byte_f32` before its
+    subtraction): one xor a word, then one `prmt` a byte (inline assembly: CUDA only)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t, k; xor.b32 t, $4, 0x80808080; mov.b32 k, 0x4B000000; prmt.b32 $0, t, k, 0x7650;"
+        " prmt.b32 $1, t, k, 0x7651; prmt.b32 $2, t, k, 0x7652; prmt.b32 $3, t, k, 0x7653; }",
+        "=r,=r,=r,=r,r", [words], dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
 
 
 @triton.jit
@@ -82,7 +93,7 @@ def _w8a16_store(acc, acc_up, s_ptr, b_ptr, y_ptr, N, rows, offs_n, n_ok, HAS_BI
 @triton.jit
 def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K4, stride_w, HAS_BIAS: tl.constexpr,
                       GATED: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr,
-                      STAGES: tl.constexpr, PDL: tl.constexpr):
+                      STAGES: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr):
     """x [K4] int64 words of 4 fp16/bf16 (y's dtype), w [N (2N gated), K4] int32 words of int8, s float32 per
     row -> y [N]."""
     pdl_wait(PDL)
@@ -96,13 +107,17 @@ def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K4, stride_w, HAS_BI
         xw = tl.load(x_ptr + j, mask=j < K4, other=0)
         lo = xw.to(tl.int32)
         hi = (xw >> 32).to(tl.int32)
+        if ASM:
+            fw = _biased_f32(wv)
+            if GATED:
+                fu = _biased_f32(wu)
         for J in tl.static_range(4):
             half = lo if J < 2 else hi
             xj = ((half >> (16 * (J % 2))) & 0xFFFF).to(tl.int16).to(y_ptr.dtype.element_ty, bitcast=True)
             xj = xj.to(tl.float32)[None, :]
-            acc += _byte_f32(wv, J) * xj
+            acc += (fw[J] - 8388736.0 if ASM else _byte_f32(wv, J)) * xj
             if GATED:
-                acc_up += _byte_f32(wu, J) * xj
+                acc_up += (fu[J] - 8388736.0 if ASM else _byte_f32(wu, J)) * xj
     _w8a16_store(acc, acc_up, s_ptr, b_ptr, y_ptr, N, rows, offs_n, n_ok, HAS_BIAS, GATED)
 
 

@@ -99,7 +99,7 @@ def w8a16_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias=None,
         w8a16_gemv_kernel[(triton.cdiv(n, bn),)](
             x.view(torch.int64), w.view(torch.int32), scale, b, y, n, k // 4, w.stride(0) // 4,
             HAS_BIAS=bias is not None, GATED=gated, EVEN_K=(k // 4) % bk == 0, BLOCK_N=bn, BLOCK_K4=bk,
-            STAGES=stages, PDL=on, num_warps=warps, launch_pdl=on)
+            STAGES=stages, ASM=not INTERPRETED, PDL=on, num_warps=warps, launch_pdl=on)
     else:
         w8a16_gemv_bytes_kernel[(triton.cdiv(n, bn),)](
             x, w, scale, b, y, n, k, w.stride(0), HAS_BIAS=bias is not None, GATED=gated, EVEN_K=k % bk == 0,
