@@ -127,6 +127,26 @@ def test_one_token_gemvs(n, k, dtype):
     assert rel_err(gated, torch.nn.functional.silu(ref8[:, :n]) * ref8[:, n:]) < TOL[dtype]
 
 
+@pytest.mark.parametrize("n, k", [(4096, 4096), (11008, 4096), (200, 1100), (96, 252)])
+def test_l2_prefetch_changes_no_result(n, k, monkeypatch):
+    """W8A8's kernels ask L2 for weight lines before the PDL wait (`fused.l2_prefetch`): their results stay bit
+    for bit those without it, also where the lines asked for run past short rows."""
+    from inference.quant import ops
+
+    x, q, s, b = rand_case(16, 2 * n, k, torch.float16, seed=n + k)
+    xq, xs = utils.quantize_per_token(x)
+    xq, xs, q, s, b = xq.cuda(), xs.cuda(), q.cuda(), s.cuda(), b.cuda()
+    runs = [lambda: ops.w8a8_gemv(xq[:1], q, xs[:1], s, None, b),
+            lambda: ops.w8a8_gemv(xq[:1], q, xs[:1], s, gated=True),
+            lambda: ops.int8_linear(xq, q, xs, s, None, b)]
+    results = {}
+    for lines in (0, 32):
+        monkeypatch.setattr(ops, "W8A8_PREFETCH", lines)
+        results[lines] = [run() for run in runs]
+    for y0, y32 in zip(results[0], results[32]):
+        assert torch.equal(y0, y32)
+
+
 def make_layers(device, dtype, values_dtype):
     """The four linears of a block; weights rounded to `values_dtype` so CPU float32 and GPU copies agree."""
     prev = torch.get_default_dtype()

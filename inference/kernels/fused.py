@@ -19,6 +19,20 @@ def pdl_wait(PDL: tl.constexpr):
 
 
 @triton.jit
+def l2_prefetch(w_ptr, rows, k0, K, stride_w, up, LINES: tl.constexpr, LINE: tl.constexpr, GATED: tl.constexpr):
+    """Before `pdl_wait`: ask L2 for LINES 128-byte lines (LINE elements each) from column k0 of each weight row
+    `rows` and, GATED, of the rows `up` elements further. A weight never depends on the kernel before, so it
+    streams while the program waits; columns past the row's end read its last element instead."""
+    if LINES > 0:
+        cols = tl.minimum(k0 + tl.arange(0, LINES) * LINE, K - 1)
+        p = w_ptr + rows[:, None] * stride_w + cols[None, :]
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [p], dtype=tl.int32, is_pure=False, pack=1)
+        if GATED:
+            tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [p + up], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+
+
+@triton.jit
 def add_rmsnorm_row(x, res_ptr, w_ptr, out_ptr, res_out_ptr, row, cols, mask, n, eps, HAS_RES: tl.constexpr):
     """Row `row` of n columns, x already loaded (`cols`, `mask`): with HAS_RES, x + residual (rounded to x's
     dtype) into res_out; then the RMSNorm of that times the weight into out. Shared with skinny.py's

@@ -8,7 +8,8 @@ fewer than the int8 bytes its memory delivers):
   xor a word and one `prmt` (byte permute) a byte, then a subtraction.
 - `w8a8_gemv_kernel`: y = (q xq + qb) rs s (+ b), gated likewise: four int8 products and their sum a `dp4a`
   instruction into int32, exact, so the result equals the tensor-core GEMM's (`kernels.int8_gemm_kernel`).
-Both wait for the kernel before them under programmatic dependent launch (`inference.kernels.pdl`).
+Both wait for the kernel before them under programmatic dependent launch (`inference.kernels.pdl`); W8A8's
+first asks L2 for the start of its weight rows (`fused.l2_prefetch`).
 K must be a multiple of 4 and the weight's rows 4-byte aligned (`ops` routes other shapes elsewhere).
 ASM=False computes `dp4a` and the byte extraction with shifts (Triton's interpreter runs no inline assembly).
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from inference.kernels.fused import pdl_wait
+from inference.kernels.fused import l2_prefetch, pdl_wait
 from inference.quant.decode_kernels import _silu
 
 
@@ -124,10 +125,12 @@ def w8a16_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K4, stride_w, HAS_BI
 @triton.jit
 def w8a8_gemv_kernel(x_ptr, w_ptr, cs_ptr, rs_ptr, qb_ptr, b_ptr, y_ptr, N, K4, stride_w, HAS_QB: tl.constexpr,
                      HAS_BIAS: tl.constexpr, GATED: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K4: tl.constexpr, STAGES: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr):
+                     BLOCK_K4: tl.constexpr, STAGES: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
+                     PDL: tl.constexpr):
     """x [K4] int32 words of the int8 token, w [N (2N gated), K4] words, rs [1], cs per row -> y [N]."""
-    pdl_wait(PDL)
     offs_n, n_ok, rows, offs_j, w_ptrs = _start(w_ptr, N, stride_w, BLOCK_N, BLOCK_K4)
+    l2_prefetch(w_ptr, rows, 0, K4, stride_w, N * stride_w, PREFETCH, 32, GATED)
+    pdl_wait(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_K4), dtype=tl.int32)
     acc_up = tl.zeros((BLOCK_N, BLOCK_K4), dtype=tl.int32)
     up = N * stride_w

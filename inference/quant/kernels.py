@@ -8,7 +8,8 @@
 - `quant_per_token_kernel` / `quant_static_kernel`: float -> int8 activations.
 W8A16 at 2-64 tokens runs `decode_kernels` instead, measured faster there on an H100; one token runs
 `gemv_kernels`. The activation quantization and W8A8 kernels wait for the kernel before them under programmatic
-dependent launch (`inference.kernels.pdl`), as the other decode kernels do.
+dependent launch (`inference.kernels.pdl`), as the other decode kernels do; at 2-64 tokens the int8 GEMM first
+asks L2 for the start of its weight rows (`fused.l2_prefetch`).
 Numerics follow `inference.quant.utils` (IEEE division, round half to even).
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from inference.kernels.fused import pdl_wait
+from inference.kernels.fused import l2_prefetch, pdl_wait
 from inference.kernels.swap_ab import swap_ab_start
 
 
@@ -79,9 +80,8 @@ def splitk_reduce_kernel(ws_ptr, b_ptr, y_ptr, MN, N, stride_s, SPLIT_K: tl.cons
 def int8_gemm_kernel(a_ptr, w_ptr, cs_ptr, rs_ptr, qb_ptr, b_ptr, y_ptr, M, N, K, stride_am, stride_wn, stride_ym,
                       ROW_SCALAR: tl.constexpr, HAS_QB: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      PDL: tl.constexpr):
+                      PREFETCH: tl.constexpr, PDL: tl.constexpr):
     """y[m, n] = ((sum_k a[m, k] w[n, k] + qb[n]) * rs[m] * cs[n] + b[n]), int8 x int8 -> int32."""
-    pdl_wait(PDL)
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -93,6 +93,8 @@ def int8_gemm_kernel(a_ptr, w_ptr, cs_ptr, rs_ptr, qb_ptr, b_ptr, y_ptr, M, N, K
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    l2_prefetch(w_ptr, (offs_n % N).to(tl.int64), 0, K, stride_wn, 0, PREFETCH, 128, False)
+    pdl_wait(PDL)
     a_ptrs = a_ptr + (offs_m % M).to(tl.int64)[:, None] * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + (offs_n % N).to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
