@@ -175,9 +175,10 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor |
     m, k = x.shape
     q = torch.empty(m, k, dtype=torch.int8, device=x.device)
     block = 1024
+    on = pdl(x)
     quant_static_kernel[(m, triton.cdiv(k, block))](
         x, q, scale, offset if offset is not None else scale, k, x.stride(0), q.stride(0),
-        HAS_OFFSET=offset is not None, BLOCK=block, PDL=pdl(x), num_warps=4, launch_pdl=pdl(x))
+        HAS_OFFSET=offset is not None, BLOCK=block, PDL=on, num_warps=4, launch_pdl=on)
     return q
 
 
@@ -194,13 +195,13 @@ def int8_linear(xq: torch.Tensor, w: torch.Tensor, row_scale: torch.Tensor, col_
         return w8a8_gemv(xq, w, row_scale, col_scale, quant_bias, bias, out_dtype)
     bm, bn, bk, warps, stages = config or int8_config(m, n)
     y = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+    on = pdl(xq)
     int8_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
         xq, w, col_scale, row_scale, quant_bias if quant_bias is not None else col_scale,
         bias if bias is not None else col_scale, y, m, n, k, xq.stride(0), w.stride(0), y.stride(0),
         ROW_SCALAR=row_scale.numel() == 1, HAS_QB=quant_bias is not None, HAS_BIAS=bias is not None,
         EVEN_K=k % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-        PREFETCH=W8A8_PREFETCH if m <= 64 else 0, PDL=pdl(xq), num_warps=warps, num_stages=stages,
-        launch_pdl=pdl(xq))
+        PREFETCH=W8A8_PREFETCH if m <= 64 else 0, PDL=on, num_warps=warps, num_stages=stages, launch_pdl=on)
     return y
 
 
