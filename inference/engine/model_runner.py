@@ -190,9 +190,9 @@ class ModelRunner:
         read too much; else the decode graphs. None: no graphs, too many tokens or context reads."""
         if self.graphs is None or not envs.ROW_PREFILL:
             return None
-        if len(plan.token_ids) > max(self.graphs.max_bs, self.row_graphs.max_bs if self.row_graphs else 0):
-            return None  # more tokens than any graph has rows (a long prompt): no row plans built
         n = len(plan.token_ids)
+        if n > max(self.graphs.max_bs, self.row_graphs.max_bs if self.row_graphs else 0):
+            return None  # more tokens than any graph has rows (a long prompt): no row plans built
         alone = n <= self.graphs.max_bs and sum(plan.positions) + n <= ROW_PREFILL_READS  # reads: position + 1 each
         if self.row_graphs is not None:
             grouped, at = decode_rows(plan, ROW_GROUP)
