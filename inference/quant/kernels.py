@@ -93,10 +93,11 @@ def int8_gemm_kernel(a_ptr, w_ptr, cs_ptr, rs_ptr, qb_ptr, b_ptr, y_ptr, M, N, K
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    l2_prefetch(w_ptr, (offs_n % N).to(tl.int64), 0, K, stride_wn, 0, PREFETCH, 128, False)
+    w_rows = (offs_n % N).to(tl.int64)
+    l2_prefetch(w_ptr, w_rows, 0, K, stride_wn, 0, PREFETCH, 128, False)
     pdl_wait(PDL)
     a_ptrs = a_ptr + (offs_m % M).to(tl.int64)[:, None] * stride_am + offs_k[None, :]
-    w_ptrs = w_ptr + (offs_n % N).to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
+    w_ptrs = w_ptr + w_rows[None, :] * stride_wn + offs_k[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
